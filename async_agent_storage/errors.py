@@ -1,0 +1,90 @@
+"""The error tree. Every driver translates its own exceptions into these at one boundary.
+
+```
+StorageError
+├── ConfigurationError        bad URL, bad table name, missing extra, bad option
+├── InvalidInputError         a bad argument: session id, limit, cursor, run, naive datetime
+├── SerializationError        not encodable, NaN/Infinity, too large, too deep
+├── SessionConflictError      if_version did not match the stored version
+├── SessionOwnershipError     the session belongs to another user
+├── MigrationError            failed step, checksum drift, schema newer than the code, not upgraded
+├── StorageUnavailableError   cannot connect, pool timeout, connection lost, database locked
+└── StoreClosedError          the store is not open (never opened, or closed)
+```
+
+`ConfigurationError`, `InvalidInputError` and `SerializationError` are also `ValueError`s, so code
+that already catches `ValueError` around user input keeps working. Nothing is written when any of
+them is raised.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "InvalidInputError",
+    "MigrationError",
+    "SerializationError",
+    "SessionConflictError",
+    "SessionOwnershipError",
+    "StorageError",
+    "StorageUnavailableError",
+    "StoreClosedError",
+]
+
+
+class StorageError(Exception):
+    """Root of every error a store raises. Catch this to handle any storage failure."""
+
+
+class ConfigurationError(StorageError, ValueError):
+    """The store was configured wrongly: bad URL, bad identifier, missing optional dependency."""
+
+
+class InvalidInputError(StorageError, ValueError):
+    """An argument is not acceptable (empty session id, negative limit, foreign cursor...)."""
+
+
+class SerializationError(StorageError, ValueError):
+    """A value cannot be stored as JSON: unsupported type, NaN/Infinity, too deep, too large.
+
+    `path` locates the offending value inside the session (``session_data.state.x[3]``) when known.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class SessionConflictError(StorageError):
+    """`upsert(..., if_version=expected)` found another version stored.
+
+    Re-read the session, re-apply the change and retry. `actual` is 0 when the session is absent.
+    """
+
+    def __init__(self, message: str, *, session_id: str, expected: int, actual: int) -> None:
+        super().__init__(message)
+        self.session_id = session_id
+        self.expected = expected
+        self.actual = actual
+
+
+class SessionOwnershipError(StorageError):
+    """The session exists and belongs to another user: it cannot be overwritten or appended to."""
+
+    def __init__(self, message: str, *, session_id: str) -> None:
+        super().__init__(message)
+        self.session_id = session_id
+
+
+class MigrationError(StorageError):
+    """The schema cannot be used or upgraded: a step failed, a checksum changed, the database is
+    newer than this code, or it is older and `auto_upgrade_schema` is off."""
+
+
+class StorageUnavailableError(StorageError):
+    """The database cannot be reached right now: connection refused or lost, pool exhausted,
+    database locked past the busy timeout. Usually worth retrying later; never means "not found"."""
+
+
+class StoreClosedError(StorageError):
+    """The store is not open: call `await store.open()` or use `async with store:` first."""

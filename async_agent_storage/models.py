@@ -1,0 +1,118 @@
+"""The data model: `Session` (Agno 2.x's session row), `SessionPage`, `MigrationReport`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr
+
+__all__ = [
+    "MAX_IDENTIFIER_LENGTH",
+    "MigrationReport",
+    "MigrationStep",
+    "Session",
+    "SessionPage",
+    "SessionType",
+]
+
+MAX_IDENTIFIER_LENGTH = 255
+SessionType = Literal["agent", "team", "workflow"]
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("identifiers cannot contain NUL (\\x00)")
+    return value
+
+
+Identifier = Annotated[
+    str, Field(min_length=1, max_length=MAX_IDENTIFIER_LENGTH), AfterValidator(_no_nul)
+]
+
+
+class Session(BaseModel):
+    """One agent, team or workflow session: its history (`runs`), its state and its metadata.
+
+    Build one with the ids you know (`Session(session_id=..., user_id=...)`); the store sets
+    `created_at`, `updated_at` and `version` when it writes it. State lives in `session_data`
+    (Agno keeps it under ``session_data["session_state"]``).
+
+    A session read with `read(..., last_runs=N)` or listed without runs holds only the tail of
+    its history: `runs_offset` is the position of ``runs[0]`` in the whole history. Writing such
+    a session back with `upsert` replaces only that tail and keeps the older runs.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    session_id: Identifier
+    session_type: SessionType = "agent"
+    user_id: Identifier | None = None
+    agent_id: Identifier | None = None
+    team_id: Identifier | None = None
+    workflow_id: Identifier | None = None
+    session_data: dict[str, Any] = Field(default_factory=dict)
+    agent_data: dict[str, Any] | None = None
+    team_data: dict[str, Any] | None = None
+    workflow_data: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+    runs: list[dict[str, Any]] = Field(default_factory=list)
+    summary: dict[str, Any] | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    version: int = Field(default=0, ge=0)
+
+    _runs_offset: int = PrivateAttr(default=0)
+
+    @property
+    def runs_offset(self) -> int:
+        """Position of ``runs[0]`` in the session's whole history (0 when `runs` is all of it)."""
+        return self._runs_offset
+
+    @property
+    def run_count(self) -> int:
+        """Number of runs in the whole history, including those not loaded."""
+        return self._runs_offset + len(self.runs)
+
+
+class SessionPage(BaseModel):
+    """One page of `list_sessions`; pass `next_cursor` back for the next page (None: the end)."""
+
+    items: list[Session]
+    next_cursor: str | None = None
+
+
+class MigrationStep(BaseModel):
+    """One migration: applied (with `applied_at`) or pending."""
+
+    version: int
+    name: str
+    checksum: str
+    applied_at: datetime | None = None
+
+
+class MigrationReport(BaseModel):
+    """What `upgrade_schema()` did, or with ``dry_run=True`` what it would do."""
+
+    store: str
+    dry_run: bool
+    from_version: int
+    to_version: int
+    applied: list[MigrationStep] = Field(default_factory=list)
+    pending: list[MigrationStep] = Field(default_factory=list)
+
+    @property
+    def up_to_date(self) -> bool:
+        """True when there was nothing to do."""
+        return not self.applied and not self.pending
+
+    def __str__(self) -> str:
+        if self.up_to_date:
+            return f"{self.store}: schema at version {self.to_version}, nothing to do"
+        steps = self.pending if self.dry_run else self.applied
+        names = ", ".join(f"{s.version} ({s.name})" for s in steps)
+        verb = "would apply" if self.dry_run else "applied"
+        return (
+            f"{self.store}: {verb} {len(steps)} migration(s) {names}: "
+            f"version {self.from_version} -> {self.to_version}"
+        )

@@ -1,0 +1,124 @@
+"""`SessionStore`: the one protocol every backend satisfies."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Protocol, Self, runtime_checkable
+
+from .models import MigrationReport, Session, SessionPage
+
+__all__ = ["SessionStore"]
+
+
+@runtime_checkable
+class SessionStore(Protocol):
+    """Async session storage. `SqliteStore`, `PostgresStore` and `MongoStore` satisfy it.
+
+    Open it once per process (`async with store:` or `await store.open()`), share it between
+    requests, close it at shutdown. Every method is safe to call concurrently and to cancel.
+    """
+
+    async def open(self) -> None:
+        """Connect and check (create, or upgrade when allowed) the schema."""
+        ...
+
+    async def close(self) -> None:
+        """Close connections; waits for writes in progress. Idempotent."""
+        ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def read(
+        self, session_id: str, *, user_id: str | None = None, last_runs: int | None = None
+    ) -> Session | None:
+        """The session, or None when it does not exist or belongs to another user than `user_id`.
+        `last_runs=N` loads only the last N runs (the cost does not grow with the history)."""
+        ...
+
+    async def upsert(self, session: Session, *, if_version: int | None = None) -> Session:
+        """Write the whole session and return what was stored (with its new version).
+        With `if_version`, write only if the stored version is that (0: must not exist)."""
+        ...
+
+    async def upsert_many(self, sessions: Sequence[Session]) -> list[Session]:
+        """Write many sessions in one atomic batch (last writer wins), all with one `updated_at`."""
+        ...
+
+    async def append_runs(
+        self,
+        session_id: str,
+        runs: Sequence[Mapping[str, Any]],
+        *,
+        user_id: str | None = None,
+        session_data: dict[str, Any] | None = None,
+    ) -> Session:
+        """Atomically append runs (and replace `session_data` when given), creating the session when
+        missing. Cost does not grow with the history. Returns the session with only these runs."""
+        ...
+
+    async def get_all_session_ids(
+        self, *, user_id: str | None = None, entity_id: str | None = None
+    ) -> list[str]:
+        """Ids of the matching sessions, most recently updated first."""
+        ...
+
+    async def get_all_sessions(
+        self,
+        *,
+        user_id: str | None = None,
+        entity_id: str | None = None,
+        include_runs: bool = False,
+    ) -> list[Session]:
+        """The matching sessions, most recently updated first, without runs unless asked."""
+        ...
+
+    async def get_recent_sessions(
+        self,
+        *,
+        user_id: str | None = None,
+        entity_id: str | None = None,
+        limit: int = 2,
+        include_runs: bool = False,
+    ) -> list[Session]:
+        """The `limit` most recently updated matching sessions."""
+        ...
+
+    async def list_sessions(
+        self,
+        *,
+        user_id: str | None = None,
+        session_type: str | None = None,
+        entity_id: str | None = None,
+        updated_after: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        include_runs: bool = False,
+    ) -> SessionPage:
+        """One keyset page, ordered by `updated_at` then `session_id` (both descending)."""
+        ...
+
+    async def delete_session(self, session_id: str, *, user_id: str | None = None) -> bool:
+        """Delete the session and its runs; False when absent or owned by another user."""
+        ...
+
+    async def upgrade_schema(self, *, dry_run: bool = False) -> MigrationReport:
+        """Apply pending migrations (or report them with ``dry_run=True``)."""
+        ...
+
+    async def schema_version(self) -> int:
+        """The schema version recorded in the database."""
+        ...
+
+    async def drop(self) -> None:
+        """Delete the store's tables and all their data. The store stays open; `upgrade_schema()`
+        creates the tables again."""
+        ...
