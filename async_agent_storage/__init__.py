@@ -1,0 +1,69 @@
+"""async-agent-storage: async-first session storage for AI agents.
+
+One asyncio protocol (`SessionStore`) over SQLite (embedded, the default), PostgreSQL and MongoDB:
+read a session, append a turn's runs atomically, save state, list a user's sessions.
+
+```python
+from async_agent_storage import SqliteStore, Session
+
+async with SqliteStore(db_file="tmp/data.db", auto_upgrade_schema=True) as store:
+    session = await store.append_runs("s1", [{"input": "hi", "output": "hello"}], user_id="u1")
+```
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._factory import open_store
+from .codec import DEFAULT_MAX_SESSION_BYTES
+from .errors import (
+    ConfigurationError,
+    InvalidInputError,
+    MigrationError,
+    SerializationError,
+    SessionConflictError,
+    SessionOwnershipError,
+    StorageError,
+    StorageUnavailableError,
+    StoreClosedError,
+)
+from .models import MigrationReport, MigrationStep, Session, SessionPage, SessionType
+from .protocol import SessionStore
+from .sqlite import SqliteStore
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MAX_SESSION_BYTES",
+    "ConfigurationError",
+    "InvalidInputError",
+    "MigrationError",
+    "MigrationReport",
+    "MigrationStep",
+    "SerializationError",
+    "Session",
+    "SessionConflictError",
+    "SessionOwnershipError",
+    "SessionPage",
+    "SessionStore",
+    "SessionType",
+    "SqliteStore",
+    "StorageError",
+    "StorageUnavailableError",
+    "StoreClosedError",
+    "__version__",
+    "open_store",
+]
+
+
+# Drivers whose optional dependencies are imported only when the driver is first used.
+_LAZY: dict[str, str] = {}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'async_agent_storage' has no attribute {name!r}")
