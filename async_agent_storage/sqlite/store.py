@@ -408,19 +408,50 @@ class SqliteStore:
 
     async def upgrade_schema(self, *, dry_run: bool = False) -> MigrationReport:
         """Apply pending migrations, one transaction each under SQLite's write lock, or with
-        ``dry_run=True`` report them without changing anything."""
-        writer, _ = self._open_parts()
-        async with writer.exclusive():
+        ``dry_run=True`` report them without changing anything.
+
+        Works on a store that is not open yet (it connects just for this), which is how to upgrade
+        a database that `open()` refused because `auto_upgrade_schema` is off."""
+        async with self._migration_connection() as connection:
             try:
                 return await migration_runner.upgrade(
-                    self._migration_target(writer.connection), self.migrations, dry_run=dry_run
+                    self._migration_target(connection), self.migrations, dry_run=dry_run
                 )
             except (sqlite3.Error, OSError) as exc:
                 raise self._translate(exc) from exc
 
     async def schema_version(self) -> int:
-        """The schema version recorded in the database (0 when there is none)."""
-        return await self._read(partial(_schema_version, self._sql))
+        """The schema version recorded in the database (0 when there is none). Works on a store
+        that is not open yet."""
+        if self._state is _State.OPEN:
+            return await self._read(partial(_schema_version, self._sql))
+        async with self._migration_connection() as connection:
+            try:
+                return await conn.run(connection, partial(_schema_version, self._sql))
+            except sqlite3.Error as exc:
+                raise self._translate(exc) from exc
+
+    @asynccontextmanager
+    async def _migration_connection(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The writer connection, paused between batches; or, before `open()`, a connection made
+        for the occasion."""
+        if self._state is _State.OPEN:
+            writer, _ = self._open_parts()
+            async with writer.exclusive():
+                yield writer.connection
+            return
+        if self._state is _State.CLOSED:
+            self._open_parts()  # raises StoreClosedError
+        if not self.in_memory:
+            Path(self.db_file).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            connection = await self._connect()
+        except (sqlite3.Error, OSError) as exc:
+            raise self._translate(exc) from exc
+        try:
+            yield connection
+        finally:
+            await connection.close()
 
     async def drop(self) -> None:
         """Delete the store's tables and all their data. `upgrade_schema()` creates them again."""
