@@ -138,6 +138,8 @@ class GroupCommitWriter:
         self._exclusive = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self.batches = 0  # transactions committed (or attempted)
+        self.writes = 0  # writes they carried
 
     @property
     def queued(self) -> int:
@@ -177,6 +179,8 @@ class GroupCommitWriter:
                         batch.append((work, future))
                 if not batch:
                     continue
+                self.batches += 1
+                self.writes += len(batch)
                 async with self._exclusive:
                     outcomes = await asyncio.shield(
                         run(self.connection, partial(run_batch, [w for w, _ in batch]))
