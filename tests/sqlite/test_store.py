@@ -1,0 +1,231 @@
+"""What is particular to the SQLite driver: group commit, cancellation down to the connections,
+locks held by other processes, configuration errors, and JSON that SQLite's JSON1 can query."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from async_agent_storage import (
+    ConfigurationError,
+    Session,
+    SqliteStore,
+    StorageError,
+    StorageUnavailableError,
+    open_store,
+)
+from async_agent_storage.sqlite._connection import run
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    async with SqliteStore(db_file=tmp_path / "store.db") as store:
+        yield store
+
+
+async def in_transaction(store: SqliteStore) -> list[bool]:
+    assert store._writer is not None
+    assert store._readers is not None
+    connections = [store._writer.connection, *store._readers.connections]
+    return [await run(c, lambda db: db.in_transaction) for c in connections]
+
+
+async def test_concurrent_writes_share_transactions(store: SqliteStore) -> None:
+    assert store._writer is not None
+    before = store._writer.batches
+    await asyncio.gather(*(store.append_runs(f"s{i % 10}", [{"i": i}]) for i in range(300)))
+    batches = store._writer.batches - before
+    assert store._writer.writes >= 300
+    assert batches < 300 / 4, f"{batches} transactions for 300 concurrent writes"
+    for i in range(10):
+        read = await store.read(f"s{i}")
+        assert read is not None
+        assert len(read.runs) == 30
+
+
+async def test_a_conflict_in_a_batch_undoes_only_its_own_write(store: SqliteStore) -> None:
+    base = await store.upsert(Session(session_id="c"))
+    results = await asyncio.gather(
+        store.append_runs("a", [{"n": 1}]),
+        store.upsert(base, if_version=0),  # conflicts, in the same batch as its neighbours
+        store.append_runs("b", [{"n": 2}]),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], Session)
+    assert isinstance(results[1], StorageError)
+    assert isinstance(results[2], Session)
+    assert await store.read("a") is not None
+    assert await store.read("b") is not None
+
+
+async def test_cancelled_calls_leave_no_connection_or_transaction_open(
+    store: SqliteStore,
+) -> None:
+    for round_ in range(5):
+        tasks = [
+            asyncio.create_task(
+                store.append_runs(f"s{i % 3}", [{"i": i}])
+                if i % 2
+                else store.read(f"s{i % 3}", last_runs=5)
+            )
+            for i in range(80)
+        ]
+        for _ in range(round_):
+            await asyncio.sleep(0)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    await store.append_runs("after", [{"ok": True}])  # lets the writer drain what was started
+    assert store._readers is not None
+    assert store._writer is not None
+    assert store._readers.idle == store.reader_connections
+    assert store._writer.queued == 0
+    assert await in_transaction(store) == [False] * (1 + store.reader_connections)
+    for sid in ("s0", "s1", "s2"):
+        read = await store.read(sid)
+        if read is not None:
+            assert read.version == len(read.runs)
+
+
+async def test_close_waits_for_queued_writes(tmp_path: Path) -> None:
+    store = SqliteStore(db_file=tmp_path / "close.db")
+    await store.open()
+    writes = [asyncio.create_task(store.append_runs("s", [{"i": i}])) for i in range(50)]
+    await asyncio.sleep(0)
+    await store.close()
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    done = [r for r in results if isinstance(r, Session)]
+    async with SqliteStore(db_file=tmp_path / "close.db") as again:
+        read = await again.read("s")
+        assert read is not None
+        assert len(read.runs) == len(done) == 50
+
+
+async def test_a_lock_held_by_another_process_times_out_as_unavailable(tmp_path: Path) -> None:
+    db_file = tmp_path / "locked.db"
+    async with SqliteStore(db_file=db_file, busy_timeout=0.2) as store:
+        await store.append_runs("s", [{"i": 0}])
+        holder = sqlite3.connect(db_file, isolation_level=None, check_same_thread=False)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(StorageUnavailableError, match="locked"):
+                await store.append_runs("s", [{"i": 1}])
+            read = await store.read("s")  # WAL: readers are not blocked by a writer
+            assert read is not None
+            assert len(read.runs) == 1
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        appended = await store.append_runs("s", [{"i": 2}])  # recovers by itself
+        assert appended.version == 2
+
+
+async def test_a_write_waits_for_a_short_lock_instead_of_failing(tmp_path: Path) -> None:
+    db_file = tmp_path / "wait.db"
+    async with SqliteStore(db_file=db_file, busy_timeout=10) as store:
+        await store.append_runs("s", [{"i": 0}])
+        holder = sqlite3.connect(db_file, isolation_level=None, check_same_thread=False)
+        holder.execute("BEGIN IMMEDIATE")
+        release = threading.Timer(0.3, lambda: holder.execute("COMMIT"))
+        release.start()
+        try:
+            appended = await store.append_runs("s", [{"i": 1}])
+            assert appended.version == 2
+        finally:
+            release.join()
+            holder.close()
+
+
+async def test_an_unusable_path_is_unavailable_not_a_crash(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(StorageUnavailableError):
+        await SqliteStore(db_file=tmp_path / "file" / "x.db").open()
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not an SQLite database" * 100)
+    with pytest.raises(StorageError, match="not a database"):
+        await SqliteStore(db_file=garbage).open()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"table_name": 'x"; DROP TABLE y; --'},
+        {"table_name": "1starts_with_digit"},
+        {"table_name": ""},
+        {"table_name": "a" * 49},
+        {"reader_connections": 0},
+        {"busy_timeout": -1},
+        {"synchronous": "OFF"},
+        {"max_session_bytes": 10},
+        {"max_batch": 0},
+        {"db_file": ""},
+    ],
+)
+def test_bad_configuration_is_refused_at_construction(options: dict[str, object]) -> None:
+    with pytest.raises(ConfigurationError):
+        SqliteStore(**options)  # type: ignore[arg-type]
+
+
+async def test_stored_json_is_queryable_with_json1(store: SqliteStore, tmp_path: Path) -> None:
+    await store.append_runs(
+        "q",
+        [{"input": "hi", "tools": [{"name": "search"}]}],
+        user_id="u",
+        session_data={"session_state": {"city": "Paris", "n": 2**70}},
+    )
+    with sqlite3.connect(tmp_path / "store.db") as db:
+        city = db.execute(
+            "SELECT json_extract(session_data, '$.session_state.city') FROM agent_sessions"
+        ).fetchone()
+        tool = db.execute(
+            "SELECT json_extract(body, '$.tools[0].name') FROM agent_sessions_runs"
+        ).fetchone()
+    assert city == ("Paris",)
+    assert tool == ("search",)
+
+
+async def test_full_synchronous_mode_works(tmp_path: Path) -> None:
+    async with SqliteStore(db_file=tmp_path / "full.db", synchronous="FULL") as store:
+        await asyncio.gather(*(store.append_runs("s", [{"i": i}]) for i in range(20)))
+        read = await store.read("s")
+        assert read is not None
+        assert len(read.runs) == 20
+
+
+async def test_open_is_idempotent_and_safe_to_race(tmp_path: Path) -> None:
+    store = SqliteStore(db_file=tmp_path / "race.db")
+    await asyncio.gather(store.open(), store.open(), store.open())
+    assert store._readers is not None
+    assert len(store._readers.connections) == store.reader_connections
+    await store.open()
+    await store.close()
+
+
+async def test_a_store_left_open_warns(tmp_path: Path) -> None:
+    store = SqliteStore(db_file=tmp_path / "warn.db")
+    await store.open()
+    with pytest.warns(ResourceWarning, match="never closed"):
+        store.__del__()
+    await store.close()
+
+
+async def test_open_store_urls(tmp_path: Path) -> None:
+    absolute = tmp_path / "by-url.db"
+    store = open_store(f"sqlite:///{absolute}", auto_upgrade_schema=True)
+    assert isinstance(store, SqliteStore)
+    assert store.db_file == str(absolute)
+    assert store.auto_upgrade_schema
+    async with store:
+        await store.append_runs("s", [{"i": 1}])
+    assert absolute.exists()
+    memory = open_store("sqlite:///:memory:", table_name="other")
+    assert isinstance(memory, SqliteStore)
+    assert memory.in_memory
+    assert memory.table_name == "other"
