@@ -54,6 +54,6 @@ async def main(db_file: str, question: str | None) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("question", nargs="?", help="what to ask (default: the demo's question)")
-    parser.add_argument("--db-file", default="tmp/data.db", help="SQLite file (default tmp/data.db)")
+    parser.add_argument("--db-file", default="tmp/data.db", help="SQLite file (tmp/data.db)")
     args = parser.parse_args()
     asyncio.run(main(args.db_file, args.question))
