@@ -17,7 +17,6 @@ import dataclasses
 import enum
 import json
 import math
-import re
 import secrets
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
@@ -39,8 +38,11 @@ _OPTIONS: Final = orjson.OPT_SERIALIZE_NUMPY
 _INT64_MIN: Final = -(2**63)
 _UINT64_MAX: Final = 2**64 - 1
 # orjson reads integers outside [-2**63, 2**64) as floats; such literals have at least 19 digits.
-_LONG_DIGITS: Final = re.compile(rb"\d{19}")
-_LONG_DIGITS_STR: Final = re.compile(r"\d{19}")
+# A run of 19 digits is found by turning every digit into "0" and searching for 19 zeros: a
+# byte-wise translate and a substring search, over ten times faster than a regex scan (which
+# cost more than the JSON parse itself).
+_DIGITS_TO_ZERO: Final = bytes.maketrans(b"123456789", b"000000000")
+_NINETEEN_ZEROS: Final = b"0" * 19
 
 
 def _default(obj: Any) -> Any:
@@ -67,15 +69,16 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise SerializationError(f"stored value is not valid JSON: {exc}") from exc
-    if isinstance(data, str):
-        long_digits = _LONG_DIGITS_STR.search(data) is not None
-    else:
-        long_digits = _LONG_DIGITS.search(data) is not None
-    if long_digits:
+    if _has_long_digits(data):
         # A long run of digits may be an integer orjson read as a float: the standard library
         # parser reads integers exactly and is only paid for on such (rare) documents.
         value = json.loads(data if isinstance(data, str | bytes) else bytes(data))
     return value
+
+
+def _has_long_digits(data: bytes | bytearray | memoryview | str) -> bool:
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
+    return _NINETEEN_ZEROS in raw.translate(_DIGITS_TO_ZERO)
 
 
 def format_size(size: int) -> str:
