@@ -376,6 +376,8 @@ class PostgresStore:
             | OSError,  # refused, reset, unreachable
         ):
             return StorageUnavailableError(f"{label}: {message}")
+        if isinstance(exc, asyncpg.InternalClientError):
+            return StorageUnavailableError(f"{label}: the connection broke: {message}")
         if isinstance(exc, asyncpg.TransactionRollbackError):  # 40: deadlock, serialization
             return StorageUnavailableError(f"{label}: {message}; nothing was written, retry")
         if isinstance(exc, asyncpg.ReadOnlySQLTransactionError):
@@ -450,27 +452,39 @@ class PostgresStore:
             "pool_max_size or acquire_timeout, or lower the load"
         )
 
-    async def _run(self, work: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """Run `work(connection, *args)` on a pooled connection: the boundary of every call."""
-        pool, gate = self._pool, self._gate
-        if self._state is not _State.OPEN or pool is None or gate is None:
-            raise self._closed()
-        connection = await self._acquire(pool, gate)
-        try:
-            return await work(connection, *args)
-        except StorageError:
-            raise
-        except Exception as exc:
-            raise self._translate(exc) from exc
-        finally:
+    async def _run(
+        self, work: Callable[..., Awaitable[T]], *args: Any, idempotent: bool = False
+    ) -> T:
+        """Run `work(connection, *args)` on a pooled connection: the boundary of every call.
+
+        A connection found broken (its backend terminated, the server restarted) is closed, so
+        the pool replaces it, and the call is tried once more on another connection when that is
+        safe: `idempotent` work (reads), or work whose statement never left the client."""
+        for attempt in (1, 2):
+            pool, gate = self._pool, self._gate
+            if self._state is not _State.OPEN or pool is None or gate is None:
+                raise self._closed()
+            connection = await self._acquire(pool, gate)
             try:
-                # Shielded inside asyncpg: a cancelled caller still returns the connection, after
-                # rolling back whatever it left open. A failure there (the connection broke) is
-                # asyncpg's to clean up; the call's own outcome is what the caller needs.
-                with contextlib.suppress(Exception):
-                    await pool.release(connection)
+                return await work(connection, *args)
+            except StorageError:
+                raise
+            except Exception as exc:
+                if not _broken(connection, exc):
+                    raise self._translate(exc) from exc
+                _terminate(connection)
+                if attempt == 2 or not (idempotent or _never_sent(exc)):
+                    raise self._translate(exc) from exc
             finally:
-                gate.release()
+                try:
+                    # Shielded inside asyncpg: a cancelled caller still returns the connection,
+                    # after rolling back whatever it left open. A failure there (the connection
+                    # broke) is asyncpg's to clean up; the call's own outcome is what matters.
+                    with contextlib.suppress(Exception):
+                        await pool.release(connection)
+                finally:
+                    gate.release()
+        raise AssertionError("unreachable")  # pragma: no cover
 
     @asynccontextmanager
     async def _pool_connection(self, pool: asyncpg.Pool) -> AsyncIterator[Connection]:
@@ -505,7 +519,12 @@ class PostgresStore:
         tail = common.check_last_runs(last_runs)
         sql = self._statements()
         row = await self._run(
-            _fetchrow, sql.read, sid, uid, None if tail is None else min(tail, q.MAX_INT4)
+            _fetchrow,
+            sql.read,
+            sid,
+            uid,
+            None if tail is None else min(tail, q.MAX_INT4),
+            idempotent=True,
         )
         if row is None:
             return None
@@ -762,7 +781,7 @@ class PostgresStore:
         """Ids of the matching sessions, most recently updated first."""
         query = common.list_query(user_id=user_id, entity_id=entity_id)
         statement, params = self._statements().listing(query, ids_only=True)
-        rows = await self._run(_fetch, statement, *params)
+        rows = await self._run(_fetch, statement, *params, idempotent=True)
         return [row[0] for row in rows]
 
     async def get_all_sessions(
@@ -794,7 +813,7 @@ class PostgresStore:
 
     async def _list(self, query: common.ListQuery) -> tuple[list[Session], bool]:
         statement, params = self._statements().listing(query)
-        rows = await self._run(_fetch, statement, *params)
+        rows = await self._run(_fetch, statement, *params, idempotent=True)
         more = query.limit is not None and len(rows) > query.limit
         if more:
             del rows[query.limit :]
@@ -873,6 +892,34 @@ class PostgresStore:
 
 
 # --- small helpers run on a connection, and row decoding ------------------------------------------
+
+
+def _broken(connection: Connection, exc: BaseException) -> bool:
+    """Whether `exc` means the connection itself is unusable (rather than the statement failed)."""
+    if isinstance(
+        exc,
+        asyncpg.PostgresConnectionError
+        | asyncpg.AdminShutdownError
+        | asyncpg.CrashShutdownError
+        | asyncpg.InternalClientError  # protocol state broken, e.g. by an unsolicited FATAL
+        | OSError,
+    ):
+        return True
+    try:
+        return bool(connection.is_closed())
+    except asyncpg.InterfaceError:  # closed, and already taken back by its pool
+        return True
+
+
+def _terminate(connection: Connection) -> None:
+    with contextlib.suppress(asyncpg.InterfaceError):  # already taken back by its pool
+        connection.terminate()
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """asyncpg refused to start the statement: its connection had already failed (a backend
+    terminated while the connection was idle in the pool) and nothing reached the server."""
+    return isinstance(exc, asyncpg.InternalClientError) and "cannot switch to state" in str(exc)
 
 
 async def _fetchrow(connection: Connection, statement: str, *args: Any) -> Any:

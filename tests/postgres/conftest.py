@@ -80,6 +80,14 @@ async def execute(url: str, *statements: str) -> None:
         await connection.close()
 
 
+@pytest.fixture
+async def admin(pg_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A plain connection to the test server, for looking behind the store's back."""
+    connection = await asyncpg.connect(pg_url)
+    yield connection
+    await connection.close()
+
+
 @pytest.fixture(scope="session")
 def pg_schema(pg_url: str) -> Iterator[str]:
     """A schema for this test run's tables, dropped with everything in it at the end."""

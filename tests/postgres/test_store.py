@@ -39,13 +39,6 @@ async def store(make_store: StoreMaker) -> AsyncIterator[PostgresStore]:
         yield store
 
 
-@pytest.fixture
-async def admin(pg_url: str) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(pg_url)
-    yield connection
-    await connection.close()
-
-
 # --- the jsonb encoding -------------------------------------------------------------------------
 
 
