@@ -59,38 +59,103 @@ async def connect(
     return connection
 
 
-def read_transaction(work: Work[T], db: sqlite3.Connection) -> T:
-    """Run `work` in one read transaction: its statements see one snapshot of the database."""
-    if db.in_transaction:  # in-memory stores read on the writer, which may be migrating
-        return work(db)
-    db.execute("BEGIN")
+def run_reads(works: Sequence[Work[Any]], db: sqlite3.Connection) -> list[Outcome]:
+    """A batch of reads in one read transaction: they all see one committed snapshot."""
+    outcomes: list[Outcome] = []
+    nested = db.in_transaction  # in-memory stores read on the writer, which may be migrating
+    if not nested:
+        db.execute("BEGIN")
     try:
-        return work(db)
+        for work in works:
+            try:
+                outcomes.append((True, work(db)))
+            except Exception as exc:
+                outcomes.append((False, exc))
     finally:
-        db.execute("COMMIT")
+        if not nested:
+            db.execute("COMMIT")
+    return outcomes
+
+
+Pending = deque[tuple[Work[Any], "asyncio.Future[Any]"]]
+
+
+def _take(queue: Pending, limit: int) -> list[tuple[Work[Any], asyncio.Future[Any]]]:
+    """Up to `limit` queued calls, dropping those cancelled before they started."""
+    batch: list[tuple[Work[Any], asyncio.Future[Any]]] = []
+    while queue and len(batch) < limit:
+        work, future = queue.popleft()
+        if not future.done():
+            batch.append((work, future))
+    return batch
+
+
+def _settle(
+    batch: Sequence[tuple[Work[Any], asyncio.Future[Any]]], outcomes: list[Outcome]
+) -> None:
+    for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+        if future.done():  # the caller was cancelled while its call ran
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
 
 
 class ReaderPool:
-    """A fixed set of reader connections handed out first come, first served."""
+    """Reader connections, each with its own thread, reading in batches.
 
-    def __init__(self, connections: Sequence[aiosqlite.Connection]) -> None:
+    A read is queued; a connection with nothing in flight takes everything queued (up to
+    `max_batch`) and runs it in one call, in one read transaction. At low load a batch is one read
+    and nothing waits; under load one thread hop serves many reads."""
+
+    def __init__(self, connections: Sequence[aiosqlite.Connection], *, max_batch: int) -> None:
         self.connections = list(connections)
-        self._idle: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
-        for connection in self.connections:
-            self._idle.put_nowait(connection)
+        self._idle = list(self.connections)
+        self._queue: Pending = deque()
+        self._max_batch = max_batch
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.batches = 0
+        self.reads = 0
 
     @property
-    def idle(self) -> int:
-        return self._idle.qsize()
+    def in_flight(self) -> int:
+        return len(self.connections) - len(self._idle) + len(self._queue)
 
     async def run(self, work: Work[T]) -> T:
-        connection = await self._idle.get()
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append((work, future))
+        self._dispatch()
+        return await future
+
+    def _dispatch(self) -> None:
+        while self._queue and self._idle:
+            batch = _take(self._queue, self._max_batch)
+            if not batch:
+                return
+            connection = self._idle.pop()
+            self.batches += 1
+            self.reads += len(batch)
+            task = asyncio.get_running_loop().create_task(self._run_batch(connection, batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run_batch(
+        self, connection: aiosqlite.Connection, batch: list[tuple[Work[Any], asyncio.Future[Any]]]
+    ) -> None:
         try:
-            # Cancelled while waiting: `work` still runs (or ran) to its end on the connection's
-            # thread, and whatever is queued next on that thread runs after it.
-            return await run(connection, partial(read_transaction, work))
+            outcomes = await run(connection, partial(run_reads, [w for w, _ in batch]))
+        except Exception as exc:  # the connection failed (closed): fail the whole batch
+            outcomes = [(False, exc)] * len(batch)
         finally:
-            self._idle.put_nowait(connection)
+            self._idle.append(connection)
+        _settle(batch, outcomes)
+        self._dispatch()
+
+    async def close(self) -> None:
+        """Wait for the reads in flight."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 def run_batch(works: Sequence[Work[Any]], db: sqlite3.Connection) -> list[Outcome]:
@@ -102,17 +167,24 @@ def run_batch(works: Sequence[Work[Any]], db: sqlite3.Connection) -> list[Outcom
         return [(False, exc)] * len(works)
     outcomes: list[Outcome] = []
     try:
-        for work in works:
-            db.execute("SAVEPOINT write")
+        if len(works) == 1:  # alone in its transaction: no savepoint needed
             try:
-                value = work(db)
+                outcomes.append((True, works[0](db)))
             except Exception as exc:
-                db.execute("ROLLBACK TO write")
-                db.execute("RELEASE write")
-                outcomes.append((False, exc))
-            else:
-                db.execute("RELEASE write")
-                outcomes.append((True, value))
+                db.execute("ROLLBACK")
+                return [(False, exc)]
+        else:
+            for work in works:
+                db.execute("SAVEPOINT write")
+                try:
+                    value = work(db)
+                except Exception as exc:
+                    db.execute("ROLLBACK TO write")
+                    db.execute("RELEASE write")
+                    outcomes.append((False, exc))
+                else:
+                    db.execute("RELEASE write")
+                    outcomes.append((True, value))
         db.execute("COMMIT")
     except sqlite3.Error as exc:
         if db.in_transaction:
@@ -172,11 +244,7 @@ class GroupCommitWriter:
                     self._wakeup.clear()
                     await self._wakeup.wait()
                     continue
-                batch = []
-                while self._queue and len(batch) < self._max_batch:
-                    work, future = self._queue.popleft()
-                    if not future.done():  # cancelled before it started: drop it
-                        batch.append((work, future))
+                batch = _take(self._queue, self._max_batch)
                 if not batch:
                     continue
                 self.batches += 1
@@ -185,13 +253,7 @@ class GroupCommitWriter:
                     outcomes = await asyncio.shield(
                         run(self.connection, partial(run_batch, [w for w, _ in batch]))
                     )
-                for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
-                    if future.done():
-                        continue
-                    if ok:
-                        future.set_result(value)
-                    else:
-                        future.set_exception(value)
+                _settle(batch, outcomes)
         except BaseException as exc:
             # Never leave a caller waiting forever: fail what is queued.
             failure = StorageError(f"{self._label}: the writer stopped: {exc!r}")
