@@ -114,7 +114,7 @@ class SqliteStore:
         self._label = f"sqlite {self.db_file!r} table {self.table_name!r}"
         self._state = _State.NEW
         self._lifecycle = asyncio.Lock()
-        self._writer: conn.GroupCommitWriter | None = None
+        self._writer: conn.Batcher | None = None
         self._readers: conn.ReaderPool | None = None
 
     def __repr__(self) -> str:
@@ -163,10 +163,7 @@ class SqliteStore:
                 if isinstance(exc, sqlite3.Error | OSError):
                     raise self._translate(exc) from exc
                 raise
-            self._writer = conn.GroupCommitWriter(
-                writer, max_batch=self.max_batch, label=self._label
-            )
-            self._writer.start()
+            self._writer = conn.Batcher(writer, conn.run_writes, max_batch=self.max_batch)
             self._readers = conn.ReaderPool(readers, max_batch=self.max_batch)
             self._state = _State.OPEN
 
@@ -189,8 +186,8 @@ class SqliteStore:
             self._writer = self._readers = None
             assert writer is not None
             assert readers is not None
-            await writer.close()
-            await readers.close()
+            await writer.drain()
+            await readers.drain()
             connections = {id(c): c for c in [*readers.connections, writer.connection]}
             for connection in connections.values():
                 await connection.close()
@@ -215,7 +212,7 @@ class SqliteStore:
                 stacklevel=1,
             )
 
-    def _open_parts(self) -> tuple[conn.GroupCommitWriter, conn.ReaderPool]:
+    def _open_parts(self) -> tuple[conn.Batcher, conn.ReaderPool]:
         if self._state is not _State.OPEN or self._writer is None or self._readers is None:
             state = "was closed" if self._state is _State.CLOSED else "is not open yet"
             raise StoreClosedError(
@@ -259,7 +256,7 @@ class SqliteStore:
     async def _write(self, work: conn.Work[T]) -> T:
         writer, _ = self._open_parts()
         try:
-            return await writer.submit(work)
+            return await writer.call(work)
         except (sqlite3.Error, ValueError) as exc:
             if isinstance(exc, StorageError):
                 raise
@@ -438,8 +435,8 @@ class SqliteStore:
         for the occasion."""
         if self._state is _State.OPEN:
             writer, _ = self._open_parts()
-            async with writer.exclusive():
-                yield writer.connection
+            async with writer.paused() as connection:
+                yield connection
             return
         if self._state is _State.CLOSED:
             self._open_parts()  # raises StoreClosedError

@@ -42,7 +42,7 @@ async def test_concurrent_writes_share_transactions(store: SqliteStore) -> None:
     before = store._writer.batches
     await asyncio.gather(*(store.append_runs(f"s{i % 10}", [{"i": i}]) for i in range(300)))
     batches = store._writer.batches - before
-    assert store._writer.writes >= 300
+    assert store._writer.calls >= 300
     assert batches < 300 / 4, f"{batches} transactions for 300 concurrent writes"
     for i in range(10):
         read = await store.read(f"s{i}")
@@ -96,7 +96,7 @@ async def test_cancelled_calls_leave_no_connection_or_transaction_open(
     assert store._readers is not None
     assert store._writer is not None
     assert store._readers.in_flight == 0
-    assert store._writer.queued == 0
+    assert store._writer.load == 0
     assert await in_transaction(store) == [False] * (1 + store.reader_connections)
     for sid in ("s0", "s1", "s2"):
         read = await store.read(sid)
