@@ -47,6 +47,17 @@ __all__ = ["SqliteStore"]
 
 T = TypeVar("T")
 _MIN_SQLITE: Final = (3, 35, 0)  # RETURNING
+# Result codes that mean "the storage cannot serve this now" (worth retrying later).
+_UNAVAILABLE_CODES: Final = frozenset(
+    {
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_PROTOCOL,
+        sqlite3.SQLITE_NOLFS,
+    }
+)
 
 
 class _State(enum.Enum):
@@ -226,40 +237,38 @@ class SqliteStore:
         if isinstance(exc, StorageError):
             return exc
         message = str(exc)
-        if isinstance(exc, sqlite3.OperationalError):
+        if isinstance(exc, sqlite3.Error):
+            code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF  # the primary result code
+            if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                return StorageUnavailableError(
+                    f"{self._label}: database is locked by another connection for longer than "
+                    f"busy_timeout={self.busy_timeout:g}s ({message})"
+                )
+            if code in _UNAVAILABLE_CODES:
+                return StorageUnavailableError(f"{self._label}: {message}")
             if "no such table" in message:
                 return MigrationError(
                     f"{self._label}: the store's tables do not exist ({message}); they were "
                     "dropped or never created: run `await store.upgrade_schema()`"
                 )
-            if "locked" in message or "busy" in message:
-                return StorageUnavailableError(
-                    f"{self._label}: database is locked by another connection for longer than "
-                    f"busy_timeout={self.busy_timeout:g}s ({message})"
-                )
-            return StorageUnavailableError(f"{self._label}: {message}")
+            # Corruption, "file is not a database", a constraint or a bug: retrying will not help.
+            return StorageError(f"{self._label}: {type(exc).__name__}: {message}")
         if isinstance(exc, OSError):
             return StorageUnavailableError(f"{self._label}: {exc}")
-        if isinstance(exc, ValueError) and "closed" in message:  # aiosqlite: connection closed
-            return StoreClosedError(f"{self._label}: the store was closed during the call")
         return StorageError(f"{self._label}: {type(exc).__name__}: {message}")
 
     async def _read(self, work: conn.Work[T]) -> T:
         _, readers = self._open_parts()
         try:
             return await readers.run(work)
-        except (sqlite3.Error, ValueError) as exc:
-            if isinstance(exc, StorageError):
-                raise
+        except sqlite3.Error as exc:
             raise self._translate(exc) from exc
 
     async def _write(self, work: conn.Work[T]) -> T:
         writer, _ = self._open_parts()
         try:
             return await writer.call(work)
-        except (sqlite3.Error, ValueError) as exc:
-            if isinstance(exc, StorageError):
-                raise
+        except sqlite3.Error as exc:
             raise self._translate(exc) from exc
 
     # --- sessions -------------------------------------------------------------------------------
