@@ -38,11 +38,10 @@ _OPTIONS: Final = orjson.OPT_SERIALIZE_NUMPY
 _INT64_MIN: Final = -(2**63)
 _UINT64_MAX: Final = 2**64 - 1
 # orjson reads integers outside [-2**63, 2**64) as floats; such literals have at least 19 digits.
-# A run of 19 digits is found by turning every digit into "0" and searching for 19 zeros: a
-# byte-wise translate and a substring search, over ten times faster than a regex scan (which
-# cost more than the JSON parse itself).
-_DIGITS_TO_ZERO: Final = bytes.maketrans(b"123456789", b"000000000")
-_NINETEEN_ZEROS: Final = b"0" * 19
+# Finding a run of 19 digits: map digits to "0" and everything else to " " (bytes.translate runs
+# at memory speed, a regex at a tenth of it), then look for nineteen "0"s.
+_DIGITS_TO_ZERO: Final = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
+_NINETEEN_DIGITS: Final = b"0" * 19
 
 
 def _default(obj: Any) -> Any:
@@ -69,16 +68,12 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise SerializationError(f"stored value is not valid JSON: {exc}") from exc
-    if _has_long_digits(data):
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    if _NINETEEN_DIGITS in raw.translate(_DIGITS_TO_ZERO):
         # A long run of digits may be an integer orjson read as a float: the standard library
         # parser reads integers exactly and is only paid for on such (rare) documents.
-        value = json.loads(data if isinstance(data, str | bytes) else bytes(data))
+        value = json.loads(raw)
     return value
-
-
-def _has_long_digits(data: bytes | bytearray | memoryview | str) -> bool:
-    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
-    return _NINETEEN_ZEROS in raw.translate(_DIGITS_TO_ZERO)
 
 
 def format_size(size: int) -> str:
