@@ -280,14 +280,21 @@ class PostgresStore:
                 reset=_keep_session,
                 connect=_connect_to_completion,
             )
+        except TimeoutError as exc:
+            raise self._connect_timed_out() from exc
         except Exception as exc:
             raise self._translate(exc) from exc
         return pool
 
-    async def _close_pool(self, pool: asyncpg.Pool) -> None:
+    @staticmethod
+    async def _close_pool(pool: asyncpg.Pool) -> None:
+        """Close gracefully, after the calls in progress; a connection that cannot say goodbye
+        (its server is gone) is dropped: there is nothing left to close."""
         try:
-            await asyncio.wait_for(pool.close(), timeout=self.acquire_timeout)
-        except (Exception, asyncio.CancelledError):
+            await pool.close()
+        except Exception:
+            pool.terminate()
+        except BaseException:  # cancelled: do not leave connections behind
             pool.terminate()
             raise
 
@@ -301,10 +308,7 @@ class PostgresStore:
             self._state = _State.CLOSED
             pool, self._pool, self._gate = self._pool, None, None
             if pool is not None and pool is not self._given_pool:
-                try:
-                    await self._close_pool(pool)
-                except Exception as exc:
-                    raise self._translate(exc) from exc
+                await self._close_pool(pool)
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -368,6 +372,11 @@ class PostgresStore:
             | asyncpg.ClientConfigurationError,
         ):
             return ConfigurationError(f"{label}: {message}; check db_url")
+        if isinstance(exc, TimeoutError):  # before OSError, of which it is a subclass
+            return StorageUnavailableError(
+                f"{label}: the statement did not finish within command_timeout="
+                f"{self.command_timeout}; it was cancelled"
+            )
         if isinstance(
             exc,
             asyncpg.PostgresConnectionError  # 08: connection lost, refused by the server
@@ -383,11 +392,6 @@ class PostgresStore:
         if isinstance(exc, asyncpg.ReadOnlySQLTransactionError):
             return StorageUnavailableError(
                 f"{label}: the server is read-only ({message}); is db_url a standby?"
-            )
-        if isinstance(exc, TimeoutError):
-            return StorageUnavailableError(
-                f"{label}: the statement did not finish within command_timeout="
-                f"{self.command_timeout}"
             )
         if isinstance(exc, asyncpg.DataError):
             return SerializationError(f"{label}: the server refused a value: {message}")
@@ -424,6 +428,8 @@ class PostgresStore:
             return await pool.acquire()
         except BaseException as exc:
             gate.release()
+            if isinstance(exc, TimeoutError):
+                raise self._connect_timed_out() from exc
             if isinstance(exc, Exception) and not isinstance(exc, StorageError):
                 raise self._translate(exc) from exc
             raise
@@ -443,6 +449,12 @@ class PostgresStore:
             if isinstance(exc, TimeoutError):
                 raise self._acquire_timed_out(gate) from exc
             raise
+
+    def _connect_timed_out(self) -> StorageUnavailableError:
+        return StorageUnavailableError(
+            f"{self.label}: couldn't open a connection within {self.acquire_timeout:.2f} sec; "
+            "is the server reachable and accepting connections?"
+        )
 
     def _acquire_timed_out(self, gate: asyncio.Semaphore) -> StorageUnavailableError:
         waiting = len(getattr(gate, "_waiters", None) or ())
@@ -876,6 +888,8 @@ class PostgresStore:
                 timeout=self.acquire_timeout,
                 statement_cache_size=self.statement_cache_size,
             )
+        except TimeoutError as exc:
+            raise self._connect_timed_out() from exc
         except Exception as exc:
             raise self._translate(exc) from exc
         try:
@@ -896,6 +910,10 @@ class PostgresStore:
 
 def _broken(connection: Connection, exc: BaseException) -> bool:
     """Whether `exc` means the connection itself is unusable (rather than the statement failed)."""
+    if isinstance(exc, TimeoutError):
+        # command_timeout: asyncpg cancels the statement on the server and keeps the connection.
+        # Closing it instead would leave the statement running (to commit) on the server.
+        return False
     if isinstance(
         exc,
         asyncpg.PostgresConnectionError

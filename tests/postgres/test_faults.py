@@ -101,6 +101,8 @@ async def test_a_server_that_goes_away_mid_call_and_comes_back(
         assert read is not None
         appended = await store.append_runs("s", [{"i": 3}], user_id="u")
         assert appended.runs[0]["i"] == 3
+        await proxy.cut()
+    # Closing a store whose server is gone succeeds: there is nothing left to close.
 
 
 async def test_a_real_server_restart(own_cluster: Cluster) -> None:
@@ -282,3 +284,41 @@ async def test_cancelled_calls_leave_no_connection_or_transaction_open(
                 inputs = [r["i"] for r in read.runs]
                 assert inputs[::2] == [-x for x in inputs[1::2]]
         await store.append_runs("s0", [{"i": 0}])
+
+
+async def test_a_server_that_never_answers_times_out_at_open(pg_schema: str) -> None:
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # accept, read, never answer
+        writer.close()
+
+    silent = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    try:
+        store = PostgresStore(
+            "t", f"postgresql://u@127.0.0.1:{port}/d", schema=pg_schema, acquire_timeout=0.3
+        )
+        started = time.monotonic()
+        with pytest.raises(StorageUnavailableError, match=r"open a connection within 0\.30"):
+            await store.open()
+        assert time.monotonic() - started < 5
+    finally:
+        silent.close()
+        await silent.wait_closed()
+
+
+async def test_a_statement_over_command_timeout_is_unavailable_and_the_store_goes_on(
+    make_store: StoreMaker, pg_url: str
+) -> None:
+    store = make_store(pool_min_size=1, pool_max_size=1, command_timeout=0.3)
+    async with store:
+        await store.append_runs("s", [{"i": 0}])
+        lock = await hold_row_lock(pg_url, store, "s")
+        try:
+            with pytest.raises(StorageUnavailableError, match=r"command_timeout=0\.3"):
+                await store.append_runs("s", [{"i": 1}])
+        finally:
+            await release(lock)
+        read = await store.read("s")
+        assert read is not None
+        assert [r["i"] for r in read.runs] == [0]
+        assert (await store.append_runs("s", [{"i": 2}])).version == 2
