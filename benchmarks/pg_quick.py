@@ -111,6 +111,7 @@ async def main() -> None:
     parser.add_argument("--pool", type=int, default=20)
     parser.add_argument("--duration", type=float, default=4.0)
     parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=2, help="cells per system, averaged")
     parser.add_argument("--sessions", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=20, help="runs per seeded session")
     parser.add_argument("--last-runs", type=int, default=10)
@@ -200,13 +201,20 @@ async def main() -> None:
         }
         print(
             f"{args.callers} callers, pool {args.pool}, {args.sessions} sessions of "
-            f"{args.runs} runs, last_runs={n}, {args.duration:g}s per cell"
+            f"{args.runs} runs, last_runs={n}, {args.duration:g}s per cell, mean of "
+            f"{args.rounds} interleaved rounds"
         )
         print(f"{'operation':<10}{'system':<26}{'ops/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
         results: dict[str, dict[str, dict[str, float]]] = {}
         for operation in ("read", "upsert", "append"):
-            for system, ops in systems.items():
-                cell = await measure(ops[operation], args.callers, args.duration, args.warmup)
+            cells: dict[str, list[dict[str, float]]] = {system: [] for system in systems}
+            for _ in range(args.rounds):  # interleaved, so drift hits every system alike
+                for system, ops in systems.items():
+                    cells[system].append(
+                        await measure(ops[operation], args.callers, args.duration, args.warmup)
+                    )
+            for system, runs in cells.items():
+                cell = {key: statistics.mean(r[key] for r in runs) for key in runs[0]}
                 results.setdefault(operation, {})[system] = cell
                 print(
                     f"{operation:<10}{system:<26}{cell['ops']:>9.0f}{cell['p50_ms']:>9.1f}"

@@ -322,3 +322,33 @@ async def test_a_statement_over_command_timeout_is_unavailable_and_the_store_goe
         assert read is not None
         assert [r["i"] for r in read.runs] == [0]
         assert (await store.append_runs("s", [{"i": 2}])).version == 2
+
+
+async def test_a_pool_passed_in_and_busy_elsewhere_times_out_and_gives_back_late_connections(
+    make_store: StoreMaker, pg_url: str
+) -> None:
+    pool = await asyncpg.create_pool(pg_url, min_size=1, max_size=1)
+    try:
+        store = make_store(db_url=None, pool=pool, acquire_timeout=0.2)
+        async with store:
+            await store.append_runs("s", [{"i": 0}])
+            taken = await pool.acquire()  # the application holds the pool's only connection
+            try:
+                with pytest.raises(StorageUnavailableError, match="couldn't get a connection"):
+                    await store.read("s")
+                waiting = asyncio.create_task(store.read("s"))
+                await asyncio.sleep(0.05)
+                waiting.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await waiting
+            finally:
+                await pool.release(taken)
+            # The acquisitions given up on finish in the background and are returned.
+            for _ in range(40):
+                if pool.get_idle_size() == pool.get_size():
+                    break
+                await asyncio.sleep(0.05)
+            assert pool.get_idle_size() == pool.get_size()
+            assert await store.read("s") is not None
+    finally:
+        await pool.close()
