@@ -74,14 +74,25 @@ class Cluster:
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         self._as: list[str] = []
         if os.geteuid() == 0:
-            user = pwd.getpwnam("postgres")
+            try:
+                user = pwd.getpwnam("postgres")
+            except KeyError:
+                raise RuntimeError(
+                    "initdb refuses to run as root and there is no 'postgres' OS user to run it "
+                    "as; create one, run the tests as another user, or set AAS_TEST_POSTGRES_URL"
+                ) from None
             os.chown(self.root, user.pw_uid, user.pw_gid)
             self._as = ["runuser", "-u", "postgres", "--"]
 
     def _run(self, *args: str, timeout: float = 120) -> None:
-        subprocess.run(
-            [*self._as, *args], check=True, capture_output=True, timeout=timeout, cwd=self.root
+        done = subprocess.run(
+            [*self._as, *args], capture_output=True, text=True, timeout=timeout, cwd=self.root
         )
+        if done.returncode != 0:
+            log = self.log.read_text()[-2000:] if self.log.exists() else ""
+            raise RuntimeError(
+                f"{Path(args[0]).name} failed ({done.returncode}): {done.stderr.strip()}\n{log}"
+            )
 
     def start(self) -> None:
         self._run(
@@ -123,7 +134,7 @@ class Cluster:
     def stop(self) -> None:
         try:
             self.pause()
-        except subprocess.CalledProcessError:
-            pass
+        except RuntimeError:
+            pass  # not running: nothing to stop
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
