@@ -114,8 +114,10 @@ async def test_a_real_server_restart(own_cluster: Cluster) -> None:
             blocked = asyncio.create_task(store.append_runs("s", [{"i": 1}]))
             await until_blocked(blocked)
             await asyncio.to_thread(own_cluster.pause)  # fast shutdown: sessions terminated
-            with pytest.raises(StorageUnavailableError):
-                await blocked
+            # Usually the call fails; but the lock holder may die first, and the append then
+            # commit before its own backend reads the shutdown signal.
+            (outcome,) = await asyncio.gather(blocked, return_exceptions=True)
+            assert isinstance(outcome, Session | StorageUnavailableError), repr(outcome)
             with pytest.raises(StorageUnavailableError):
                 await store.read("s")
         finally:
@@ -123,7 +125,7 @@ async def test_a_real_server_restart(own_cluster: Cluster) -> None:
             await asyncio.to_thread(own_cluster.resume)
         read = await eventually(lambda: store.read("s"))
         assert read is not None
-        assert [r["i"] for r in read.runs] == [0]
+        assert [r["i"] for r in read.runs] == ([0] if isinstance(outcome, Exception) else [0, 1])
         await store.append_runs("s", [{"i": 2}])
         await store.drop()
 
