@@ -1287,6 +1287,7 @@ class _MigrationTransaction:
 
     async def apply(self, migration: Migration) -> datetime:
         store, parts = self._target.store, self._target.parts
+        _log.info("%s: applying migration %d (%s)", store._label, migration.version, migration.name)
         with store._errors():
             for step in migration.steps:
                 command = orjson.loads(step.replace("{table}", store.collection_name))
@@ -1316,6 +1317,8 @@ class _MigrationTransaction:
                         "different checksums"
                     ) from None
                 now = int(existing["applied_at"])
+                return common.from_us(now)
+        _log.info("%s: applied migration %d (%s)", store._label, migration.version, migration.name)
         return common.from_us(now)
 
 
