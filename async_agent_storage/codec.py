@@ -17,7 +17,6 @@ import dataclasses
 import enum
 import json
 import math
-import re
 import secrets
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
@@ -39,8 +38,10 @@ _OPTIONS: Final = orjson.OPT_SERIALIZE_NUMPY
 _INT64_MIN: Final = -(2**63)
 _UINT64_MAX: Final = 2**64 - 1
 # orjson reads integers outside [-2**63, 2**64) as floats; such literals have at least 19 digits.
-_LONG_DIGITS: Final = re.compile(rb"\d{19}")
-_LONG_DIGITS_STR: Final = re.compile(r"\d{19}")
+# Finding a run of 19 digits: map digits to "0" and everything else to " " (bytes.translate runs
+# at memory speed, a regex at a tenth of it), then look for nineteen "0"s.
+_DIGITS_TO_ZERO: Final = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
+_NINETEEN_DIGITS: Final = b"0" * 19
 
 
 def _default(obj: Any) -> Any:
@@ -67,14 +68,11 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise SerializationError(f"stored value is not valid JSON: {exc}") from exc
-    if isinstance(data, str):
-        long_digits = _LONG_DIGITS_STR.search(data) is not None
-    else:
-        long_digits = _LONG_DIGITS.search(data) is not None
-    if long_digits:
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    if _NINETEEN_DIGITS in raw.translate(_DIGITS_TO_ZERO):
         # A long run of digits may be an integer orjson read as a float: the standard library
         # parser reads integers exactly and is only paid for on such (rare) documents.
-        value = json.loads(data if isinstance(data, str | bytes) else bytes(data))
+        value = json.loads(raw)
     return value
 
 

@@ -1,11 +1,16 @@
-"""Connections of the SQLite driver: a thread call per transaction, readers, a group-commit writer.
+"""Connections of the SQLite driver: batches of calls, one thread hop per batch.
 
 aiosqlite gives each connection its own thread and runs every call of that connection there, in
-order. A call costs one hop between the event loop and that thread (about 150 µs on a 2-core VM),
-so the driver never sends statements one by one: a read is one call that runs its statements in
-one read transaction, and the writer runs a whole batch of writes, one transaction with a
-savepoint per write, in one call (aiosqlite's `_execute` queues any callable on the connection's
-thread; it is the one private name used, which is why aiosqlite is pinned below 0.23).
+order. A call costs one hop between the event loop and that thread (about 150 µs on a 2-core VM,
+far more than the SQL of a session read), so the driver never sends statements one by one: each
+connection has a `Batcher`, and while one batch runs on the thread the next calls queue up and go
+together as the next batch. A batch of reads runs in one read transaction; a batch of writes in
+one write transaction with a savepoint per write (group commit). At low load a batch is one call
+and nothing waits; under load one hop serves many calls.
+
+The batches are queued on aiosqlite's connection thread through its `_tx` queue, the way its own
+`_execute` does, but without a coroutine per call: the one private interface used, the same in
+aiosqlite 0.20 to 0.22 (hence the pin below 0.23, and tests that exercise it).
 """
 
 from __future__ import annotations
@@ -13,27 +18,38 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import aiosqlite
 
-from ..errors import StorageError, StoreClosedError
+from ..errors import StoreClosedError
 
 T = TypeVar("T")
 Work = Callable[[sqlite3.Connection], T]
 Outcome = tuple[bool, Any]  # (True, result) or (False, exception)
+BatchRunner = Callable[[Sequence[Work[Any]], sqlite3.Connection], list[Outcome]]
+Call = tuple[Work[Any], "asyncio.Future[Any]"]
 
 
 def _with_sqlite(connection: aiosqlite.Connection, work: Work[T]) -> T:
     return work(connection._conn)
 
 
+def submit(connection: aiosqlite.Connection, work: Work[T]) -> asyncio.Future[T]:
+    """Queue `work(sqlite3_connection)` on the connection's thread; the future holds its result."""
+    if not connection._running or connection._connection is None:
+        raise StoreClosedError("the SQLite connection is closed")
+    future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    connection._tx.put_nowait((future, partial(_with_sqlite, connection, work)))
+    return future
+
+
 async def run(connection: aiosqlite.Connection, work: Work[T]) -> T:
     """Run `work(sqlite3_connection)` on the connection's own thread."""
-    result = await connection._execute(_with_sqlite, connection, work)  # type: ignore[no-untyped-call]
-    return cast(T, result)
+    return await submit(connection, work)
 
 
 def _configure(wal: bool, synchronous: str, query_only: bool, db: sqlite3.Connection) -> None:
@@ -59,41 +75,28 @@ async def connect(
     return connection
 
 
-def read_transaction(work: Work[T], db: sqlite3.Connection) -> T:
-    """Run `work` in one read transaction: its statements see one snapshot of the database."""
-    if db.in_transaction:  # in-memory stores read on the writer, which may be migrating
-        return work(db)
-    db.execute("BEGIN")
+# --- what a batch does on the thread ------------------------------------------------------
+
+
+def run_reads(works: Sequence[Work[Any]], db: sqlite3.Connection) -> list[Outcome]:
+    """A batch of reads in one read transaction: they all see one committed snapshot."""
+    outcomes: list[Outcome] = []
+    nested = db.in_transaction  # in-memory stores read on the writer, which may be migrating
+    if not nested:
+        db.execute("BEGIN")
     try:
-        return work(db)
+        for work in works:
+            try:
+                outcomes.append((True, work(db)))
+            except Exception as exc:
+                outcomes.append((False, exc))
     finally:
-        db.execute("COMMIT")
+        if not nested:
+            db.execute("COMMIT")
+    return outcomes
 
 
-class ReaderPool:
-    """A fixed set of reader connections handed out first come, first served."""
-
-    def __init__(self, connections: Sequence[aiosqlite.Connection]) -> None:
-        self.connections = list(connections)
-        self._idle: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
-        for connection in self.connections:
-            self._idle.put_nowait(connection)
-
-    @property
-    def idle(self) -> int:
-        return self._idle.qsize()
-
-    async def run(self, work: Work[T]) -> T:
-        connection = await self._idle.get()
-        try:
-            # Cancelled while waiting: `work` still runs (or ran) to its end on the connection's
-            # thread, and whatever is queued next on that thread runs after it.
-            return await run(connection, partial(read_transaction, work))
-        finally:
-            self._idle.put_nowait(connection)
-
-
-def run_batch(works: Sequence[Work[Any]], db: sqlite3.Connection) -> list[Outcome]:
+def run_writes(works: Sequence[Work[Any]], db: sqlite3.Connection) -> list[Outcome]:
     """One write transaction for a batch of writes, each in a savepoint so that one write failing
     (a version conflict, say) undoes that write only. Nothing is reported done before COMMIT."""
     try:
@@ -102,17 +105,24 @@ def run_batch(works: Sequence[Work[Any]], db: sqlite3.Connection) -> list[Outcom
         return [(False, exc)] * len(works)
     outcomes: list[Outcome] = []
     try:
-        for work in works:
-            db.execute("SAVEPOINT write")
+        if len(works) == 1:  # alone in its transaction: no savepoint needed
             try:
-                value = work(db)
+                outcomes.append((True, works[0](db)))
             except Exception as exc:
-                db.execute("ROLLBACK TO write")
-                db.execute("RELEASE write")
-                outcomes.append((False, exc))
-            else:
-                db.execute("RELEASE write")
-                outcomes.append((True, value))
+                db.execute("ROLLBACK")
+                return [(False, exc)]
+        else:
+            for work in works:
+                db.execute("SAVEPOINT write")
+                try:
+                    value = work(db)
+                except Exception as exc:
+                    db.execute("ROLLBACK TO write")
+                    db.execute("RELEASE write")
+                    outcomes.append((False, exc))
+                else:
+                    db.execute("RELEASE write")
+                    outcomes.append((True, value))
         db.execute("COMMIT")
     except sqlite3.Error as exc:
         if db.in_transaction:
@@ -121,90 +131,143 @@ def run_batch(works: Sequence[Work[Any]], db: sqlite3.Connection) -> list[Outcom
     return outcomes
 
 
-class GroupCommitWriter:
-    """The single writer connection. Writes submitted while a batch runs are committed together in
-    the next transaction: under load, one commit (and one thread hop) serves many writes.
+# --- batching on the event loop -----------------------------------------------------------
 
-    Cancellation: a write cancelled before its batch starts is dropped (nothing written); once its
-    batch started it commits with the batch, and only the caller's wait is cancelled.
+
+def _take(queue: deque[Call], limit: int) -> list[Call]:
+    """Up to `limit` queued calls, dropping those cancelled before they started."""
+    batch: list[Call] = []
+    while queue and len(batch) < limit:
+        work, future = queue.popleft()
+        if not future.done():
+            batch.append((work, future))
+    return batch
+
+
+class Batcher:
+    """The calls of one connection. While a batch runs on the connection's thread, new calls queue;
+    when it ends, what queued (up to `max_batch`) starts as the next batch, at once.
+
+    Cancellation: a call cancelled before its batch starts is dropped (it never runs); once its
+    batch started it runs to the end with the batch and only the caller's wait is cancelled.
     """
 
-    def __init__(self, connection: aiosqlite.Connection, *, max_batch: int, label: str) -> None:
+    def __init__(
+        self, connection: aiosqlite.Connection, runner: BatchRunner, *, max_batch: int
+    ) -> None:
         self.connection = connection
+        self._runner = runner
         self._max_batch = max_batch
-        self._label = label
-        self._queue: deque[tuple[Work[Any], asyncio.Future[Any]]] = deque()
-        self._wakeup = asyncio.Event()
-        self._exclusive = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
-        self.batches = 0  # transactions committed (or attempted)
-        self.writes = 0  # writes they carried
+        self._queue: deque[Call] = deque()
+        self._busy = False
+        self._paused = 0
+        self._idle: list[asyncio.Future[None]] = []
+        self.batches = 0  # batches started: one thread hop (and one transaction) each
+        self.calls = 0  # calls they carried
 
     @property
-    def queued(self) -> int:
-        return len(self._queue)
+    def load(self) -> int:
+        """Calls queued, plus one while a batch runs."""
+        return len(self._queue) + self._busy
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(
-            self._drain(), name=f"async-agent-storage writer {self._label}"
-        )
-
-    async def submit(self, work: Work[T]) -> T:
-        if self._closing:
-            raise StoreClosedError(f"{self._label}: the store is closing")
+    async def call(self, work: Work[T]) -> T:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.append((work, future))
-        self._wakeup.set()
+        if not self._busy and not self._paused:
+            self._start()
         return await future
 
-    def exclusive(self) -> asyncio.Lock:
-        """Held around each batch; hold it to use the writer connection directly (migrations)."""
-        return self._exclusive
-
-    async def _drain(self) -> None:
-        batch: list[tuple[Work[Any], asyncio.Future[Any]]] = []
+    def _start(self) -> None:
+        batch = _take(self._queue, self._max_batch)
+        if not batch:
+            self._wake_idle()
+            return
+        self.batches += 1
+        self.calls += len(batch)
         try:
-            while True:
-                if not self._queue:
-                    if self._closing:
-                        return
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
-                    continue
-                batch = []
-                while self._queue and len(batch) < self._max_batch:
-                    work, future = self._queue.popleft()
-                    if not future.done():  # cancelled before it started: drop it
-                        batch.append((work, future))
-                if not batch:
-                    continue
-                self.batches += 1
-                self.writes += len(batch)
-                async with self._exclusive:
-                    outcomes = await asyncio.shield(
-                        run(self.connection, partial(run_batch, [w for w, _ in batch]))
-                    )
-                for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
-                    if future.done():
-                        continue
-                    if ok:
-                        future.set_result(value)
-                    else:
-                        future.set_exception(value)
-        except BaseException as exc:
-            # Never leave a caller waiting forever: fail what is queued.
-            failure = StorageError(f"{self._label}: the writer stopped: {exc!r}")
-            for _, future in [*batch, *self._queue]:
-                if not future.done():
-                    future.set_exception(failure)
-            self._queue.clear()
-            raise
+            done = submit(self.connection, partial(self._runner, [work for work, _ in batch]))
+        except StoreClosedError as exc:
+            self._settle(batch, [(False, exc)] * len(batch))
+            if self._queue:
+                self._start()
+            return
+        self._busy = True
+        done.add_done_callback(partial(self._finished, batch))
 
-    async def close(self) -> None:
-        """Finish queued writes, then stop."""
-        self._closing = True
-        self._wakeup.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
+    def _finished(self, batch: list[Call], done: asyncio.Future[list[Outcome]]) -> None:
+        self._busy = False
+        exc = None if done.cancelled() else done.exception()
+        if done.cancelled() or exc is not None:  # not expected: the runners catch what they can
+            failure = exc or StoreClosedError("the SQLite connection was closed")
+            self._settle(batch, [(False, failure)] * len(batch))
+        else:
+            self._settle(batch, done.result())
+        if self._queue and not self._paused:
+            self._start()
+        else:
+            self._wake_idle()
+
+    @staticmethod
+    def _settle(batch: list[Call], outcomes: list[Outcome]) -> None:
+        for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+            if future.done():  # the caller was cancelled while its call ran
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+    def _wake_idle(self) -> None:
+        waiters, self._idle = self._idle, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _until(self, done: Callable[[], bool]) -> None:
+        while not done():
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._idle.append(waiter)
+            await waiter
+
+    async def drain(self) -> None:
+        """Wait until everything queued has run."""
+        await self._until(lambda: not self._busy and not self._queue)
+
+    @asynccontextmanager
+    async def paused(self) -> AsyncIterator[aiosqlite.Connection]:
+        """Hold the connection between batches (for a migration); calls queue meanwhile."""
+        self._paused += 1
+        try:
+            await self._until(lambda: not self._busy)
+            yield self.connection
+        finally:
+            self._paused -= 1
+            if self._queue and not self._busy and not self._paused:
+                self._start()
+
+
+class ReaderPool:
+    """Reader connections: a read goes to the connection with the least work."""
+
+    def __init__(self, connections: Sequence[aiosqlite.Connection], *, max_batch: int) -> None:
+        self.connections = list(connections)
+        self._batchers = [Batcher(c, run_reads, max_batch=max_batch) for c in self.connections]
+
+    @property
+    def in_flight(self) -> int:
+        return sum(b.load for b in self._batchers)
+
+    @property
+    def batches(self) -> int:
+        return sum(b.batches for b in self._batchers)
+
+    @property
+    def reads(self) -> int:
+        return sum(b.calls for b in self._batchers)
+
+    async def run(self, work: Work[T]) -> T:
+        return await min(self._batchers, key=lambda b: b.load).call(work)
+
+    async def drain(self) -> None:
+        for batcher in self._batchers:
+            await batcher.drain()

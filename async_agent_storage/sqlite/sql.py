@@ -15,34 +15,49 @@ COLUMNS = (
     "session_id, session_type, user_id, agent_id, team_id, workflow_id, session_data, agent_data, "
     "team_data, workflow_data, metadata, summary, created_at, updated_at, version, run_count"
 )
-# Positions in a row selected with COLUMNS.
+# JSON comes back as bytes (CAST AS BLOB): orjson reads UTF-8 bytes directly, which saves making a
+# str of every document only to encode it again.
+SELECT_COLUMNS = (
+    "session_id, session_type, user_id, agent_id, team_id, workflow_id, "
+    "CAST(session_data AS BLOB), CAST(agent_data AS BLOB), CAST(team_data AS BLOB), "
+    "CAST(workflow_data AS BLOB), CAST(metadata AS BLOB), CAST(summary AS BLOB), "
+    "created_at, updated_at, version, run_count"
+)
+# Positions in a row selected with SELECT_COLUMNS.
 SID, TYPE, USER, AGENT, TEAM, WORKFLOW, DATA = 0, 1, 2, 3, 4, 5, 6
 CREATED, UPDATED, VERSION, RUN_COUNT = 12, 13, 14, 15
 
-_SELECT_SESSION = 'SELECT {cols} FROM "{t}" WHERE session_id = ?'
+_SELECT_SESSION = 'SELECT {select} FROM "{t}" WHERE session_id = ?'
 _SELECT_OWNER = 'SELECT user_id, version, run_count, created_at FROM "{t}" WHERE session_id = ?'
-_SELECT_RUNS_FROM = 'SELECT body FROM "{t}_runs" WHERE session_id = ? AND seq >= ? ORDER BY seq'
+_SELECT_RUNS_FROM = (
+    'SELECT CAST(body AS BLOB) FROM "{t}_runs" WHERE session_id = ? AND seq >= ? ORDER BY seq'
+)
 _INSERT_SESSION = """
     INSERT INTO "{t}" ({cols})
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
+# Ownership and if_version are checked by the UPDATE itself; no row back means one of them failed
+# (or the session does not exist) and only then is the row read to say which. Runs before the
+# session's `runs_offset` were not loaded by the caller and are kept: run_count restarts from
+# min(stored run_count, runs_offset).
 _UPDATE_SESSION = """
     UPDATE "{t}" SET session_type = ?, agent_id = ?, team_id = ?, workflow_id = ?,
         session_data = ?, agent_data = ?, team_data = ?, workflow_data = ?, metadata = ?,
-        summary = ?, updated_at = ?, version = version + 1, run_count = ?
-    WHERE session_id = ?
+        summary = ?, updated_at = ?, version = version + 1, run_count = min(run_count, ?) + ?
+    WHERE session_id = ? AND user_id IS ? AND (? IS NULL OR version = ?)
+    RETURNING created_at, version, run_count
 """
 _APPEND_INSERT = """
     INSERT INTO "{t}" ({cols})
     VALUES (?, 'agent', ?, NULL, NULL, NULL, coalesce(?, '{{}}'), NULL, NULL, NULL, NULL, NULL,
             ?, ?, 1, ?)
-    RETURNING {cols}
+    RETURNING {select}
 """
 _APPEND_UPDATE = """
     UPDATE "{t}" SET session_data = coalesce(?, session_data), updated_at = ?,
         version = version + 1, run_count = run_count + ?
-    WHERE session_id = ?
-    RETURNING {cols}
+    WHERE session_id = ? AND (? IS NULL OR user_id = ?)
+    RETURNING {select}
 """
 _INSERT_RUN = 'INSERT INTO "{t}_runs" (session_id, seq, run_id, body) VALUES (?, ?, ?, ?)'
 # Rewriting a run that did not change costs a lookup, not a page write.
@@ -100,7 +115,7 @@ class SQL:
     @classmethod
     def for_table(cls, table: str) -> SQL:
         def f(template: str) -> str:
-            return template.format(t=table, cols=COLUMNS)
+            return template.format(t=table, cols=COLUMNS, select=SELECT_COLUMNS)
 
         return cls(
             table=table,
@@ -149,7 +164,7 @@ class SQL:
         if query.after is not None:
             where.append("(updated_at, session_id) < (?, ?)")
             params += list(query.after)
-        sql = f'SELECT {"session_id" if ids_only else COLUMNS} FROM "{self.table}"'
+        sql = f'SELECT {"session_id" if ids_only else SELECT_COLUMNS} FROM "{self.table}"'
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY updated_at DESC, session_id DESC"

@@ -47,6 +47,17 @@ __all__ = ["SqliteStore"]
 
 T = TypeVar("T")
 _MIN_SQLITE: Final = (3, 35, 0)  # RETURNING
+# Result codes that mean "the storage cannot serve this now" (worth retrying later).
+_UNAVAILABLE_CODES: Final = frozenset(
+    {
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_PROTOCOL,
+        sqlite3.SQLITE_NOLFS,
+    }
+)
 
 
 class _State(enum.Enum):
@@ -84,7 +95,7 @@ class SqliteStore:
         *,
         auto_upgrade_schema: bool = False,
         busy_timeout: float = 5.0,
-        reader_connections: int = 4,
+        reader_connections: int = 2,
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
         max_session_bytes: int = codec.DEFAULT_MAX_SESSION_BYTES,
         max_batch: int = 256,
@@ -114,7 +125,7 @@ class SqliteStore:
         self._label = f"sqlite {self.db_file!r} table {self.table_name!r}"
         self._state = _State.NEW
         self._lifecycle = asyncio.Lock()
-        self._writer: conn.GroupCommitWriter | None = None
+        self._writer: conn.Batcher | None = None
         self._readers: conn.ReaderPool | None = None
 
     def __repr__(self) -> str:
@@ -163,11 +174,8 @@ class SqliteStore:
                 if isinstance(exc, sqlite3.Error | OSError):
                     raise self._translate(exc) from exc
                 raise
-            self._writer = conn.GroupCommitWriter(
-                writer, max_batch=self.max_batch, label=self._label
-            )
-            self._writer.start()
-            self._readers = conn.ReaderPool(readers)
+            self._writer = conn.Batcher(writer, conn.run_writes, max_batch=self.max_batch)
+            self._readers = conn.ReaderPool(readers, max_batch=self.max_batch)
             self._state = _State.OPEN
 
     async def _connect(self, *, query_only: bool = False) -> aiosqlite.Connection:
@@ -189,7 +197,8 @@ class SqliteStore:
             self._writer = self._readers = None
             assert writer is not None
             assert readers is not None
-            await writer.close()
+            await writer.drain()
+            await readers.drain()
             connections = {id(c): c for c in [*readers.connections, writer.connection]}
             for connection in connections.values():
                 await connection.close()
@@ -214,7 +223,7 @@ class SqliteStore:
                 stacklevel=1,
             )
 
-    def _open_parts(self) -> tuple[conn.GroupCommitWriter, conn.ReaderPool]:
+    def _open_parts(self) -> tuple[conn.Batcher, conn.ReaderPool]:
         if self._state is not _State.OPEN or self._writer is None or self._readers is None:
             state = "was closed" if self._state is _State.CLOSED else "is not open yet"
             raise StoreClosedError(
@@ -228,40 +237,38 @@ class SqliteStore:
         if isinstance(exc, StorageError):
             return exc
         message = str(exc)
-        if isinstance(exc, sqlite3.OperationalError):
+        if isinstance(exc, sqlite3.Error):
+            code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF  # the primary result code
+            if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                return StorageUnavailableError(
+                    f"{self._label}: database is locked by another connection for longer than "
+                    f"busy_timeout={self.busy_timeout:g}s ({message})"
+                )
+            if code in _UNAVAILABLE_CODES:
+                return StorageUnavailableError(f"{self._label}: {message}")
             if "no such table" in message:
                 return MigrationError(
                     f"{self._label}: the store's tables do not exist ({message}); they were "
                     "dropped or never created: run `await store.upgrade_schema()`"
                 )
-            if "locked" in message or "busy" in message:
-                return StorageUnavailableError(
-                    f"{self._label}: database is locked by another connection for longer than "
-                    f"busy_timeout={self.busy_timeout:g}s ({message})"
-                )
-            return StorageUnavailableError(f"{self._label}: {message}")
+            # Corruption, "file is not a database", a constraint or a bug: retrying will not help.
+            return StorageError(f"{self._label}: {type(exc).__name__}: {message}")
         if isinstance(exc, OSError):
             return StorageUnavailableError(f"{self._label}: {exc}")
-        if isinstance(exc, ValueError) and "closed" in message:  # aiosqlite: connection closed
-            return StoreClosedError(f"{self._label}: the store was closed during the call")
         return StorageError(f"{self._label}: {type(exc).__name__}: {message}")
 
     async def _read(self, work: conn.Work[T]) -> T:
         _, readers = self._open_parts()
         try:
             return await readers.run(work)
-        except (sqlite3.Error, ValueError) as exc:
-            if isinstance(exc, StorageError):
-                raise
+        except sqlite3.Error as exc:
             raise self._translate(exc) from exc
 
     async def _write(self, work: conn.Work[T]) -> T:
         writer, _ = self._open_parts()
         try:
-            return await writer.submit(work)
-        except (sqlite3.Error, ValueError) as exc:
-            if isinstance(exc, StorageError):
-                raise
+            return await writer.call(work)
+        except sqlite3.Error as exc:
             raise self._translate(exc) from exc
 
     # --- sessions -------------------------------------------------------------------------------
@@ -437,8 +444,8 @@ class SqliteStore:
         for the occasion."""
         if self._state is _State.OPEN:
             writer, _ = self._open_parts()
-            async with writer.exclusive():
-                yield writer.connection
+            async with writer.paused() as connection:
+                yield connection
             return
         if self._state is _State.CLOSED:
             self._open_parts()  # raises StoreClosedError
@@ -556,29 +563,39 @@ def _upsert(
     stored: list[_StoredRow] = []
     for enc in sessions:
         sid = enc.session_id
-        row = db.execute(sql.select_owner, (sid,)).fetchone()
-        if row is not None and row[0] != enc.user_id:
-            raise SessionOwnershipError(
-                f"{label}: session {sid!r} belongs to another user; it cannot be written as "
-                f"user_id={enc.user_id!r}",
-                session_id=sid,
-            )
-        actual = 0 if row is None else row[1]
-        if if_version is not None and if_version != actual:
-            raise SessionConflictError(
-                f"{label}: session {sid!r} is at version {actual}, not {if_version}; "
-                "read it again, re-apply the change and retry",
-                session_id=sid,
-                expected=if_version,
-                actual=actual,
-            )
         json_fields = (
             enc.session_data.decode(),
             *(None if f is None else f.decode() for f in _optional_json(enc)),
         )
-        if row is None:
-            start, created = 0, now
-            run_count = len(enc.runs)
+        updated = db.execute(
+            sql.update_session,
+            (
+                enc.session_type,
+                enc.agent_id,
+                enc.team_id,
+                enc.workflow_id,
+                *json_fields,
+                now,
+                enc.runs_offset,
+                len(enc.runs),
+                sid,
+                enc.user_id,
+                if_version,
+                if_version,
+            ),
+        ).fetchone()
+        if updated is not None:
+            created, version, run_count = updated
+            start = run_count - len(enc.runs)
+            if enc.runs:
+                db.executemany(
+                    sql.upsert_run,
+                    [(sid, start + i, r.run_id, r.body.decode()) for i, r in enumerate(enc.runs)],
+                )
+            db.execute(sql.delete_runs_from, (sid, run_count))
+        else:
+            _refuse_write(db, sql, label, sid, enc.user_id, if_version)
+            created, version, start = now, 1, 0
             db.execute(
                 sql.insert_session,
                 (
@@ -592,35 +609,45 @@ def _upsert(
                     now,
                     now,
                     1,
-                    run_count,
+                    len(enc.runs),
                 ),
             )
-        else:
-            # The session's runs before `runs_offset` were not loaded: keep them.
-            start, created = min(enc.runs_offset, row[2]), row[3]
-            run_count = start + len(enc.runs)
-            db.execute(
-                sql.update_session,
-                (
-                    enc.session_type,
-                    enc.agent_id,
-                    enc.team_id,
-                    enc.workflow_id,
-                    *json_fields,
-                    now,
-                    run_count,
-                    sid,
-                ),
-            )
-        if enc.runs:
-            db.executemany(
-                sql.upsert_run if row is not None else sql.insert_run,
-                [(sid, start + i, r.run_id, r.body.decode()) for i, r in enumerate(enc.runs)],
-            )
-        if row is not None and row[2] > run_count:
-            db.execute(sql.delete_runs_from, (sid, run_count))
-        stored.append((created, now, actual + 1, start))
+            if enc.runs:
+                db.executemany(
+                    sql.insert_run,
+                    [(sid, i, r.run_id, r.body.decode()) for i, r in enumerate(enc.runs)],
+                )
+        stored.append((created, now, version, start))
     return stored
+
+
+def _refuse_write(
+    db: sqlite3.Connection,
+    sql: SQL,
+    label: str,
+    session_id: str,
+    user_id: str | None,
+    if_version: int | None,
+) -> None:
+    """The conditional UPDATE changed nothing: raise why, or return if the session is absent and
+    may be created."""
+    row = db.execute(sql.select_owner, (session_id,)).fetchone()
+    if row is not None and row[0] != user_id:
+        raise SessionOwnershipError(
+            f"{label}: session {session_id!r} belongs to another user; it cannot be written as "
+            f"user_id={user_id!r}",
+            session_id=session_id,
+        )
+    actual = 0 if row is None else row[1]
+    if row is not None or (if_version is not None and if_version != 0):
+        expected = 0 if if_version is None else if_version
+        raise SessionConflictError(
+            f"{label}: session {session_id!r} is at version {actual}, not {expected}; "
+            "read it again, re-apply the change and retry",
+            session_id=session_id,
+            expected=expected,
+            actual=actual,
+        )
 
 
 def _optional_json(enc: common.EncodedSession) -> tuple[bytes | None, ...]:
@@ -637,22 +664,25 @@ def _append(
     db: sqlite3.Connection,
 ) -> tuple[Sequence[Any], int]:
     now = common.now_us()
-    owner = db.execute(sql.select_owner, (session_id,)).fetchone()
-    if owner is None:
-        start = 0
-        row = db.execute(
-            sql.append_insert, (session_id, user_id, session_data, now, now, len(runs))
-        ).fetchone()
+    row = db.execute(
+        sql.append_update, (session_data, now, len(runs), session_id, user_id, user_id)
+    ).fetchone()
+    if row is not None:
+        start = row[q.RUN_COUNT] - len(runs)
     else:
-        if user_id is not None and owner[0] != user_id:
+        if db.execute(sql.select_owner, (session_id,)).fetchone() is not None:
             raise SessionOwnershipError(
                 f"{label}: session {session_id!r} belongs to another user; user_id={user_id!r} "
                 "cannot append to it",
                 session_id=session_id,
             )
-        start = owner[2]
-        row = db.execute(sql.append_update, (session_data, now, len(runs), session_id)).fetchone()
-    if runs:
+        start = 0
+        row = db.execute(
+            sql.append_insert, (session_id, user_id, session_data, now, now, len(runs))
+        ).fetchone()
+    if len(runs) == 1:
+        db.execute(sql.insert_run, (session_id, start, *runs[0]))
+    elif runs:
         db.executemany(
             sql.insert_run,
             [(session_id, start + i, run_id, body) for i, (run_id, body) in enumerate(runs)],

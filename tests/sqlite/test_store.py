@@ -42,12 +42,22 @@ async def test_concurrent_writes_share_transactions(store: SqliteStore) -> None:
     before = store._writer.batches
     await asyncio.gather(*(store.append_runs(f"s{i % 10}", [{"i": i}]) for i in range(300)))
     batches = store._writer.batches - before
-    assert store._writer.writes >= 300
+    assert store._writer.calls >= 300
     assert batches < 300 / 4, f"{batches} transactions for 300 concurrent writes"
     for i in range(10):
         read = await store.read(f"s{i}")
         assert read is not None
         assert len(read.runs) == 30
+
+
+async def test_concurrent_reads_share_thread_calls(store: SqliteStore) -> None:
+    await store.append_runs("r", [{"i": i} for i in range(10)])
+    assert store._readers is not None
+    before_batches, before_reads = store._readers.batches, store._readers.reads
+    sessions = await asyncio.gather(*(store.read("r", last_runs=3) for _ in range(300)))
+    assert all(s is not None and len(s.runs) == 3 for s in sessions)
+    assert store._readers.reads - before_reads == 300
+    assert store._readers.batches - before_batches < 300 / 4
 
 
 async def test_a_conflict_in_a_batch_undoes_only_its_own_write(store: SqliteStore) -> None:
@@ -85,8 +95,8 @@ async def test_cancelled_calls_leave_no_connection_or_transaction_open(
     await store.append_runs("after", [{"ok": True}])  # lets the writer drain what was started
     assert store._readers is not None
     assert store._writer is not None
-    assert store._readers.idle == store.reader_connections
-    assert store._writer.queued == 0
+    assert store._readers.in_flight == 0
+    assert store._writer.load == 0
     assert await in_transaction(store) == [False] * (1 + store.reader_connections)
     for sid in ("s0", "s1", "s2"):
         read = await store.read(sid)
