@@ -251,3 +251,31 @@ def test_eight_processes_starting_at_once_apply_each_migration_once(
     assert applied == {m.version: 1 for m in MIGRATIONS}, applied
     assert history(admin, collection_name) == [(m.version, m.name, m.checksum) for m in MIGRATIONS]
     assert admin[DB_NAME][f"{collection_name}_migrations"].find_one({"_id": "lease"}) is None
+
+
+def with_database(url: str, db_name: str) -> str:
+    """`url` naming `db_name` in its path, as a user's URL would for the command line."""
+    scheme, _, rest = url.partition("://")
+    hosts, slash, tail = rest.partition("/")
+    options = tail.partition("?")[2] if slash else ""
+    return f"{scheme}://{hosts}/{db_name}" + (f"?{options}" if options else "")
+
+
+def test_the_command_line_migrates_a_mongodb_store(
+    mongo: MongoTarget, admin: Admin, collection_name: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from async_agent_storage.cli import app
+
+    runner = CliRunner()
+    url = with_database(mongo.url, DB_NAME)
+    status = runner.invoke(app, ["status", url, "--table", collection_name])
+    assert status.exit_code == 0, status.output
+    assert f"schema version: 0 (this code: {LATEST})" in status.output
+    done = runner.invoke(app, ["migrate", url, "--table", collection_name])
+    assert done.exit_code == 0, done.output
+    assert "applied" in done.output
+    assert [v for v, _, _ in history(admin, collection_name)] == list(range(1, LATEST + 1))
+    again = runner.invoke(app, ["migrate", url, "--table", collection_name])
+    assert "nothing to do" in again.output
