@@ -14,6 +14,7 @@ from pymongo import AsyncMongoClient, MongoClient
 from async_agent_storage import (
     ConfigurationError,
     MigrationError,
+    SerializationError,
     Session,
     StorageUnavailableError,
     open_store,
@@ -199,6 +200,24 @@ async def test_a_session_can_outgrow_the_16_mib_document_limit(store: MongoStore
     assert tail is not None
     assert [r["i"] for r in tail.runs] == [17]
     assert tail.runs_offset == 17
+
+
+async def test_a_write_larger_than_a_mongodb_document_is_refused_whole(
+    mongo: MongoTarget, collection_name: str
+) -> None:
+    """Only with max_session_bytes raised past 16 MiB: one write is one document update."""
+    big = "x" * (17 * 1024 * 1024)
+    store = MongoStore(collection_name, mongo.url, DB_NAME, max_session_bytes=64 * 1024 * 1024)
+    async with store:
+        await store.append_runs("big", [run(0)])
+        with pytest.raises(SerializationError, match="16 MiB"):
+            await store.append_runs("big", [{"blob": big}])
+        with pytest.raises(SerializationError, match="16 MiB"):
+            await store.upsert(Session(session_id="big2", session_data={"blob": big}))
+        read = await store.read("big")
+        assert read is not None
+        assert (read.version, len(read.runs)) == (1, 1)
+        assert await store.read("big2") is None
 
 
 # --- upsert_many ----------------------------------------------------------------------------------
