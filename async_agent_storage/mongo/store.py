@@ -45,8 +45,10 @@ from pymongo.errors import (
     ExecutionTimeout,
     InvalidOperation,
     InvalidURI,
+    NetworkTimeout,
     OperationFailure,
     PyMongoError,
+    ServerSelectionTimeoutError,
     WTimeoutError,
 )
 from pymongo.errors import ConfigurationError as PyMongoConfigurationError
@@ -263,6 +265,9 @@ class MongoStore:
     - `max_pool_size`: the client's ``maxPoolSize`` (default: PyMongo's, or the URL's).
     - `server_selection_timeout`: seconds a call waits for a reachable server before
       `StorageUnavailableError` (default: PyMongo's 30, or the URL's ``serverSelectionTimeoutMS``).
+    - `operation_timeout`: seconds one call may take in all (PyMongo's ``timeoutMS``), after
+      which it raises `StorageUnavailableError`; default: no limit, so a server that hangs makes
+      calls wait. A write that times out may or may not have been applied.
     - `auto_upgrade_schema`: upgrade an older schema at `open()`; without it `open()` raises
       `MigrationError` on an older schema. A missing schema is always created.
     - `max_session_bytes`: the largest JSON payload one write may carry. One write is also one
@@ -282,6 +287,7 @@ class MongoStore:
         auto_upgrade_schema: bool = False,
         max_session_bytes: int = codec.DEFAULT_MAX_SESSION_BYTES,
         server_selection_timeout: float | None = None,
+        operation_timeout: float | None = None,
         migration_lock_timeout: float = 120.0,
         client_options: Mapping[str, Any] | None = None,
     ) -> None:
@@ -311,6 +317,13 @@ class MongoStore:
                 f"server_selection_timeout must be seconds > 0, got {server_selection_timeout!r}"
             )
         self.server_selection_timeout = server_selection_timeout
+        if operation_timeout is not None and (
+            not isinstance(operation_timeout, int | float) or operation_timeout <= 0
+        ):
+            raise ConfigurationError(
+                f"operation_timeout must be seconds > 0, got {operation_timeout!r}"
+            )
+        self.operation_timeout = operation_timeout
         if not isinstance(migration_lock_timeout, int | float) or migration_lock_timeout <= 0:
             raise ConfigurationError(
                 f"migration_lock_timeout must be seconds > 0, got {migration_lock_timeout!r}"
@@ -403,6 +416,8 @@ class MongoStore:
             options["maxPoolSize"] = self.max_pool_size
         if self.server_selection_timeout is not None:
             options["serverSelectionTimeoutMS"] = int(self.server_selection_timeout * 1000)
+        if self.operation_timeout is not None:
+            options["timeoutMS"] = int(self.operation_timeout * 1000)
         options.update(self.client_options)
         try:
             client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(self.db_url, **options)
@@ -465,9 +480,14 @@ class MongoStore:
             isinstance(exc, OperationFailure) and exc.code in _TOO_LARGE
         ):
             return self._too_large(message)
-        if isinstance(exc, ConnectionFailure | ExecutionTimeout | WTimeoutError) or getattr(
-            exc, "timeout", False
+        if isinstance(exc, NetworkTimeout | ExecutionTimeout | WTimeoutError) and not isinstance(
+            exc, ServerSelectionTimeoutError
         ):
+            return StorageUnavailableError(
+                f"{self._label}: MongoDB did not answer in the time allowed; a write may or may "
+                f"not have been applied: {message[:300]}"
+            )
+        if isinstance(exc, ConnectionFailure) or getattr(exc, "timeout", False):
             return StorageUnavailableError(
                 f"{self._label}: MongoDB cannot be reached: {message[:300]}"
             )

@@ -47,8 +47,11 @@ class Proxy:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
 
     def hold(self) -> None:
-        """Stop forwarding: calls in flight now wait in the middle."""
+        """Stop forwarding: calls in flight now wait in the middle, as on a server that hangs."""
         self._flowing.clear()
+
+    def release(self) -> None:
+        self._flowing.set()
 
     async def stop(self) -> None:
         server, self._server = self._server, None
@@ -159,6 +162,29 @@ async def test_connections_cut_mid_call_then_restored(
         assert read is not None
         assert [r["input"] for r in read.runs] == ["question 0", "question 1"]
         check_whole([await store.read(f"s{i}") for i in range(4)])
+    collect_leaked_sockets()
+
+
+async def test_a_server_that_hangs_times_out_when_asked_to(
+    mongo: MongoTarget, proxy: Proxy, collection_name: str
+) -> None:
+    url = through(mongo.url, proxy.port)
+    store = MongoStore(collection_name, url, DB_NAME, operation_timeout=1.0)
+    async with store:
+        await store.append_runs("a", [run(0)])
+        proxy.hold()
+        started = asyncio.get_running_loop().time()
+        results = await asyncio.gather(
+            store.read("a"), store.append_runs("a", [run(1)]), return_exceptions=True
+        )
+        assert asyncio.get_running_loop().time() - started < 5
+        for result in results:
+            assert isinstance(result, StorageUnavailableError), result
+            assert "did not answer in the time allowed" in str(result)
+        proxy.release()
+        read = await store.read("a")
+        assert read is not None
+        assert len(read.runs) == read.version  # the timed-out append happened whole, or not
     collect_leaked_sockets()
 
 
