@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from bson.decimal128 import Decimal128
-from pymongo import AsyncMongoClient, MongoClient
+from pymongo import AsyncMongoClient, MongoClient, monitoring
 
 from async_agent_storage import (
     ConfigurationError,
@@ -218,6 +218,44 @@ async def test_a_write_larger_than_a_mongodb_document_is_refused_whole(
         assert read is not None
         assert (read.version, len(read.runs)) == (1, 1)
         assert await store.read("big2") is None
+
+
+class Commands(monitoring.CommandListener):
+    def __init__(self) -> None:
+        self.commands: list[tuple[str, dict[str, Any]]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.commands.append((event.command_name, dict(event.command)))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+async def test_no_call_uses_a_multi_document_transaction(
+    mongo: MongoTarget, collection_name: str
+) -> None:
+    """A standalone mongod refuses transactions (mongoeco accepts them, so only this shows it)."""
+    listener = Commands()
+    options = {"event_listeners": [listener]}
+    async with MongoStore(collection_name, mongo.url, DB_NAME, client_options=options) as store:
+        await store.append_runs("t", [run(0)], user_id="u", session_data={"a": 1})
+        read = await store.read("t", last_runs=1)
+        assert read is not None
+        await store.upsert(read)
+        await store.upsert(Session(session_id="t2", user_id="u"), if_version=0)
+        await store.upsert_many([Session(session_id=f"t{i}", user_id="u") for i in range(3, 6)])
+        await store.list_sessions(user_id="u", include_runs=True)
+        await store.delete_session("t2")
+        await store.upgrade_schema()
+    names = [name for name, _ in listener.commands]
+    assert {"findAndModify", "find"} <= set(names)
+    for name, command in listener.commands:
+        assert name not in ("commitTransaction", "abortTransaction"), name
+        assert "startTransaction" not in command, name
+        assert "autocommit" not in command, name
 
 
 # --- upsert_many ----------------------------------------------------------------------------------
