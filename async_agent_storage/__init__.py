@@ -32,7 +32,8 @@ from .models import MigrationReport, MigrationStep, Session, SessionPage, Sessio
 from .protocol import SessionStore
 from .sqlite import SqliteStore
 
-if TYPE_CHECKING:  # imported on first use: asyncpg is an optional dependency
+if TYPE_CHECKING:  # imported on first use: their drivers are optional dependencies
+    from .mongo import MongoStore
     from .postgres import PostgresStore
 
 __version__ = "0.1.0"
@@ -44,6 +45,7 @@ __all__ = [
     "MigrationError",
     "MigrationReport",
     "MigrationStep",
+    "MongoStore",
     "PostgresStore",
     "SerializationError",
     "Session",
@@ -62,7 +64,10 @@ __all__ = [
 
 
 # Drivers whose optional dependencies are imported only when the driver is first used.
-_LAZY: dict[str, str] = {"PostgresStore": "async_agent_storage.postgres"}
+_LAZY: dict[str, str] = {
+    "MongoStore": "async_agent_storage.mongo",
+    "PostgresStore": "async_agent_storage.postgres",
+}
 
 
 def __getattr__(name: str) -> Any:
