@@ -168,7 +168,32 @@ def _walk(value: Any, path: str) -> Iterator[tuple[str, Any, int]]:
             stack.append((where + suffix, child, depth + 1))
 
 
+_PLAIN: Final = (str, int, bool, type(None))
+
+
 def _check_finite(value: Any, path: str) -> None:
+    """Raise if `value` holds NaN or Infinity. The common case (plain dicts, lists and scalars, the
+    `null`s being real Nones) is one pass over exact types with no path bookkeeping; any other
+    type, or a non-finite float, hands over to the walk that knows every type and names the path."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        kind = type(node)
+        if kind is dict:
+            stack.extend(node.values())
+        elif kind is list or kind is tuple:
+            stack.extend(node)
+        elif kind is float:
+            if node - node:  # 0.0 for every finite float; NaN for NaN and +-Infinity
+                break
+        elif kind not in _PLAIN:
+            break
+    else:
+        return
+    _check_finite_slow(value, path)
+
+
+def _check_finite_slow(value: Any, path: str) -> None:
     for where, node, _depth in _walk(value, path):
         if isinstance(node, float) and not math.isfinite(node):
             raise SerializationError(

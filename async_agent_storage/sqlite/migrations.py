@@ -71,4 +71,29 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        version=3,
+        name="runs in a rowid table",
+        steps=(
+            # A WITHOUT ROWID table keeps at most ~1 KB of a row in its b-tree page: a typical run
+            # (1-4 KB of messages) spilled to an overflow page, which made the file 2.5x larger
+            # and every append and tail read touch twice the pages. A rowid table keeps up to
+            # ~4 KB in the page; the (session_id, seq) key becomes a unique index.
+            """
+            CREATE TABLE "{table}_runs_v3" (
+                session_id TEXT NOT NULL,
+                seq        INTEGER NOT NULL,
+                run_id     TEXT NOT NULL,
+                body       TEXT NOT NULL
+            )
+            """,
+            """
+            INSERT INTO "{table}_runs_v3" (session_id, seq, run_id, body)
+            SELECT session_id, seq, run_id, body FROM "{table}_runs" ORDER BY session_id, seq
+            """,
+            'DROP TABLE "{table}_runs"',
+            'ALTER TABLE "{table}_runs_v3" RENAME TO "{table}_runs"',
+            'CREATE UNIQUE INDEX "{table}_runs_key" ON "{table}_runs" (session_id, seq)',
+        ),
+    ),
 )

@@ -90,7 +90,18 @@ async def test_upgrade_from_version_1_keeps_the_data(tmp_path: Path) -> None:
         assert appended.runs_offset == 1
         assert await store.get_all_session_ids(entity_id="a1") == ["old"]
     assert [v for v, _, _ in history(db_file)] == list(range(1, LATEST + 1))
-    assert "agent_sessions_agent_recent" in indexes(db_file)
+    assert {"agent_sessions_agent_recent", "agent_sessions_runs_key"} <= indexes(db_file)
+    with sqlite3.connect(db_file) as db:
+        runs_sql = db.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'agent_sessions_runs'"
+        ).fetchone()[0]
+        assert "WITHOUT ROWID" not in runs_sql
+        assert db.execute(
+            "SELECT seq, run_id FROM agent_sessions_runs ORDER BY seq"
+        ).fetchall() == [
+            (0, "r0"),
+            (1, appended.runs[0]["run_id"]),
+        ]
 
 
 async def test_upgrade_schema_works_before_open_and_dry_run_changes_nothing(
@@ -255,6 +266,7 @@ def test_the_migration_list_is_append_only() -> None:
     released = {
         1: "8b0c6ebd8e3580cfa4f3da6ba7ffc18990c9f00ce458db07473f5ebe9d4728d7",
         2: "46969d969c24a79795a8178c9940541ad4fa2fa0e157054052baa53ace21c638",
+        3: "d6ed372a291073032934caad0888ae8f6ce0dc53c7530540845468406e7efb4a",
     }
     assert {m.version: m.checksum for m in MIGRATIONS[: len(released)]} == released
     assert SqliteStore().migrations is MIGRATIONS
