@@ -3,7 +3,7 @@
 Needs pytest, hypothesis and anyio (``pip install 'async-agent-storage[dev]'``).
 """
 
-from .conformance import SessionStoreConformance, StoreFactory
+from .conformance import SessionStoreConformance, StoreFactory, typed
 from .strategies import json_objects, json_values, tricky_strings
 
 __all__ = [
@@ -12,4 +12,5 @@ __all__ = [
     "json_objects",
     "json_values",
     "tricky_strings",
+    "typed",
 ]

@@ -24,7 +24,7 @@ from async_agent_storage import (
 )
 from async_agent_storage.postgres._jsonb import MARK, from_db, to_db
 from async_agent_storage.postgres.store import normalize_url
-from async_agent_storage.testing import json_values
+from async_agent_storage.testing import json_values, typed
 
 from . import conftest
 from ._server import free_port
@@ -75,18 +75,6 @@ async def test_any_value_survives_jsonb_exactly(admin: asyncpg.Connection, value
     back = from_db(stored)
     assert back == value
     assert typed(back) == typed(value)  # the same types too: 1e16 stays a float, -0.0 negative
-
-
-def typed(value: Any) -> Any:
-    """`value` with every scalar's type (and a float's sign) made part of it, dicts unordered
-    (jsonb sorts keys; dicts compare equal whatever their order)."""
-    if isinstance(value, dict):
-        return ("dict", sorted((k, typed(v)) for k, v in value.items()))
-    if isinstance(value, list):
-        return ("list", [typed(v) for v in value])
-    if isinstance(value, float):
-        return ("float", repr(value))
-    return (type(value).__name__, value)
 
 
 async def test_values_jsonb_would_change_are_stored_losslessly(
