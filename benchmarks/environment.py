@@ -63,6 +63,16 @@ def _git_commit() -> str | None:
     return done.stdout.strip() or None
 
 
+def _store_package() -> str | None:
+    """Where async_agent_storage was imported from (a branch's checkout may be on PYTHONPATH)."""
+    try:
+        import async_agent_storage
+
+        return str(Path(async_agent_storage.__file__).parent)
+    except ImportError:
+        return None
+
+
 def _cpu_model() -> str | None:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -145,6 +155,7 @@ async def collect(
         "sqlite": sqlite3.sqlite_version,
         "packages": {name: _version(name) for name in PACKAGES},
         "git_commit": _git_commit(),
+        "store_package": _store_package(),
         "servers": {},
     }
     for backend, url in backends:

@@ -18,15 +18,35 @@ def _q(name: str) -> str:
 
 
 async def tables(conn: Any, schema: str, prefix: str = "") -> list[str]:
-    """Tables of `schema` whose name starts with `prefix` (schema-history tables excluded), parents
-    (shorter names) first."""
+    """Tables of `schema` whose name starts with `prefix` (schema-history tables excluded),
+    referenced tables before the tables whose foreign keys point at them."""
     rows = await conn.fetch(
         "SELECT tablename FROM pg_tables WHERE schemaname = $1 AND starts_with(tablename, $2)",
         schema,
         prefix,
     )
-    names = [r[0] for r in rows if "migration" not in r[0]]
-    return sorted(names, key=lambda n: (len(n), n))
+    names = sorted(r[0] for r in rows if "migration" not in r[0])
+    edges = await conn.fetch(
+        "SELECT child.relname, parent.relname FROM pg_constraint c "
+        "JOIN pg_class child ON child.oid = c.conrelid "
+        "JOIN pg_class parent ON parent.oid = c.confrelid "
+        "JOIN pg_namespace n ON n.oid = child.relnamespace "
+        "WHERE c.contype = 'f' AND n.nspname = $1",
+        schema,
+    )
+    parents: dict[str, set[str]] = {n: set() for n in names}
+    for child, parent in edges:
+        if child in parents and parent in parents and child != parent:
+            parents[child].add(parent)
+    ordered: list[str] = []
+    while parents:
+        ready = sorted(n for n, p in parents.items() if not p - set(ordered))
+        if not ready:  # a cycle: keep the remaining order, TRUNCATE ... CASCADE copes
+            ready = sorted(parents)
+        for name in ready:
+            ordered.append(name)
+            del parents[name]
+    return ordered
 
 
 def _snap_name(schema: str, table: str, tag: str) -> str:
