@@ -85,6 +85,12 @@ def parser() -> argparse.ArgumentParser:
         "--history-lengths", type=_ints, default=[10, 100, 1000], help="runs (10,100,1000)"
     )
     p.add_argument("--history-concurrency", type=int, default=16, help="callers (16)")
+    p.add_argument(
+        "--history-sessions",
+        type=int,
+        default=None,
+        help="sessions per history dataset (512, 128, 32 for 10, 100, 1000 runs)",
+    )
     p.add_argument("--cold-reps", type=int, default=3, help="open() calls per cold cell (3)")
     p.add_argument("--bulk-sessions", type=int, default=1000, help="sessions bulk-loaded (1000)")
     p.add_argument(
@@ -129,6 +135,7 @@ def plan_from(args: argparse.Namespace) -> Plan:
         spec=WorkloadSpec(sessions=args.sessions, users=args.users, last_runs=args.last_runs),
         history_lengths=args.history_lengths,
         history_concurrency=args.history_concurrency,
+        history_sessions=args.history_sessions,
         cold_reps=args.cold_reps,
         bulk_sessions=args.bulk_sessions,
         peers=args.peers,

@@ -58,6 +58,7 @@ class Plan:
     spec: WorkloadSpec = field(default_factory=WorkloadSpec)
     history_lengths: list[int] = field(default_factory=lambda: [10, 100, 1000])
     history_concurrency: int = 16
+    history_sessions: int | None = None  # sessions per history dataset (default: by length)
     cold_reps: int = 3
     bulk_sessions: int = 1000
     bulk_batch: int = 100
@@ -75,7 +76,9 @@ class Plan:
     def history_datasets(self) -> list[tuple[int, Dataset]]:
         out = []
         for length in self.history_lengths:
-            count = HISTORY_SESSIONS.get(length, max(16, 20_000 // max(1, length)))
+            count = self.history_sessions or HISTORY_SESSIONS.get(
+                length, max(16, 20_000 // max(1, length))
+            )
             out.append((length, Dataset(f"h{length}", self.spec.history(length, count))))
         return out
 

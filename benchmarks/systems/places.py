@@ -77,15 +77,23 @@ class SqlitePlace(Place):
 
 
 class PostgresPlace(Place):
-    def __init__(self, url: str, prefix: str, schema: str = "public") -> None:
+    """Tables named `prefix`* in `schema` (default: the connection's current schema, so a URL
+    with ``?search_path=...`` keeps a run's tables apart)."""
+
+    def __init__(self, url: str, prefix: str, schema: str | None = None) -> None:
         self.url = url
         self.prefix = prefix
-        self.schema = schema
+        self.schema = schema or "public"
+        self._resolved = schema is not None
 
     async def _conn(self) -> Any:
         import asyncpg
 
-        return await asyncpg.connect(self.url)
+        conn = await asyncpg.connect(self.url)
+        if not self._resolved:
+            self.schema = await conn.fetchval("SELECT current_schema()")
+            self._resolved = True
+        return conn
 
     async def reset(self) -> None:
         conn = await self._conn()
