@@ -67,7 +67,7 @@ def parser() -> argparse.ArgumentParser:
         default=os.environ.get("AAS_BENCH_MONGO_URL"),
         help="MongoDB URL for --backend all ($AAS_BENCH_MONGO_URL)",
     )
-    p.add_argument("--duration", type=float, default=2.0, help="measured seconds per cell (2)")
+    p.add_argument("--duration", type=float, default=1.0, help="measured seconds per cell (1)")
     p.add_argument("--warmup", type=float, default=0.5, help="warm-up seconds per cell (0.5)")
     p.add_argument(
         "--concurrency", type=_ints, default=[1, 16, 64, 256], help="callers (1,16,64,256)"
@@ -97,6 +97,12 @@ def parser() -> argparse.ArgumentParser:
         "--peers",
         action="store_true",
         help="also run Agno and LangGraph from the peers' environment (make bench-peers)",
+    )
+    p.add_argument(
+        "--systems",
+        type=lambda text: [s.strip() for s in text.split(",") if s.strip()],
+        default=None,
+        help='only these in-process systems, e.g. "store append,raw asyncpg" (for profiling)',
     )
     p.add_argument("--peers-python", default=DEFAULT_PEERS_PYTHON, help="the peers' interpreter")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="results folder")
@@ -140,6 +146,7 @@ def plan_from(args: argparse.Namespace) -> Plan:
         bulk_sessions=args.bulk_sessions,
         peers=args.peers,
         peers_python=args.peers_python,
+        systems=args.systems,
         workdir=args.workdir,
     )
 

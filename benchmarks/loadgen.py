@@ -23,6 +23,7 @@ from typing import Any
 
 Operation = Callable[[int], Awaitable[None]]  # called with the worker's index
 MAX_ERROR_SAMPLES = 5
+WINDOW_FILE_ENV = "AAS_BENCH_WINDOW_FILE"
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -34,6 +35,15 @@ def rss_mb() -> float:
     except OSError:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def _mark(event: str) -> None:
+    """Append the event to $AAS_BENCH_WINDOW_FILE, so that a profiler (benchmarks.profiling)
+    can sample the measured windows only."""
+    path = os.environ.get(WINDOW_FILE_ENV)
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{time.time():.3f} {event}\n")
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -133,12 +143,14 @@ async def run_cell(
 
     tasks = [asyncio.create_task(worker(i)) for i in range(concurrency)]
     await asyncio.sleep(max(0.0, start - loop.time()))
+    _mark(f"start {result.backend} {result.scenario} {result.concurrency} {result.system}")
     rss_start = rss_mb()
     cpu_start = time.process_time()
     sample_task = asyncio.create_task(sampler())
     await asyncio.sleep(max(0.0, end - loop.time()))
     cpu_end = time.process_time()
     rss_end = rss_mb()
+    _mark("end")
     stop.set()
     # Operations that began inside the window finish and are timed; nothing new starts.
     done, pending = await asyncio.wait(tasks, timeout=max(30.0, duration * 3))

@@ -53,7 +53,7 @@ class Plan:
     backends: list[tuple[str, str | None]] = field(default_factory=lambda: [("sqlite", None)])
     scenarios: list[str] = field(default_factory=lambda: [TURN, LIST, HISTORY, COLD_START, BULK])
     concurrency: list[int] = field(default_factory=lambda: [1, 16, 64, 256])
-    duration: float = 2.0
+    duration: float = 1.0
     warmup: float = 0.5
     spec: WorkloadSpec = field(default_factory=WorkloadSpec)
     history_lengths: list[int] = field(default_factory=lambda: [10, 100, 1000])
@@ -64,6 +64,7 @@ class Plan:
     bulk_batch: int = 100
     peers: bool = False
     peers_python: str = ".venv-peers/bin/python"
+    systems: list[str] | None = None  # only the in-process systems with these names
     workdir: Path = Path("tmp/bench")
 
     def to_dict(self) -> dict[str, Any]:
@@ -169,7 +170,11 @@ async def run(plan: Plan, progress: Progress | None = None) -> Results:
     by_backend: dict[str, list[System]] = {}
     for backend, url in plan.backends:
         try:
-            by_backend[backend] = build(backend, url, plan.workdir / backend)
+            by_backend[backend] = [
+                s
+                for s in build(backend, url, plan.workdir / backend)
+                if plan.systems is None or s.name in plan.systems
+            ]
         except ValueError as exc:
             results.systems.append(SystemReport(backend, "*", "-", False, str(exc)))
             by_backend[backend] = []
