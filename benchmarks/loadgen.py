@@ -179,6 +179,8 @@ async def run_cell(
     result.rss_start_mb = rss_start
     result.rss_end_mb = rss_end
     result.rss_peak_mb = max([rss_start, rss_end, *rss_samples])
+    if not latencies and not errors.count:
+        result.note = "no operation started in the window: it is shorter than one operation"
     return result
 
 

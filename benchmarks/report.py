@@ -347,6 +347,12 @@ def markdown(data: dict[str, Any]) -> str:
                 f"- {c.backend} {c.scenario} x{c.concurrency} {c.system}: {c.errors} "
                 f"({'; '.join(c.error_samples)})"
             )
+    empty = [c for c in cells if c.note.startswith("no operation")]
+    if empty:
+        lines += ["", "## Cells without a result", ""]
+        lines += [
+            f"- {c.backend} {c.scenario} x{c.concurrency} {c.system}: {c.note}" for c in empty
+        ]
     return "\n".join(lines) + "\n"
 
 
