@@ -229,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             console.print(f"  [yellow]{s['backend']} {s['name']}: {s['reason']}[/yellow]")
     written = report.write_all(data, args.out, stem_for(plan, args.tag))
     if args.docs:
-        for key, path in written.items():
+        for key, path in list(written.items()):
             if key.startswith("png-"):
                 copy = Path("docs") / f"benchmarks-{key[4:]}.png"
                 copy.parent.mkdir(exist_ok=True)
