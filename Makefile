@@ -6,10 +6,15 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# The MongoDB tests run against mongoeco's wire-protocol server, which needs Python >= 3.13:
+# it gets a virtual environment of its own (see tests/mongo/conftest.py).
+MONGOECO_VENV := .venv-mongoeco
+MONGOECO      := mongoeco[wire]==4.11.0
 
+# The peers the benchmarks compare with (Agno, LangGraph): never installed into .venv.
 PEERS_VENV := .venv-peers
 
-.PHONY: bench bench-peers test lint typecheck pytest clean
+.PHONY: bench bench-peers test lint typecheck pytest mongoeco clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,10 +50,32 @@ lint: $(VENV)/.dev-installed
 typecheck: $(VENV)/.dev-installed
 	$(BIN)/mypy
 
-pytest: $(VENV)/.dev-installed
+# Finds a Python >= 3.13 (pyenv's, then any on PATH). Without one, the MongoDB tests are reported
+# NOT RUN and the rest still runs; with one, a failed install fails the build.
+$(MONGOECO_VENV)/.installed:
+	@py=""; \
+	for candidate in "$$(pyenv prefix 3.13 2>/dev/null)/bin/python3.13" \
+	    $$(ls -d "$${PYENV_ROOT:-$$HOME/.pyenv}"/versions/3.1[3-9]*/bin/python3 2>/dev/null) \
+	    $$(command -v python3.13 python3.14 python3.15 2>/dev/null); do \
+	  if [ -x "$$candidate" ] && "$$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 13))'; then \
+	    py="$$candidate"; break; \
+	  fi; \
+	done; \
+	if [ -z "$$py" ]; then \
+	  echo "No Python >= 3.13 found: the MongoDB tests will be reported NOT RUN."; \
+	else \
+	  echo "mongoeco: $$py -m venv $(MONGOECO_VENV)"; \
+	  rm -rf $(MONGOECO_VENV) && "$$py" -m venv $(MONGOECO_VENV) && \
+	  $(MONGOECO_VENV)/bin/python -m pip install --quiet --disable-pip-version-check '$(MONGOECO)' && \
+	  touch $@; \
+	fi
+
+mongoeco: $(MONGOECO_VENV)/.installed
+
+pytest: $(VENV)/.dev-installed $(MONGOECO_VENV)/.installed
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 
 clean:
-	rm -rf $(VENV) $(PEERS_VENV) tmp .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(MONGOECO_VENV) $(PEERS_VENV) tmp .mypy_cache .ruff_cache .hypothesis

@@ -13,7 +13,7 @@ async with SqliteStore(db_file="tmp/data.db", auto_upgrade_schema=True) as store
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._factory import open_store
 from .codec import DEFAULT_MAX_SESSION_BYTES
@@ -32,6 +32,9 @@ from .models import MigrationReport, MigrationStep, Session, SessionPage, Sessio
 from .protocol import SessionStore
 from .sqlite import SqliteStore
 
+if TYPE_CHECKING:
+    from .mongo import MongoStore
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -41,6 +44,7 @@ __all__ = [
     "MigrationError",
     "MigrationReport",
     "MigrationStep",
+    "MongoStore",
     "SerializationError",
     "Session",
     "SessionConflictError",
@@ -58,7 +62,7 @@ __all__ = [
 
 
 # Drivers whose optional dependencies are imported only when the driver is first used.
-_LAZY: dict[str, str] = {}
+_LAZY: dict[str, str] = {"MongoStore": "async_agent_storage.mongo"}
 
 
 def __getattr__(name: str) -> Any:
