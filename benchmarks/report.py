@@ -418,3 +418,65 @@ def write_all(data: dict[str, Any], outdir: Path, stem: str) -> dict[str, Path]:
         if plot(data, backend, png):
             written[f"png-{backend}"] = png
     return written
+
+
+def ratio_tables(data: dict[str, Any]) -> str:
+    """Compact Markdown tables for docs/benchmarks.md: per backend and scenario, one row per
+    system, one column per concurrency (or history length); store and peer cells as throughput
+    over the raw driver's, p99 over its p99 in brackets; the raw driver's own numbers."""
+    cells = cells_from(data)
+    base = baseline(cells)
+    out: list[str] = []
+    for backend in sorted({c.backend for c in cells}):
+        for scenario in (TURN, LIST, HISTORY):
+            mine = [c for c in cells if c.backend == backend and c.scenario == scenario]
+            if not mine:
+                continue
+            columns = sorted({(c.param or 0, c.concurrency) for c in mine})
+            systems = list(dict.fromkeys(c.system for c in rows_order(mine)))
+            heads = [
+                f"{p:,} runs" if scenario == HISTORY else f"{n} caller{'s' * (n > 1)}"
+                for p, n in columns
+            ]
+            out += [
+                f"{backend}, {SCENARIO_TITLES[scenario]}",
+                "",
+                "| system | " + " | ".join(heads) + " |",
+                "|---|" + "---:|" * len(columns),
+            ]
+            for system in systems:
+                row = []
+                for p, n in columns:
+                    c = next(
+                        (
+                            c
+                            for c in mine
+                            if c.system == system and (c.param or 0, c.concurrency) == (p, n)
+                        ),
+                        None,
+                    )
+                    if c is None:
+                        row.append("")
+                    elif c.kind == "raw":
+                        row.append(f"{c.ops_per_s:,.0f}/s, p99 {c.p99_ms:,.0f} ms")
+                    else:
+                        r, q = ratio(c, base), p99_ratio(c, base)
+                        text = "n/a" if r is None else f"{r:.2f}x"
+                        text += "" if q is None else f" ({q:.2f}x)"
+                        text += f", {c.errors} errors" if c.errors else ""
+                        row.append(text)
+                out.append(f"| {system} | " + " | ".join(row) + " |")
+            out.append("")
+    return "\n".join(out)
+
+
+def rows_order(cells: list[CellResult]) -> list[CellResult]:
+    kinds = {"store": 0, "raw": 1, "peer": 2}
+    return sorted(cells, key=lambda c: (kinds.get(c.kind, 3), c.system))
+
+
+if __name__ == "__main__":
+    import sys
+
+    for name in sys.argv[1:]:
+        print(ratio_tables(json.loads(Path(name).read_text())))

@@ -122,6 +122,9 @@ def test_make_bench_on_sqlite_writes_the_table_json_markdown_and_plot(
     store_turns = [r for r in rows if r["cell"].kind == "store" and r["cell"].scenario == "turn"]
     assert store_turns
     assert all(r["ratio"] is not None for r in store_turns)
+    tables = report.ratio_tables(data)
+    assert "| store append |" in tables
+    assert "| raw aiosqlite |" in tables
 
 
 async def _answers(url: str) -> bool:
