@@ -32,8 +32,9 @@ from .models import MigrationReport, MigrationStep, Session, SessionPage, Sessio
 from .protocol import SessionStore
 from .sqlite import SqliteStore
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported on first use: their drivers are optional dependencies
     from .mongo import MongoStore
+    from .postgres import PostgresStore
 
 __version__ = "0.1.0"
 
@@ -45,6 +46,7 @@ __all__ = [
     "MigrationReport",
     "MigrationStep",
     "MongoStore",
+    "PostgresStore",
     "SerializationError",
     "Session",
     "SessionConflictError",
@@ -62,7 +64,10 @@ __all__ = [
 
 
 # Drivers whose optional dependencies are imported only when the driver is first used.
-_LAZY: dict[str, str] = {"MongoStore": "async_agent_storage.mongo"}
+_LAZY: dict[str, str] = {
+    "MongoStore": "async_agent_storage.mongo",
+    "PostgresStore": "async_agent_storage.postgres",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -71,6 +71,16 @@ def test_long_digit_strings_are_not_mistaken_for_numbers() -> None:
     assert codec.loads(codec.dumps(value)) == value
 
 
+@pytest.mark.parametrize("prefix", ["", "😀 ", "\u0663\u0664 "], ids=["ascii", "emoji", "arabic"])
+def test_big_integers_are_found_in_text_of_any_script(prefix: str) -> None:
+    # The search for 19-digit runs works on the UTF-8 bytes; a str and its bytes decode alike.
+    text = f'{{"t": "{prefix}", "n": {2**64}, "m": 1234567890123456789, "k": 123456789012345678}}'
+    for data in (text, text.encode(), memoryview(text.encode())):
+        back = codec.loads(data)
+        assert back == {"t": prefix, "n": 2**64, "m": 1234567890123456789, "k": 123456789012345678}
+        assert type(back["n"]) is int
+
+
 def test_nul_and_unicode_strings_are_kept_exactly() -> None:
     value = {"nul": "a\x00b\x00", "emoji": "😀", "astral": "\U0010ffff", "bom": "\ufeff"}
     data = codec.dumps(value)

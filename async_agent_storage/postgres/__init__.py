@@ -1,0 +1,5 @@
+"""The PostgreSQL driver (asyncpg): production, many app replicas, one database."""
+
+from .store import PostgresStore
+
+__all__ = ["PostgresStore"]

@@ -1,0 +1,342 @@
+"""The PostgreSQL driver's SQL, as named templates formatted once per store with its (checked,
+quoted) names.
+
+Values are always bound (``$1``...); the only text spliced in is the schema and table names,
+which `_common.check_name` validated (or the server's `current_schema()`, quoted).
+
+JSON crosses the wire as text (``$n::text::jsonb`` in, ``column::text`` out): the statements
+then work on any asyncpg connection, whatever `jsonb` codec it has registered (a pool passed in
+keeps its own), and the store decodes with the shared codec. See `_jsonb` for the encoding.
+
+Every hot statement is one round trip. The session row is written first (``INSERT ... ON
+CONFLICT DO UPDATE`` or ``UPDATE``, which lock it and see its latest committed version, so
+concurrent writers of one session queue on that row) and the runs are written from its
+``RETURNING`` in the same statement.
+
+Runs live at ``seq`` 0 .. ``run_count - 1``. A data-modifying statement cannot see rows that
+another transaction committed after the statement's snapshot was taken, so a ``DELETE`` racing
+with an append may leave that append's runs behind at ``seq >= run_count``: every read therefore
+bounds ``seq`` by ``run_count``, and every write of runs is an upsert that overwrites such
+leftovers. They cost space only, until the next write or delete of that session removes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .._common import ListQuery, from_us
+
+# Positions in a row selected with `_COLUMNS`; `RUNS` is the aggregated runs, when selected.
+SID, TYPE, USER, AGENT, TEAM, WORKFLOW, DATA = 0, 1, 2, 3, 4, 5, 6
+AGENT_DATA, TEAM_DATA, WORKFLOW_DATA, METADATA, SUMMARY = 7, 8, 9, 10, 11
+CREATED, UPDATED, VERSION, RUN_COUNT, RUNS = 12, 13, 14, 15, 16
+
+MAX_INT4 = 2**31 - 1
+
+_COLUMNS = (
+    "s.session_id, s.session_type, s.user_id, s.agent_id, s.team_id, s.workflow_id, "
+    "s.session_data::text, s.agent_data::text, s.team_data::text, s.workflow_data::text, "
+    "s.metadata::text, s.summary::text, s.created_at, s.updated_at, s.version, s.run_count"
+)
+
+# The runs of session `s` from seq `{first}`, as one text: JSON objects joined by commas.
+_RUNS_OF = """(
+    SELECT string_agg(r.body::text, ',' ORDER BY r.seq) FROM {runs} r
+    WHERE r.session_id = s.session_id AND r.seq >= {first} AND r.seq < s.run_count
+)"""
+
+# $1 session_id, $2 user_id filter (NULL: none), $3 last_runs (NULL: all).
+_READ = """
+SELECT {cols}, {runs_of}
+FROM {t} s
+WHERE s.session_id = $1 AND ($2::text IS NULL OR s.user_id = $2::text)
+"""
+
+# Write the runs of `up` (one row: the session as just written): the ids `{ids}` and bodies
+# `{bodies}` go to seq run_count - n .. run_count - 1. A run that did not change is not rewritten.
+_WRITE_RUNS = """
+runs AS (
+    INSERT INTO {runs} AS r (session_id, seq, run_id, body)
+    SELECT {sid}, up.run_count - cardinality({ids}::text[]) + t.ord::integer - 1,
+           t.run_id, t.body::jsonb
+    FROM up, unnest({ids}::text[], {bodies}::text[]) WITH ORDINALITY AS t(run_id, body, ord)
+    ON CONFLICT (session_id, seq) DO UPDATE SET run_id = excluded.run_id, body = excluded.body
+    WHERE (r.run_id, r.body) IS DISTINCT FROM (excluded.run_id, excluded.body)
+)"""
+
+# The runs past the new end of the history (an upsert that shortened it).
+_DROP_TAIL = """
+tail AS (
+    DELETE FROM {runs} r USING up WHERE r.session_id = $1 AND r.seq >= up.run_count
+)"""
+
+# upsert, $1..$12 the session's columns, $13 runs_offset, $14 run ids, $15 run bodies,
+# $16 if_version (NULL or 0 here; 0: the session must not exist).
+# The session's runs before min(runs_offset, stored run_count) were not loaded: they are kept.
+# The owner never changes: the stored user_id must be the session's, NULL included.
+_UPSERT = """
+WITH up AS (
+    INSERT INTO {t} AS s (session_id, session_type, user_id, agent_id, team_id, workflow_id,
+        session_data, agent_data, team_data, workflow_data, metadata, summary,
+        created_at, updated_at, version, run_count)
+    VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, $8::text::jsonb, $9::text::jsonb,
+        $10::text::jsonb, $11::text::jsonb, $12::text::jsonb, now(), now(), 1,
+        cardinality($14::text[]))
+    ON CONFLICT (session_id) DO UPDATE SET
+        session_type = excluded.session_type, agent_id = excluded.agent_id,
+        team_id = excluded.team_id, workflow_id = excluded.workflow_id,
+        session_data = excluded.session_data, agent_data = excluded.agent_data,
+        team_data = excluded.team_data, workflow_data = excluded.workflow_data,
+        metadata = excluded.metadata, summary = excluded.summary,
+        updated_at = excluded.updated_at, version = s.version + 1,
+        run_count = least($13::integer, s.run_count) + cardinality($14::text[])
+    WHERE s.user_id IS NOT DISTINCT FROM excluded.user_id
+      AND ($16::bigint IS NULL OR s.version = $16::bigint)
+    RETURNING s.created_at, s.updated_at, s.version, s.run_count
+),
+{tail},
+{write_runs}
+SELECT created_at, updated_at, version, run_count FROM up
+"""
+
+# upsert with if_version >= 1: the same parameters; only an existing session at that version
+# owned by the same user is written.
+_UPDATE = """
+WITH up AS (
+    UPDATE {t} AS s SET
+        session_type = $2, agent_id = $4, team_id = $5, workflow_id = $6,
+        session_data = $7::text::jsonb, agent_data = $8::text::jsonb,
+        team_data = $9::text::jsonb, workflow_data = $10::text::jsonb,
+        metadata = $11::text::jsonb, summary = $12::text::jsonb,
+        updated_at = now(), version = s.version + 1,
+        run_count = least($13::integer, s.run_count) + cardinality($14::text[])
+    WHERE s.session_id = $1 AND s.user_id IS NOT DISTINCT FROM $3::text
+      AND s.version = $16::bigint
+    RETURNING s.created_at, s.updated_at, s.version, s.run_count
+),
+{tail},
+{write_runs}
+SELECT created_at, updated_at, version, run_count FROM up
+"""
+
+# append_runs: $1 session_id, $2 user_id (NULL: no owner check; the owner of a new session),
+# $3 session_data (NULL: keep), $4 run ids, $5 run bodies. Returns the session without runs
+# (session_data only when it was kept: the caller has the one it passed).
+_APPEND = """
+WITH up AS (
+    INSERT INTO {t} AS s (session_id, session_type, user_id, session_data,
+        created_at, updated_at, version, run_count)
+    VALUES ($1, 'agent', $2, coalesce($3::text::jsonb, '{{}}'::jsonb), now(), now(), 1,
+        cardinality($4::text[]))
+    ON CONFLICT (session_id) DO UPDATE SET
+        session_data = CASE WHEN $3::text IS NULL THEN s.session_data
+                            ELSE excluded.session_data END,
+        updated_at = excluded.updated_at, version = s.version + 1,
+        run_count = s.run_count + cardinality($4::text[])
+    WHERE $2::text IS NULL OR s.user_id = $2::text
+    RETURNING s.session_id, s.session_type, s.user_id, s.agent_id, s.team_id, s.workflow_id,
+        CASE WHEN $3::text IS NULL THEN s.session_data::text END,
+        s.agent_data::text, s.team_data::text, s.workflow_data::text, s.metadata::text,
+        s.summary::text, s.created_at, s.updated_at, s.version, s.run_count
+),
+{write_runs}
+SELECT * FROM up
+"""
+
+# delete_session: $1 session_id, $2 user_id filter (NULL: none).
+_DELETE = """
+WITH gone AS (
+    DELETE FROM {t} WHERE session_id = $1 AND ($2::text IS NULL OR user_id = $2::text)
+    RETURNING session_id
+),
+runs AS (
+    DELETE FROM {runs} r USING gone WHERE r.session_id = gone.session_id
+)
+SELECT count(*) FROM gone
+"""
+
+# Only on the error path of a write: who owns the session and at which version it is.
+_SELECT_OWNER = "SELECT user_id, version FROM {t} WHERE session_id = $1"
+
+# upsert_many, in one transaction: lock the sessions that exist (in session_id order, so two
+# batches never deadlock), check owners and compute each one's run_count, then write all.
+_LOCK_MANY = """
+SELECT session_id, user_id, run_count FROM {t}
+WHERE session_id = ANY($1::text[]) ORDER BY session_id FOR UPDATE
+"""
+_UPSERT_MANY = """
+WITH up AS (
+    INSERT INTO {t} AS s (session_id, session_type, user_id, agent_id, team_id, workflow_id,
+        session_data, agent_data, team_data, workflow_data, metadata, summary,
+        created_at, updated_at, version, run_count)
+    SELECT i.session_id, i.session_type, i.user_id, i.agent_id, i.team_id, i.workflow_id,
+        i.session_data::jsonb, i.agent_data::jsonb, i.team_data::jsonb, i.workflow_data::jsonb,
+        i.metadata::jsonb, i.summary::jsonb, now(), now(), 1, i.run_count
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+                $13::integer[])
+        AS i(session_id, session_type, user_id, agent_id, team_id, workflow_id, session_data,
+             agent_data, team_data, workflow_data, metadata, summary, run_count)
+    ON CONFLICT (session_id) DO UPDATE SET
+        session_type = excluded.session_type, agent_id = excluded.agent_id,
+        team_id = excluded.team_id, workflow_id = excluded.workflow_id,
+        session_data = excluded.session_data, agent_data = excluded.agent_data,
+        team_data = excluded.team_data, workflow_data = excluded.workflow_data,
+        metadata = excluded.metadata, summary = excluded.summary,
+        updated_at = excluded.updated_at, version = s.version + 1,
+        run_count = excluded.run_count
+    WHERE s.user_id IS NOT DISTINCT FROM excluded.user_id
+    RETURNING s.session_id, s.created_at, s.updated_at, s.version, s.run_count
+),
+tail AS (
+    DELETE FROM {runs} r USING unnest($1::text[], $13::integer[]) AS c(session_id, run_count)
+    WHERE r.session_id = c.session_id AND r.seq >= c.run_count
+),
+runs AS (
+    INSERT INTO {runs} AS r (session_id, seq, run_id, body)
+    SELECT t.session_id, t.seq, t.run_id, t.body::jsonb
+    FROM unnest($14::text[], $15::integer[], $16::text[], $17::text[])
+        AS t(session_id, seq, run_id, body)
+    ON CONFLICT (session_id, seq) DO UPDATE SET run_id = excluded.run_id, body = excluded.body
+    WHERE (r.run_id, r.body) IS DISTINCT FROM (excluded.run_id, excluded.body)
+)
+SELECT session_id, created_at, updated_at, version, run_count FROM up
+"""
+
+# --- schema and migrations ------------------------------------------------------------------
+
+# $1 the quoted, qualified name of a table: NULL when it does not exist.
+TABLE_EXISTS = "SELECT to_regclass($1) IS NOT NULL"
+SCHEMA_EXISTS = "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)"
+SERVER_FACTS = (
+    "SELECT current_schema(), current_setting('server_version_num')::integer, "
+    "current_setting('server_encoding')"
+)
+ADVISORY_LOCK = "SELECT pg_advisory_xact_lock($1)"
+_CREATE_SCHEMA = "CREATE SCHEMA IF NOT EXISTS {schema}"
+_CREATE_HISTORY = """
+CREATE TABLE IF NOT EXISTS {history} (
+    version    integer PRIMARY KEY,
+    name       text NOT NULL,
+    checksum   text NOT NULL,
+    applied_at timestamptz NOT NULL
+)
+"""
+_SELECT_HISTORY = "SELECT version, name, checksum, applied_at FROM {history} ORDER BY version"
+_INSERT_HISTORY = """
+INSERT INTO {history} (version, name, checksum, applied_at) VALUES ($1, $2, $3, now())
+RETURNING applied_at
+"""
+_SCHEMA_VERSION = "SELECT coalesce(max(version), 0) FROM {history}"
+
+
+def quote(name: str) -> str:
+    """A quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True, slots=True)
+class SQL:
+    """Every statement of one store, formatted for its schema and table."""
+
+    schema: str
+    name: str
+    table: str
+    runs_table: str
+    history_table: str
+    read: str
+    upsert: str
+    update: str
+    append: str
+    delete: str
+    select_owner: str
+    lock_many: str
+    upsert_many: str
+    create_schema: str
+    create_history: str
+    select_history: str
+    insert_history: str
+    schema_version: str
+    drop: tuple[str, ...]
+
+    @classmethod
+    def for_table(cls, schema: str, name: str) -> SQL:
+        t = f"{quote(schema)}.{quote(name)}"
+        runs = f"{quote(schema)}.{quote(name + '_runs')}"
+        history = f"{quote(schema)}.{quote(name + '_migrations')}"
+
+        def f(template: str, **extra: str) -> str:
+            return template.format(t=t, runs=runs, history=history, cols=_COLUMNS, **extra)
+
+        write_runs = f(_WRITE_RUNS, sid="$1", ids="$14", bodies="$15")
+        tail = f(_DROP_TAIL)
+        return cls(
+            schema=schema,
+            name=name,
+            table=t,
+            runs_table=runs,
+            history_table=history,
+            read=f(_READ, runs_of=f(_RUNS_OF, first="greatest(s.run_count - $3::integer, 0)")),
+            upsert=f(_UPSERT, tail=tail, write_runs=write_runs),
+            update=f(_UPDATE, tail=tail, write_runs=write_runs),
+            append=f(_APPEND, write_runs=f(_WRITE_RUNS, sid="$1", ids="$4", bodies="$5")),
+            delete=f(_DELETE),
+            select_owner=f(_SELECT_OWNER),
+            lock_many=f(_LOCK_MANY),
+            upsert_many=f(_UPSERT_MANY),
+            create_schema=_CREATE_SCHEMA.format(schema=quote(schema)),
+            create_history=f(_CREATE_HISTORY),
+            select_history=f(_SELECT_HISTORY),
+            insert_history=f(_INSERT_HISTORY),
+            schema_version=f(_SCHEMA_VERSION),
+            drop=(
+                f"DROP TABLE IF EXISTS {runs}",
+                f"DROP TABLE IF EXISTS {t}",
+                f"DROP TABLE IF EXISTS {history}",
+            ),
+        )
+
+    def migration_names(self) -> dict[str, str]:
+        """What the ``{placeholders}`` of a migration step stand for."""
+        return {"table": self.table, "runs": self.runs_table, "name": self.name}
+
+    def listing(self, query: ListQuery, *, ids_only: bool = False) -> tuple[str, list[Any]]:
+        """A keyset listing: filters, then ``(updated_at, session_id) < cursor``, newest first.
+        Fetches one row more than the limit so the caller knows whether a next page exists."""
+        where: list[str] = []
+        params: list[Any] = []
+
+        def bind(value: Any) -> str:
+            params.append(value)
+            return f"${len(params)}"
+
+        if query.user_id is not None:
+            where.append(f"s.user_id = {bind(query.user_id)}")
+        if query.session_type is not None:
+            where.append(f"s.session_type = {bind(query.session_type)}")
+        if query.entity_id is not None:
+            entity = bind(query.entity_id)
+            where.append(
+                f"(s.agent_id = {entity} OR s.team_id = {entity} OR s.workflow_id = {entity})"
+            )
+        if query.updated_after_us is not None:
+            where.append(f"s.updated_at > {bind(from_us(query.updated_after_us))}")
+        if query.after is not None:
+            updated_us, session_id = query.after
+            where.append(
+                f"(s.updated_at, s.session_id) < ({bind(from_us(updated_us))}, {bind(session_id)})"
+            )
+        if ids_only:
+            columns = "s.session_id"
+        elif query.include_runs:
+            columns = f"{_COLUMNS}, {_RUNS_OF.format(runs=self.runs_table, first='0')}"
+        else:
+            columns = _COLUMNS
+        sql = f"SELECT {columns} FROM {self.table} s"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY s.updated_at DESC, s.session_id DESC"
+        if query.limit is not None:
+            sql += f" LIMIT {bind(query.limit + 1)}"
+        return sql, params
