@@ -133,10 +133,16 @@ def count_cells(plan: Plan, systems: dict[str, list[System]]) -> int:
         for system in systems.get(backend, []):
             total += _system_cells(plan, system.scenarios)
         if plan.peers and backend in PEER_BACKENDS:
-            total += _system_cells(plan, frozenset({TURN, LIST, HISTORY})) * (
-                2 if backend == "postgres" else 1
-            )
+            total += _peer_cells(plan, backend)
     return total
+
+
+def _peer_cells(plan: Plan, backend: str) -> int:
+    """Agno takes part in turn, list and history; LangGraph (PostgreSQL only) has no listing."""
+    cells = _system_cells(plan, frozenset({TURN, LIST, HISTORY}))
+    if backend == "postgres":
+        cells += _system_cells(plan, frozenset({TURN, HISTORY}))
+    return cells
 
 
 def _system_cells(plan: Plan, scenarios: frozenset[str]) -> int:
@@ -349,7 +355,7 @@ async def _run_peers(
     per line: {"system": ...} reports, {"cell": ...} results, {"message": ...} notes."""
     python = _interpreter(plan.peers_python)
     scenarios = [s for s in plan.scenarios if s in (TURN, LIST, HISTORY)]
-    expected = _system_cells(plan, frozenset(scenarios)) * (2 if backend == "postgres" else 1)
+    expected = _peer_cells(plan, backend)
     if python is None:
         reason = (
             f"not available: no peers interpreter at {plan.peers_python} (run `make bench-peers`)"
