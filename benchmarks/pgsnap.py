@@ -117,3 +117,7 @@ async def drop(conn: Any, schema: str, prefix: str, *, snapshots: bool = False) 
     )
     for row in rows:
         await conn.execute(f"DROP TABLE IF EXISTS {_q(row[0])}.{_q(row[1])} CASCADE")
+    if snapshots and not await conn.fetchval(
+        "SELECT count(*) FROM pg_tables WHERE schemaname = $1", SNAPSHOT_SCHEMA
+    ):
+        await conn.execute(f"DROP SCHEMA IF EXISTS {SNAPSHOT_SCHEMA}")
