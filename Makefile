@@ -11,7 +11,10 @@ BIN    := $(VENV)/bin
 MONGOECO_VENV := .venv-mongoeco
 MONGOECO      := mongoeco[wire]==4.11.0
 
-.PHONY: bench test lint typecheck pytest mongoeco clean
+# The peers the benchmarks compare with (Agno, LangGraph): never installed into .venv.
+PEERS_VENV := .venv-peers
+
+.PHONY: bench bench-peers test lint typecheck pytest mongoeco clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +27,21 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	touch $@
 
+# SQLite only by default (about a minute, no server needed). More:
+#   make bench ARGS="--backend postgres --url postgresql://postgres@127.0.0.1:5432/test"
+#   make bench ARGS="--backend all --postgres-url ... --duration 10 --peers"
 bench: $(VENV)/.bench-installed
-	$(BIN)/python examples/continue_session.py --db-file tmp/bench-demo.db
+	$(BIN)/python -m benchmarks $(ARGS)
+
+# The peers (Agno, LangGraph) in their own environment, never in .venv, then the suite with them.
+$(PEERS_VENV)/.installed: benchmarks/peers/requirements.txt
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+		-r benchmarks/peers/requirements.txt
+	touch $@
+
+bench-peers: $(VENV)/.bench-installed $(PEERS_VENV)/.installed
+	$(BIN)/python -m benchmarks --peers $(ARGS)
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
@@ -62,4 +78,4 @@ pytest: $(VENV)/.dev-installed $(MONGOECO_VENV)/.installed
 test: lint typecheck pytest
 
 clean:
-	rm -rf $(VENV) $(MONGOECO_VENV) tmp .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(MONGOECO_VENV) $(PEERS_VENV) tmp .mypy_cache .ruff_cache .hypothesis

@@ -159,6 +159,7 @@ async def main() -> None:
 
         # The raw side: the same statements with parameters encoded once, up front.
         from async_agent_storage import _common as common
+        from async_agent_storage import codec
         from async_agent_storage.postgres.store import _session_columns
 
         upsert_args = {}
@@ -172,7 +173,7 @@ async def main() -> None:
                 None,
             )
         state_text = to_db(common.encode_session_data(state))
-        body_text = to_db(common.codec.dumps(run_body))
+        body_text = to_db(codec.dumps(run_body))
 
         def raw_ops(pool: asyncpg.Pool) -> dict[str, Op]:
             async def read(rng: random.Random) -> Any:
@@ -194,7 +195,7 @@ async def main() -> None:
 
             return {"read": read, "upsert": upsert, "append": append}
 
-        systems = {
+        systems: dict[str, dict[str, Op]] = {
             "store": {"read": store_read, "upsert": store_upsert, "append": store_append},
             "asyncpg (default pool)": raw_ops(raw_default),
             "asyncpg (no reset query)": raw_ops(raw_tuned),
@@ -221,11 +222,11 @@ async def main() -> None:
                     f"{cell['p99_ms']:>9.1f}{cell['errors']:>8.0f}"
                 )
         print("\nstore / asyncpg ops/s:")
-        for operation, cells in results.items():
-            store_ops = cells["store"]["ops"]
+        for operation, by_system in results.items():
+            store_ops = by_system["store"]["ops"]
             ratios = ", ".join(
                 f"{store_ops / cell['ops']:.2f}x {system}"
-                for system, cell in cells.items()
+                for system, cell in by_system.items()
                 if system != "store"
             )
             print(f"  {operation:<8}{ratios}")

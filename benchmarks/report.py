@@ -1,0 +1,482 @@
+"""Ratios, the targets of issue 5, and the outputs: the terminal table, JSON, Markdown, PNG."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .loadgen import CellResult
+from .systems import BULK, HISTORY, LIST, TURN
+
+RAW = {"sqlite": "raw aiosqlite", "postgres": "raw asyncpg", "mongo": "raw pymongo"}
+SCENARIO_TITLES = {
+    TURN: "Turn (read last N runs + write), turns/s",
+    LIST: "List a user's 10 most recent sessions, lists/s",
+    HISTORY: "Turn on sessions of 10 / 100 / 1,000 runs, turns/s",
+    "cold_start_fresh": "Cold start: open() on a fresh database",
+    "cold_start_current": "Cold start: open() on an up-to-date database",
+    BULK: "Bulk load (upsert_many), sessions/s",
+}
+STORE_SYSTEMS = ("store append", "store upsert")
+
+
+def cells_from(data: dict[str, Any]) -> list[CellResult]:
+    return [CellResult.from_dict(c) for c in data["cells"]]
+
+
+def _key(cell: CellResult) -> tuple[str, str, int, int | None]:
+    return (cell.backend, cell.scenario, cell.concurrency, cell.param)
+
+
+def baseline(cells: Iterable[CellResult]) -> dict[tuple[str, str, int, int | None], CellResult]:
+    """The raw driver's cell for each (backend, scenario, concurrency, param)."""
+    return {_key(c): c for c in cells if c.kind == "raw" and c.system == RAW.get(c.backend)}
+
+
+def ratio(
+    cell: CellResult, base: dict[tuple[str, str, int, int | None], CellResult]
+) -> float | None:
+    """Throughput of the cell over the raw driver's, in the same run."""
+    raw = base.get(_key(cell))
+    if raw is None or not raw.ops_per_s or not cell.ops_per_s:
+        return None
+    return cell.ops_per_s / raw.ops_per_s
+
+
+def p99_ratio(
+    cell: CellResult, base: dict[tuple[str, str, int, int | None], CellResult]
+) -> float | None:
+    raw = base.get(_key(cell))
+    if raw is None or not raw.p99_ms or not cell.p99_ms:
+        return None
+    return cell.p99_ms / raw.p99_ms
+
+
+@dataclass
+class Target:
+    name: str
+    met: bool | None  # None: not measured in this run
+    detail: str
+
+
+def _find(
+    cells: list[CellResult],
+    backend: str,
+    scenario: str,
+    system: str,
+    conc: int | None = None,
+    param: int | None = None,
+) -> CellResult | None:
+    for c in cells:
+        if (
+            (c.backend, c.scenario, c.system) == (backend, scenario, system)
+            and (conc is None or c.concurrency == conc)
+            and (param is None or c.param == param)
+        ):
+            return c
+    return None
+
+
+def targets(cells: list[CellResult]) -> list[Target]:
+    """Issue 5's targets, judged on this run's cells."""
+    base = baseline(cells)
+    out: list[Target] = []
+
+    def x(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.2f}x"
+
+    # PostgreSQL turn at 64 callers.
+    for system, goal in (("store append", 1.5), ("store upsert", 1.0)):
+        c = _find(cells, "postgres", TURN, system, 64)
+        r = None if c is None else ratio(c, base)
+        out.append(
+            Target(
+                f"PostgreSQL turn at 64 callers, {system} >= 1.0x raw asyncpg"
+                + (" (aim 1.5x)" if goal > 1 else ""),
+                None if r is None else r >= 1.0,
+                f"{x(r)}"
+                + (
+                    ""
+                    if r is None or goal == 1.0
+                    else f"; aim 1.5x {'met' if r >= 1.5 else 'not met'}"
+                ),
+            )
+        )
+    for system in STORE_SYSTEMS:
+        c = _find(cells, "postgres", TURN, system, 256)
+        r = None if c is None else p99_ratio(c, base)
+        out.append(
+            Target(
+                f"PostgreSQL p99 at 256 callers, {system} <= raw asyncpg's",
+                None if r is None else r <= 1.0,
+                "n/a" if c is None or r is None else f"{c.p99_ms:.0f} ms, {x(r)} raw's",
+            )
+        )
+    # SQLite turn at every concurrency.
+    for system in STORE_SYSTEMS:
+        rs = [
+            (c.concurrency, ratio(c, base))
+            for c in cells
+            if (c.backend, c.scenario, c.system) == ("sqlite", TURN, system)
+        ]
+        known = [(n, r) for n, r in rs if r is not None]
+        out.append(
+            Target(
+                f"SQLite turn, {system} >= 1.0x one raw aiosqlite connection at every concurrency"
+                " (aim 2x)",
+                None if not known else all(r >= 1.0 for _, r in known),
+                ", ".join(f"{n}: {x(r)}" for n, r in known) or "n/a",
+            )
+        )
+    # Listing.
+    for backend in ("postgres", "sqlite", "mongo"):
+        rs = [
+            (c.concurrency, ratio(c, base))
+            for c in cells
+            if (c.backend, c.scenario, c.system) == (backend, LIST, "store append")
+        ]
+        known = [(n, r) for n, r in rs if r is not None]
+        if backend != "postgres" and not known:
+            continue
+        out.append(
+            Target(
+                f"{backend} listing >= 2x raw fetching full rows",
+                None if not known else all(r >= 2.0 for _, r in known),
+                ", ".join(f"{n}: {x(r)}" for n, r in known) or "n/a",
+            )
+        )
+    # History scaling.
+    for backend in ("sqlite", "postgres", "mongo"):
+        for system in STORE_SYSTEMS:
+            short = _find(cells, backend, HISTORY, system, param=10)
+            long = _find(cells, backend, HISTORY, system, param=1000)
+            if short is None or long is None or not long.ops_per_s:
+                continue
+            cost = short.ops_per_s / long.ops_per_s
+            out.append(
+                Target(
+                    f"{backend} {system}: a turn on 1,000 runs costs <= 1.5x one on 10 runs",
+                    cost <= 1.5,
+                    f"{cost:.2f}x ({short.ops_per_s:.0f} vs {long.ops_per_s:.0f} turns/s)",
+                )
+            )
+    # Errors and memory.
+    errors = [c for c in cells if c.errors]
+    out.append(
+        Target(
+            "zero errors at every cell",
+            not errors,
+            "none"
+            if not errors
+            else "; ".join(
+                f"{c.backend} {c.scenario} x{c.concurrency} {c.system}: {c.errors}"
+                for c in errors[:6]
+            ),
+        )
+    )
+    growth = [
+        (c, c.rss_end_mb - c.rss_start_mb)
+        for c in cells
+        if c.kind == "store" and c.scenario in (TURN, HISTORY) and c.ops
+    ]
+    if growth:
+        worst, grown = max(growth, key=lambda g: g[1])
+        out.append(
+            Target(
+                "peak RSS flat (store cells grow < 8 MiB over their measured window)",
+                grown < 8.0,
+                f"largest growth {grown:+.1f} MiB ({worst.backend} {worst.scenario} "
+                f"x{worst.concurrency} {worst.system}); "
+                f"peak {max(c.rss_peak_mb for c, _ in growth):.0f} MiB",
+            )
+        )
+    return out
+
+
+# --- outputs ----------------------------------------------------------------------------------
+
+
+def _fmt_ratio(r: float | None) -> str:
+    return "" if r is None else f"{r:.2f}x"
+
+
+def rows(cells: list[CellResult]) -> list[dict[str, Any]]:
+    """One row per cell, with its ratios to the raw driver, in a stable order."""
+    base = baseline(cells)
+    order = {s: i for i, s in enumerate(SCENARIO_TITLES)}
+    kinds = {"store": 0, "raw": 1, "peer": 2}
+    out = []
+    for c in sorted(
+        cells,
+        key=lambda c: (
+            c.backend,
+            order.get(c.scenario, 99),
+            c.param or 0,
+            c.concurrency,
+            kinds.get(c.kind, 3),
+            c.system,
+        ),
+    ):
+        out.append({"cell": c, "ratio": ratio(c, base), "p99_ratio": p99_ratio(c, base)})
+    return out
+
+
+def terminal_table(data: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    cells = cells_from(data)
+    table = Table(title="async-agent-storage benchmark", show_lines=False, header_style="bold")
+    for name, justify in (
+        ("backend", "left"),
+        ("scenario", "left"),
+        ("callers", "right"),
+        ("system", "left"),
+        ("ops/s", "right"),
+        ("x raw", "right"),
+        ("p50 ms", "right"),
+        ("p95 ms", "right"),
+        ("p99 ms", "right"),
+        ("p99 x raw", "right"),
+        ("errors", "right"),
+        ("CPU ms/op", "right"),
+        ("RSS MiB", "right"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    previous: tuple[str, str, int | None] | None = None
+    for row in rows(cells):
+        c: CellResult = row["cell"]
+        group = (c.backend, c.scenario, c.param)
+        if previous is not None and group != previous:
+            table.add_section()
+        previous = group
+        scenario = (
+            c.scenario if c.param is None or c.scenario == BULK else f"{c.scenario} {c.param}"
+        )
+        style = "red" if c.errors else ("bold" if c.kind == "store" else "")
+        table.add_row(
+            c.backend,
+            scenario,
+            str(c.concurrency),
+            c.system,
+            f"{c.ops_per_s:,.0f}" if c.ops_per_s >= 10 else f"{c.ops_per_s:.2f}",
+            _fmt_ratio(row["ratio"]),
+            f"{c.p50_ms:.1f}",
+            f"{c.p95_ms:.1f}" if c.p95_ms else "",
+            f"{c.p99_ms:.1f}" if c.p99_ms else "",
+            _fmt_ratio(row["p99_ratio"]),
+            str(c.errors),
+            f"{c.cpu_ms_per_op:.2f}" if c.cpu_ms_per_op else "",
+            f"{c.rss_peak_mb:.0f}" if c.rss_peak_mb else "",
+            style=style,
+        )
+    return table
+
+
+def markdown(data: dict[str, Any]) -> str:
+    cells = cells_from(data)
+    env = data["environment"]
+    plan = data["plan"]
+    lines = [
+        f"# Benchmark results, {data['started']}",
+        "",
+        f"{env.get('cpu_count')} CPUs ({env.get('cpu_model')}), Python {env.get('python')}, "
+        f"SQLite {env.get('sqlite')}; load average at start {env.get('load_average_at_start')}, "
+        f"at end {env.get('load_average_at_end')}. Commit {env.get('git_commit')}.",
+        "",
+        f"Measured window {plan['duration']} s after a {plan['warmup']} s warm-up per cell; "
+        f"{plan['spec']['sessions']} seeded sessions ({plan['spec']['min_runs']}-"
+        f"{plan['spec']['max_runs']} runs each, {plan['spec']['users']} users), a turn loads the "
+        f"last {plan['spec']['last_runs']} runs; pools of 20. Ratios are to the raw driver in the "
+        "same run (x raw: throughput over the raw driver's; p99 x raw: p99 over its p99).",
+        "",
+    ]
+    for name, server in env.get("servers", {}).items():
+        lines.append(f"- {name} server: {server.get('version') or server.get('error')}")
+    if env.get("peers"):
+        peers = env["peers"]
+        lines.append(
+            "- peers: " + ", ".join(f"{k} {v}" for k, v in peers.items() if v and k != "python")
+        )
+    lines.append("")
+    lines.append("## Targets (issue 5)")
+    lines.append("")
+    for t in targets(cells):
+        mark = {True: "met", False: "**not met**", None: "not measured"}[t.met]
+        lines.append(f"- {t.name}: {mark} ({t.detail})")
+    lines.append("")
+    current: tuple[str, str] | None = None
+    for row in rows(cells):
+        c: CellResult = row["cell"]
+        if (c.backend, c.scenario) != current:
+            current = (c.backend, c.scenario)
+            title = SCENARIO_TITLES.get(c.scenario, c.scenario)
+            lines += [
+                "",
+                f"### {c.backend}: {title}",
+                "",
+                "| callers | param | system | ops/s | x raw | p50 ms | p95 ms | p99 ms | p99 x raw "
+                "| errors | CPU ms/op | RSS MiB |",
+                "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            ]
+        lines.append(
+            f"| {c.concurrency} | {'' if c.param is None else c.param} | {c.system} | "
+            f"{c.ops_per_s:,.1f} | {_fmt_ratio(row['ratio'])} | {c.p50_ms:.1f} | "
+            f"{c.p95_ms:.1f} | {c.p99_ms:.1f} | {_fmt_ratio(row['p99_ratio'])} | {c.errors} | "
+            f"{c.cpu_ms_per_op:.2f} | {c.rss_peak_mb:.0f} |"
+        )
+    lines += ["", "## Systems", ""]
+    lines.append("| backend | system | status | bytes/session | seed s | details |")
+    lines.append("|---|---|---|---:|---:|---|")
+    for s in data["systems"]:
+        seed = s.get("seed") or {}
+        bps = seed.get("bytes_per_session")
+        status = "ran" if s["available"] else s["reason"]
+        details = ", ".join(f"{k}={v}" for k, v in (s.get("info") or {}).items())
+        lines.append(
+            f"| {s['backend']} | {s['name']} | {status} | "
+            f"{'' if bps is None else f'{bps:,.0f}'} | {seed.get('seconds', '')} | {details} |"
+        )
+    errors = [c for c in cells if c.error_samples]
+    if errors:
+        lines += ["", "## Errors", ""]
+        for c in errors:
+            lines.append(
+                f"- {c.backend} {c.scenario} x{c.concurrency} {c.system}: {c.errors} "
+                f"({'; '.join(c.error_samples)})"
+            )
+    empty = [c for c in cells if c.note.startswith("no operation")]
+    if empty:
+        lines += ["", "## Cells without a result", ""]
+        lines += [
+            f"- {c.backend} {c.scenario} x{c.concurrency} {c.system}: {c.note}" for c in empty
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(data: dict[str, Any], backend: str, path: Path) -> bool:
+    """Turns/s and p99 against concurrency, one line per system; False when nothing to plot."""
+    cells = [c for c in cells_from(data) if c.backend == backend and c.scenario == TURN and c.ops]
+    if not cells:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    systems = sorted({c.system for c in cells}, key=lambda s: (not s.startswith("store"), s))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
+    for system in systems:
+        mine = sorted((c for c in cells if c.system == system), key=lambda c: c.concurrency)
+        xs = [c.concurrency for c in mine]
+        style = "-o" if system.startswith("store") else ("--s" if "raw" in system else ":^")
+        left.plot(xs, [c.ops_per_s for c in mine], style, label=system)
+        right.plot(xs, [c.p99_ms for c in mine], style, label=system)
+    for ax, title, unit in (
+        (left, "Turns per second (higher is better)", "turns/s"),
+        (right, "p99 latency of a turn (lower is better)", "ms"),
+    ):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted({c.concurrency for c in cells}))
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_xlabel("concurrent callers")
+        ax.set_ylabel(unit)
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, alpha=0.3)
+    left.set_ylim(bottom=0)
+    right.set_yscale("log")
+    right.get_yaxis().set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    left.legend(fontsize=8)
+    env = data["environment"]
+    fig.suptitle(
+        f"{backend}: read last {data['plan']['spec']['last_runs']} runs + write one turn; "
+        f"{env.get('cpu_count')} CPUs, {data['started'][:10]}",
+        fontsize=11,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def write_all(data: dict[str, Any], outdir: Path, stem: str) -> dict[str, Path]:
+    """The JSON, the Markdown summary and one PNG per backend; returns the paths written."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    json_path = outdir / f"{stem}.json"
+    json_path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    written["json"] = json_path
+    md_path = outdir / f"{stem}.md"
+    md_path.write_text(markdown(data))
+    written["markdown"] = md_path
+    backends = sorted({c["backend"] for c in data["cells"]})
+    for backend in backends:
+        png = outdir / (f"{stem}.png" if len(backends) == 1 else f"{stem}-{backend}.png")
+        if plot(data, backend, png):
+            written[f"png-{backend}"] = png
+    return written
+
+
+def ratio_tables(data: dict[str, Any]) -> str:
+    """Compact Markdown tables for docs/benchmarks.md: per backend and scenario, one row per
+    system, one column per concurrency (or history length); store and peer cells as throughput
+    over the raw driver's, p99 over its p99 in brackets; the raw driver's own numbers."""
+    cells = cells_from(data)
+    base = baseline(cells)
+    out: list[str] = []
+    for backend in sorted({c.backend for c in cells}):
+        for scenario in (TURN, LIST, HISTORY):
+            mine = [c for c in cells if c.backend == backend and c.scenario == scenario]
+            if not mine:
+                continue
+            columns = sorted({(c.param or 0, c.concurrency) for c in mine})
+            systems = list(dict.fromkeys(c.system for c in rows_order(mine)))
+            heads = [
+                f"{p:,} runs" if scenario == HISTORY else f"{n} caller{'s' * (n > 1)}"
+                for p, n in columns
+            ]
+            out += [
+                f"{backend}, {SCENARIO_TITLES[scenario]}",
+                "",
+                "| system | " + " | ".join(heads) + " |",
+                "|---|" + "---:|" * len(columns),
+            ]
+            for system in systems:
+                row = []
+                for p, n in columns:
+                    c = next(
+                        (
+                            c
+                            for c in mine
+                            if c.system == system and (c.param or 0, c.concurrency) == (p, n)
+                        ),
+                        None,
+                    )
+                    if c is None:
+                        row.append("")
+                    elif c.kind == "raw":
+                        row.append(f"{c.ops_per_s:,.0f}/s, p99 {c.p99_ms:,.0f} ms")
+                    else:
+                        r, q = ratio(c, base), p99_ratio(c, base)
+                        text = "n/a" if r is None else f"{r:.2f}x"
+                        text += "" if q is None else f" ({q:.2f}x)"
+                        text += f", {c.errors} errors" if c.errors else ""
+                        row.append(text)
+                out.append(f"| {system} | " + " | ".join(row) + " |")
+            out.append("")
+    return "\n".join(out)
+
+
+def rows_order(cells: list[CellResult]) -> list[CellResult]:
+    kinds = {"store": 0, "raw": 1, "peer": 2}
+    return sorted(cells, key=lambda c: (kinds.get(c.kind, 3), c.system))
+
+
+if __name__ == "__main__":
+    import sys
+
+    for name in sys.argv[1:]:
+        print(ratio_tables(json.loads(Path(name).read_text())))

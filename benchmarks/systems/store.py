@@ -1,0 +1,220 @@
+"""The store under test, on any backend, through the public protocol only (`open_store`).
+
+Two systems share one store's data: "store append" does the turn as `read(last_runs=N)` +
+`append_runs(..., session_data=...)`, "store upsert" as `read(last_runs=N)` + `upsert(session)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import time
+from typing import Any
+
+from async_agent_storage import Session, SessionStore, open_store
+from async_agent_storage.errors import ConfigurationError
+
+from ..workload import Picker, SeedSession, WorkloadSpec, next_state, sessions
+from .base import (
+    BULK,
+    COLD_START,
+    HISTORY,
+    LIST,
+    SEED_CHUNK,
+    TURN,
+    Dataset,
+    NotAvailable,
+    SeedInfo,
+    System,
+    run_count,
+)
+from .places import Place
+
+_DRIVER_MODULE = {
+    "sqlite": "async_agent_storage.sqlite",
+    "postgres": "async_agent_storage.postgres",
+    "mongo": "async_agent_storage.mongo",
+}
+
+
+def to_session(seed: SeedSession) -> Session:
+    return Session(
+        session_id=seed.session_id,
+        user_id=seed.user_id,
+        agent_id=seed.agent_id,
+        session_data=seed.session_data,
+        agent_data=seed.agent_data,
+        metadata=seed.metadata,
+        runs=seed.runs,
+    )
+
+
+class StoreData:
+    """The data of one store on one backend, shared by the store's two turn variants."""
+
+    def __init__(
+        self,
+        backend: str,
+        place: Place,
+        url: str,
+        table: str,
+        options: dict[str, Any],
+        *,
+        bulk_place: Place,
+        bulk_url: str,
+        bulk_table: str,
+        cold: Any,
+    ) -> None:
+        self.backend = backend
+        self.place = place
+        self.url = url
+        self.table = table
+        self.options = options
+        self.bulk_place = bulk_place
+        self.bulk_url = bulk_url
+        self.bulk_table = bulk_table
+        self.cold = cold  # (index, fresh) -> (url, table, Place to drop afterwards)
+        self.seeded: dict[str, SeedInfo] = {}
+
+    def open(self, url: str | None = None, table: str | None = None) -> SessionStore:
+        return open_store(
+            url or self.url,
+            table_name=table or self.table,
+            auto_upgrade_schema=True,
+            **self.options,
+        )
+
+    async def seed(self, dataset: Dataset) -> SeedInfo:
+        if dataset.name in self.seeded:
+            return self.seeded[dataset.name]
+        await self.place.reset()
+        t0 = time.perf_counter()
+        total_sessions = total_runs = 0
+        async with self.open() as store:
+            chunk: list[Session] = []
+            for seed in sessions(dataset.spec):
+                chunk.append(to_session(seed))
+                total_runs += len(seed.runs)
+                if len(chunk) >= _chunk(dataset.spec):
+                    await store.upsert_many(chunk)
+                    total_sessions += len(chunk)
+                    chunk = []
+            if chunk:
+                await store.upsert_many(chunk)
+                total_sessions += len(chunk)
+        seconds = time.perf_counter() - t0
+        info = SeedInfo(total_sessions, total_runs, seconds, await self.place.size())
+        await self.place.snapshot(dataset.name)
+        self.seeded[dataset.name] = info
+        return info
+
+
+def _chunk(spec: WorkloadSpec) -> int:
+    # Keep one batch to a few MB whatever the history length.
+    return max(1, min(SEED_CHUNK, 2000 // max(1, spec.max_runs)))
+
+
+class StoreSystem(System):
+    kind = "store"
+
+    def __init__(self, data: StoreData, variant: str) -> None:
+        super().__init__(f"store {variant}", data.backend)
+        self.data = data
+        self.variant = variant
+        # The bulk-load and cold-start scenarios are about the store, not a turn variant.
+        if variant == "append":
+            self.scenarios = frozenset({TURN, LIST, HISTORY, BULK, COLD_START})
+        else:
+            self.scenarios = frozenset({TURN, HISTORY})
+        self.store: SessionStore | None = None
+
+    async def check(self) -> None:
+        module = _DRIVER_MODULE[self.backend]
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise NotAvailable(f"{module} cannot be imported ({exc})") from exc
+        try:
+            store = self.data.open()
+        except TypeError:  # a driver without pool_min_size: keep the pool's maximum only
+            self.data.options.pop("pool_min_size", None)
+            store = self.data.open()
+        except ConfigurationError as exc:
+            raise NotAvailable(str(exc)) from exc
+        if self.backend != "sqlite":  # is the server there?
+            try:
+                await asyncio.wait_for(store.open(), 30)
+            except Exception as exc:
+                raise NotAvailable(f"cannot open the store at {self.data.url}: {exc}") from exc
+            finally:
+                await store.close()
+
+    def info(self) -> dict[str, Any]:
+        return {"options": self.data.options, "table": self.data.table}
+
+    async def seed(self, dataset: Dataset) -> SeedInfo:
+        return await self.data.seed(dataset)
+
+    async def start(self, dataset: Dataset) -> None:
+        await self.data.place.restore(dataset.name)
+        self.store = self.data.open()
+        await self.store.open()
+
+    async def stop(self) -> None:
+        if self.store is not None:
+            store, self.store = self.store, None
+            await store.close()
+
+    async def turn(self, picker: Picker, spec: WorkloadSpec) -> None:
+        store = self.store
+        assert store is not None
+        ref = picker.session()
+        session = await store.read(ref.session_id, user_id=ref.user_id, last_runs=spec.last_runs)
+        if session is None:
+            raise LookupError(f"session {ref.session_id} not found")
+        run = picker.new_run(ref)
+        state = next_state(session.session_data, picker.rng)
+        if self.variant == "append":
+            await store.append_runs(ref.session_id, [run], user_id=ref.user_id, session_data=state)
+        else:
+            session.runs.append(run)
+            session.session_data = state
+            await store.upsert(session)
+
+    async def list_recent(self, picker: Picker, spec: WorkloadSpec) -> None:
+        store = self.store
+        assert store is not None
+        found = await store.get_recent_sessions(user_id=picker.user(), limit=spec.list_limit)
+        if not found:
+            raise LookupError("no session listed")
+
+    async def bulk_load(self, seeds: list[SeedSession], batch: int) -> float:
+        await self.data.bulk_place.reset()
+        try:
+            async with self.data.open(self.data.bulk_url, self.data.bulk_table) as store:
+                t0 = time.perf_counter()
+                for i in range(0, len(seeds), batch):
+                    await store.upsert_many([to_session(s) for s in seeds[i : i + batch]])
+                return time.perf_counter() - t0
+        finally:
+            await self.data.bulk_place.reset()
+
+    async def cold_start(self, index: int, fresh: bool) -> float:
+        url, table, place = self.data.cold(index)
+        if fresh:
+            await place.reset()
+        store = self.data.open(url, table)
+        t0 = time.perf_counter()
+        await store.open()
+        seconds = time.perf_counter() - t0
+        await store.close()
+        if not fresh:
+            await place.drop()
+        return seconds
+
+    async def cleanup(self) -> None:
+        await self.data.place.drop()
+        await self.data.bulk_place.drop()
+
+
+__all__ = ["StoreData", "StoreSystem", "run_count", "to_session"]

@@ -1,0 +1,194 @@
+"""Smoke test of the benchmark suite: tiny durations, the output's structure, zero errors.
+No timing is asserted: these runs are far too short to measure anything."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks import report
+from benchmarks.cli import main
+from benchmarks.suite import Plan, run
+from benchmarks.workload import WorkloadSpec, sessions
+from tests.conftest import NOT_RUN
+
+PG_ENV = "AAS_TEST_POSTGRES_URL"
+PG_LOCAL = "postgresql://postgres@127.0.0.1:5432/test"
+TINY = [
+    "--duration",
+    "0.2",
+    "--warmup",
+    "0.05",
+    "--concurrency",
+    "1,4",
+    "--sessions",
+    "40",
+    "--users",
+    "8",
+    "--history-lengths",
+    "5,20",
+    "--history-sessions",
+    "8",
+    "--history-concurrency",
+    "4",
+    "--cold-reps",
+    "1",
+    "--bulk-sessions",
+    "20",
+]
+
+
+def test_the_workload_is_the_same_in_every_process() -> None:
+    spec = WorkloadSpec(sessions=5)
+    first = [s.runs for s in sessions(spec)]
+    assert first == [s.runs for s in sessions(spec)]
+    run = first[0][0]
+    assert {"run_id", "messages", "metrics"} <= run.keys()
+    assert 300 < len(json.dumps(run)) < 4000
+
+
+def _by_cell(cells: list[dict[str, Any]]) -> dict[tuple[str, str, int, int | None], dict[str, Any]]:
+    return {(c["system"], c["scenario"], c["concurrency"], c["param"]): c for c in cells}
+
+
+def test_make_bench_on_sqlite_writes_the_table_json_markdown_and_plot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "results"
+    code = main(
+        [
+            *TINY,
+            "--out",
+            str(out),
+            "--workdir",
+            str(tmp_path / "work"),
+            "--tag",
+            "smoke",
+            "--quiet",
+            "--peers",
+            "--peers-python",
+            str(tmp_path / "no-such-venv" / "python"),
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "store append" in printed
+    assert "raw aiosqlite" in printed
+
+    [json_file] = out.glob("*-sqlite-smoke.json")
+    data = json.loads(json_file.read_text())
+    assert {"started", "plan", "environment", "systems", "cells"} <= data.keys()
+    assert data["environment"]["cpu_count"]
+    assert data["environment"]["packages"]["aiosqlite"]
+    systems = {s["name"]: s for s in data["systems"]}
+    for name in ("store append", "store upsert", "raw aiosqlite"):
+        assert systems[name]["available"], systems[name]
+        assert systems[name]["seed"]["bytes_per_session"] > 0
+    # The peers' interpreter is missing: said so, not skipped silently, and nothing crashed.
+    assert not systems["peers"]["available"]
+    assert "make bench-peers" in systems["peers"]["reason"]
+
+    cells = _by_cell(data["cells"])
+    for system in ("store append", "store upsert", "raw aiosqlite"):
+        for callers in (1, 4):
+            assert cells[(system, "turn", callers, None)]["ops"] > 0
+        for length in (5, 20):
+            assert cells[(system, "history", 4, length)]["ops"] > 0
+    for system in ("store append", "raw aiosqlite"):
+        for callers in (1, 4):
+            assert cells[(system, "list", callers, None)]["ops"] > 0
+        assert cells[(system, "bulk_load", 1, 100)]["ops"] == 20
+    for scenario in ("cold_start_fresh", "cold_start_current"):
+        assert cells[("store append", scenario, 1, None)]["p50_ms"] > 0
+    assert [c for c in data["cells"] if c["errors"]] == []
+    turn = cells[("store append", "turn", 4, None)]
+    assert turn["p50_ms"] <= turn["p95_ms"] <= turn["p99_ms"] <= turn["max_ms"]
+    assert turn["cpu_ms_per_op"] > 0
+    assert turn["rss_peak_mb"] > 0
+
+    markdown = json_file.with_suffix(".md").read_text()
+    assert "## Targets (issue 5)" in markdown
+    assert "| store append |" in markdown
+    png = json_file.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Ratios to the raw driver are computed for every store cell.
+    rows = report.rows(report.cells_from(data))
+    store_turns = [r for r in rows if r["cell"].kind == "store" and r["cell"].scenario == "turn"]
+    assert store_turns
+    assert all(r["ratio"] is not None for r in store_turns)
+    tables = report.ratio_tables(data)
+    assert "| store append |" in tables
+    assert "| raw aiosqlite |" in tables
+
+
+async def _answers(url: str) -> bool:
+    try:
+        import asyncpg
+
+        conn = await asyncpg.connect(url, timeout=3)
+    except Exception:
+        return False
+    await conn.close()
+    return True
+
+
+async def _execute(url: str, statement: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def pg_url() -> Any:
+    """A schema of this test's own on the test server, dropped after it."""
+    url = os.environ.get(PG_ENV) or PG_LOCAL
+    if not asyncio.run(_answers(url)):
+        reason = f"nothing answers at {url} (set {PG_ENV})"
+        NOT_RUN["benchmarks postgres"] = reason
+        pytest.skip(reason)
+    schema = f"aas_bench_test_{uuid.uuid4().hex[:8]}"
+    asyncio.run(_execute(url, f"CREATE SCHEMA {schema}"))
+    try:
+        yield f"{url}{'&' if '?' in url else '?'}search_path={schema}"
+    finally:
+        asyncio.run(_execute(url, f"DROP SCHEMA {schema} CASCADE"))
+
+
+def test_the_postgres_cells_run_against_the_local_server(pg_url: str, tmp_path: Path) -> None:
+    plan = Plan(
+        backends=[("postgres", pg_url)],
+        scenarios=["turn", "list"],
+        concurrency=[1, 4],
+        duration=0.2,
+        warmup=0.05,
+        spec=WorkloadSpec(sessions=40, users=8),
+        workdir=tmp_path,
+    )
+    data = asyncio.run(run(plan)).to_dict()
+    systems = {s["name"]: s for s in data["systems"]}
+    assert systems["raw asyncpg"]["available"], systems["raw asyncpg"]
+    assert data["environment"]["servers"]["postgres"]["version"].startswith("PostgreSQL")
+    cells = _by_cell(data["cells"])
+    for callers in (1, 4):
+        assert cells[("raw asyncpg", "turn", callers, None)]["ops"] > 0
+        assert cells[("raw asyncpg", "list", callers, None)]["ops"] > 0
+    # The store runs when its driver is importable, and says why not otherwise.
+    store = systems["store append"]
+    if store["available"]:
+        assert cells[("store append", "turn", 4, None)]["ops"] > 0
+    else:
+        assert store["reason"].startswith("not available:")
+    assert [c for c in data["cells"] if c["errors"]] == []
+    written = report.write_all(data, tmp_path / "out", "pg")
+    assert written["json"].exists()
+    assert written["markdown"].exists()
