@@ -47,6 +47,9 @@ __all__ = ["SqliteStore"]
 
 T = TypeVar("T")
 _MIN_SQLITE: Final = (3, 35, 0)  # RETURNING
+# Reads move to the separate reader connections once the writer's batch has run this long (it is
+# then waiting for another process's lock).
+_READ_STALL: Final = 0.010
 # Result codes that mean "the storage cannot serve this now" (worth retrying later).
 _UNAVAILABLE_CODES: Final = frozenset(
     {
@@ -81,7 +84,9 @@ class SqliteStore:
       `MigrationError` on an older schema. A missing schema is always created.
     - `busy_timeout`: seconds to wait for another process's write lock before
       `StorageUnavailableError`.
-    - `reader_connections`: connections serving reads beside the writer (WAL).
+    - `reader_connections`: connections that serve reads while the writer waits for another
+      process's lock (WAL lets them). Otherwise reads run on the writer's connection, between
+      write batches: with one thread doing all the SQL the event loop keeps the other core.
     - `synchronous`: ``"NORMAL"`` (default) survives a crash of the process; ``"FULL"`` also a
       power loss, at the cost of one fsync per commit (group commit shares it between writes).
     - `max_session_bytes`: the largest JSON payload one write may carry.
@@ -95,7 +100,7 @@ class SqliteStore:
         *,
         auto_upgrade_schema: bool = False,
         busy_timeout: float = 5.0,
-        reader_connections: int = 2,
+        reader_connections: int = 1,
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
         max_session_bytes: int = codec.DEFAULT_MAX_SESSION_BYTES,
         max_batch: int = 256,
@@ -108,9 +113,9 @@ class SqliteStore:
         if not isinstance(busy_timeout, int | float) or busy_timeout < 0:
             raise ConfigurationError(f"busy_timeout must be seconds >= 0, got {busy_timeout!r}")
         self.busy_timeout = float(busy_timeout)
-        if type(reader_connections) is not int or not 1 <= reader_connections <= 64:
+        if type(reader_connections) is not int or not 0 <= reader_connections <= 64:
             raise ConfigurationError(
-                f"reader_connections must be an int from 1 to 64, got {reader_connections!r}"
+                f"reader_connections must be an int from 0 to 64, got {reader_connections!r}"
             )
         self.reader_connections = reader_connections
         if synchronous not in ("NORMAL", "FULL"):
@@ -162,12 +167,9 @@ class SqliteStore:
                     self.migrations,
                     auto_upgrade=self.auto_upgrade_schema,
                 )
-                if self.in_memory:  # each connection to :memory: is its own database
-                    readers = [writer]
-                else:
+                if not self.in_memory:  # each connection to :memory: is its own database
                     for _ in range(self.reader_connections):
                         opened.append(await self._connect(query_only=True))
-                    readers = opened[1:]
             except BaseException as exc:
                 for connection in opened:
                     await connection.close()
@@ -175,7 +177,9 @@ class SqliteStore:
                     raise self._translate(exc) from exc
                 raise
             self._writer = conn.Batcher(writer, conn.run_writes, max_batch=self.max_batch)
-            self._readers = conn.ReaderPool(readers, max_batch=self.max_batch)
+            self._readers = conn.ReaderPool(
+                self._writer, opened[1:], max_batch=self.max_batch, stall=_READ_STALL
+            )
             self._state = _State.OPEN
 
     async def _connect(self, *, query_only: bool = False) -> aiosqlite.Connection:
@@ -199,8 +203,7 @@ class SqliteStore:
             assert readers is not None
             await writer.drain()
             await readers.drain()
-            connections = {id(c): c for c in [*readers.connections, writer.connection]}
-            for connection in connections.values():
+            for connection in [writer.connection, *readers.connections]:
                 await connection.close()
 
     async def __aenter__(self) -> Self:
@@ -443,8 +446,9 @@ class SqliteStore:
         """The writer connection, paused between batches; or, before `open()`, a connection made
         for the occasion."""
         if self._state is _State.OPEN:
-            writer, _ = self._open_parts()
-            async with writer.paused() as connection:
+            writer, readers = self._open_parts()
+            # Reads on the writer's connection wait too: they must not see a half-done migration.
+            async with writer.paused() as connection, readers.primary.paused():
                 yield connection
             return
         if self._state is _State.CLOSED:

@@ -137,6 +137,27 @@ async def test_a_lock_held_by_another_process_times_out_as_unavailable(tmp_path:
         assert appended.version == 2
 
 
+async def test_reads_go_on_while_the_writer_waits_for_another_process(tmp_path: Path) -> None:
+    db_file = tmp_path / "stall.db"
+    async with SqliteStore(db_file=db_file, busy_timeout=5) as store:
+        await store.append_runs("s", [{"i": 0}])
+        assert store._readers is not None
+        holder = sqlite3.connect(db_file, isolation_level=None, check_same_thread=False)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            waiting = asyncio.create_task(store.append_runs("s", [{"i": 1}]))
+            await asyncio.sleep(0.1)  # the writer is now inside SQLite's busy handler
+            assert not waiting.done()
+            read = await asyncio.wait_for(store.read("s"), timeout=1)
+            assert read is not None
+            assert read.version == 1
+            assert store._readers.reads_beside_writer >= 1
+        finally:
+            holder.execute("COMMIT")
+            holder.close()
+        assert (await waiting).version == 2
+
+
 async def test_a_write_waits_for_a_short_lock_instead_of_failing(tmp_path: Path) -> None:
     db_file = tmp_path / "wait.db"
     async with SqliteStore(db_file=db_file, busy_timeout=10) as store:
@@ -170,7 +191,7 @@ async def test_an_unusable_path_is_unavailable_not_a_crash(tmp_path: Path) -> No
         {"table_name": "1starts_with_digit"},
         {"table_name": ""},
         {"table_name": "a" * 49},
-        {"reader_connections": 0},
+        {"reader_connections": -1},
         {"busy_timeout": -1},
         {"synchronous": "OFF"},
         {"max_session_bytes": 10},
