@@ -298,17 +298,21 @@ def build_session(
     return session
 
 
-def decode_runs(bodies: Sequence[str | bytes]) -> list[dict[str, Any]]:
-    """Decode stored run bodies with one parser call."""
+def decode_runs(bodies: Sequence[str | bytes], *, marked: bool = False) -> list[dict[str, Any]]:
+    """Decode stored run bodies with one parser call (`marked`: as in `codec.loads`)."""
     if not bodies:
         return []
     if isinstance(bodies[0], str):
-        return codec.loads("[" + ",".join(cast(Sequence[str], bodies)) + "]")  # type: ignore[no-any-return]
-    return codec.loads(b"[" + b",".join(cast(Sequence[bytes], bodies)) + b"]")  # type: ignore[no-any-return]
+        text = "[" + ",".join(cast(Sequence[str], bodies)) + "]"
+        exact = marked and any(b[:1] == " " for b in bodies)
+        return codec.loads(text, marked=marked and not exact)  # type: ignore[no-any-return]
+    data = b"[" + b",".join(cast(Sequence[bytes], bodies)) + b"]"
+    exact = marked and any(b[:1] == b" " for b in bodies)
+    return codec.loads(data, marked=marked and not exact)  # type: ignore[no-any-return]
 
 
 def _loads_optional(data: bytes | None) -> Any:
-    return None if data is None else codec.loads(data)
+    return None if data is None else codec.loads(data, marked=True)
 
 
 def session_from_encoded(
@@ -327,13 +331,13 @@ def session_from_encoded(
         agent_id=enc.agent_id,
         team_id=enc.team_id,
         workflow_id=enc.workflow_id,
-        session_data=codec.loads(enc.session_data),
+        session_data=codec.loads(enc.session_data, marked=True),
         agent_data=_loads_optional(enc.agent_data),
         team_data=_loads_optional(enc.team_data),
         workflow_data=_loads_optional(enc.workflow_data),
         metadata=_loads_optional(enc.metadata),
         summary=_loads_optional(enc.summary),
-        runs=decode_runs([r.body for r in enc.runs]),
+        runs=decode_runs([r.body for r in enc.runs], marked=True),
         runs_offset=runs_offset,
         created_at=created_at,
         updated_at=updated_at,

@@ -6,7 +6,8 @@
 - NaN and Infinity are refused with a `SerializationError` naming where they are: JSON has no such
   numbers and orjson would otherwise write them as `null`, losing data silently.
 - Integers beyond 64 bits, which orjson refuses, are written as exact JSON numbers, and read back
-  exactly (orjson would read them as floats).
+  exactly (orjson would read them as floats). A document holding one starts with a space (still
+  plain JSON) so that a reader of unaltered text knows which documents need the exact parser.
 - Strings are kept exactly, NUL (``\\u0000``) included. Lone surrogates are refused (not text).
 - Nesting deeper than orjson's limit (254 levels) is a `SerializationError`, not a crash.
 """
@@ -62,12 +63,20 @@ def dumps(value: Any, *, path: str = "value") -> bytes:
     return data
 
 
-def loads(data: bytes | bytearray | memoryview | str) -> Any:
-    """Decode JSON produced by `dumps`, with integers of any size read exactly."""
+def loads(data: bytes | bytearray | memoryview | str, *, marked: bool = False) -> Any:
+    """Decode JSON produced by `dumps`, with integers of any size read exactly.
+
+    `marked=True` says `data` is byte for byte what `dumps` wrote (SQLite stores it so; `jsonb`
+    does not): `dumps` starts a document holding integers beyond 64 bits with a space, so only
+    such a document needs the exact parser and the scan for long digit runs is skipped."""
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise SerializationError(f"stored value is not valid JSON: {exc}") from exc
+    if marked:
+        if data[:1] in (b" ", " "):
+            value = json.loads(data if isinstance(data, str | bytes) else bytes(data))
+        return value
     raw = data.encode() if isinstance(data, str) else bytes(data)
     if _NINETEEN_DIGITS in raw.translate(_DIGITS_TO_ZERO):
         # A long run of digits may be an integer orjson read as a float: the standard library
@@ -254,4 +263,4 @@ def _dumps_big_ints(value: Any, path: str) -> bytes:
     data = dumps(swap(value, path, 0), path=path)
     for token, digits in replacements.items():
         data = data.replace(token, digits)
-    return data
+    return b" " + data  # the mark `loads(..., marked=True)` looks for

@@ -476,8 +476,13 @@ class SqliteStore:
 # Plain functions of a sqlite3 connection (the last argument), run by `_connection.run`.
 
 
+def _loads(data: bytes) -> Any:
+    # SQLite keeps the text exactly as the codec wrote it: its big-integer mark is reliable.
+    return codec.loads(data, marked=True)
+
+
 def _row_to_session(row: Sequence[Any], bodies: Sequence[str | bytes], runs_offset: int) -> Session:
-    loads = codec.loads
+    loads = _loads
     return common.build_session(
         session_id=row[q.SID],
         session_type=row[q.TYPE],
@@ -491,7 +496,7 @@ def _row_to_session(row: Sequence[Any], bodies: Sequence[str | bytes], runs_offs
         workflow_data=None if row[9] is None else loads(row[9]),
         metadata=None if row[10] is None else loads(row[10]),
         summary=None if row[11] is None else loads(row[11]),
-        runs=common.decode_runs(bodies),
+        runs=common.decode_runs(bodies, marked=True),
         runs_offset=runs_offset,
         created_at=common.from_us(row[q.CREATED]),
         updated_at=common.from_us(row[q.UPDATED]),
