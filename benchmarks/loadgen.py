@@ -76,6 +76,7 @@ class CellResult:
     cpu_s: float = 0.0
     cpu_ms_per_op: float = 0.0
     rss_start_mb: float = 0.0
+    rss_mid_mb: float = 0.0  # at the middle of the window: bounded caches have filled by then
     rss_end_mb: float = 0.0
     rss_peak_mb: float = 0.0
     note: str = ""
@@ -147,6 +148,8 @@ async def run_cell(
     rss_start = rss_mb()
     cpu_start = time.process_time()
     sample_task = asyncio.create_task(sampler())
+    await asyncio.sleep(max(0.0, (start + end) / 2 - loop.time()))
+    rss_mid = rss_mb()
     await asyncio.sleep(max(0.0, end - loop.time()))
     cpu_end = time.process_time()
     rss_end = rss_mb()
@@ -177,6 +180,7 @@ async def run_cell(
     result.cpu_s = cpu_end - cpu_start
     result.cpu_ms_per_op = result.cpu_s * 1000 / len(latencies) if latencies else 0.0
     result.rss_start_mb = rss_start
+    result.rss_mid_mb = rss_mid
     result.rss_end_mb = rss_end
     result.rss_peak_mb = max([rss_start, rss_end, *rss_samples])
     if not latencies and not errors.count:
