@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import hashlib
 import re
 import time
@@ -30,6 +31,14 @@ DEFAULT_TABLE_NAME: Final = "agent_sessions"
 MAX_LIST_LIMIT: Final = 10_000
 _NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_NAME_LENGTH: Final = 48  # leaves room for suffixes (_runs, _migrations) under PostgreSQL's 63
+
+
+class StoreState(enum.Enum):
+    """A store's lifecycle: NEW -> OPEN -> CLOSED; a closed store is not reopened."""
+
+    NEW = "new"
+    OPEN = "open"
+    CLOSED = "closed"
 
 
 # --- time -----------------------------------------------------------------------------------------
@@ -241,6 +250,21 @@ def encode_session(session: object, *, max_bytes: int) -> EncodedSession:
 
 
 _SESSION_FIELDS: Final = tuple(Session.model_fields)
+
+
+def encode_sessions(sessions: object, *, max_bytes: int) -> list[EncodedSession]:
+    """Check and encode the sessions of an `upsert_many`: a sequence of `Session`, each id once."""
+    if isinstance(sessions, str | bytes) or not isinstance(sessions, Sequence):
+        raise InvalidInputError("upsert_many takes a list of Session")
+    encoded = [encode_session(s, max_bytes=max_bytes) for s in sessions]
+    seen: set[str] = set()
+    for enc in encoded:
+        if enc.session_id in seen:
+            raise InvalidInputError(
+                f"upsert_many got session {enc.session_id!r} twice; pass each session once"
+            )
+        seen.add(enc.session_id)
+    return encoded
 
 
 def build_session(

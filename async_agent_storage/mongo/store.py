@@ -17,7 +17,6 @@ A Motor client passed in works too: the store only uses the collection methods b
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import os
 import random
@@ -58,7 +57,6 @@ from .. import codec
 from .. import migrations as migration_runner
 from ..errors import (
     ConfigurationError,
-    InvalidInputError,
     MigrationError,
     SerializationError,
     SessionConflictError,
@@ -95,10 +93,7 @@ _AUTH_FAILED: Final = frozenset({13, 18})
 _DUPLICATE_KEY: Final = 11000
 
 
-class _State(enum.Enum):
-    NEW = "new"
-    OPEN = "open"
-    CLOSED = "closed"
+_State = common.StoreState
 
 
 @dataclass(slots=True)
@@ -781,10 +776,7 @@ class MongoStore:
         during the bulk write (or an owner changes between the check and the write), some
         sessions may be written and others not; the call then raises.
         """
-        if not isinstance(sessions, Sequence):
-            raise InvalidInputError("upsert_many takes a list of Session")
-        encoded = [common.encode_session(s, max_bytes=self.max_session_bytes) for s in sessions]
-        _check_unique(encoded)
+        encoded = common.encode_sessions(sessions, max_bytes=self.max_session_bytes)
         if not encoded:
             return []
         parts = self._open_parts()
@@ -1216,16 +1208,6 @@ def _plan(p: _Prepared, doc: Mapping[str, Any] | None, now: int) -> _Planned:
         count,
         stale=_stale(doc, now),
     )
-
-
-def _check_unique(encoded: list[common.EncodedSession]) -> None:
-    seen: set[str] = set()
-    for enc in encoded:
-        if enc.session_id in seen:
-            raise InvalidInputError(
-                f"upsert_many got session {enc.session_id!r} twice; pass each session once"
-            )
-        seen.add(enc.session_id)
 
 
 # --- migrations -----------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import hashlib
 import time
 import warnings
@@ -35,7 +34,6 @@ from .. import codec
 from .. import migrations as migration_runner
 from ..errors import (
     ConfigurationError,
-    InvalidInputError,
     MigrationError,
     SerializationError,
     SessionConflictError,
@@ -60,10 +58,7 @@ _SCHEMES: Final = ("postgresql", "postgres")
 _WRITE_ATTEMPTS: Final = 3
 
 
-class _State(enum.Enum):
-    NEW = "new"
-    OPEN = "open"
-    CLOSED = "closed"
+_State = common.StoreState
 
 
 def normalize_url(url: str) -> str:
@@ -618,10 +613,7 @@ class PostgresStore:
     async def upsert_many(self, sessions: Sequence[Session]) -> list[Session]:
         """Write many sessions in one transaction, one statement: all of them or none (last
         writer wins), all with one `updated_at`."""
-        if not isinstance(sessions, Sequence):
-            raise InvalidInputError("upsert_many takes a list of Session")
-        encoded = [common.encode_session(s, max_bytes=self.max_session_bytes) for s in sessions]
-        _check_unique(encoded)
+        encoded = common.encode_sessions(sessions, max_bytes=self.max_session_bytes)
         if not encoded:
             return []
         ordered = sorted(encoded, key=lambda e: e.session_id)  # one lock order for every batch
@@ -1015,16 +1007,6 @@ def _row_to_session(row: Any, runs: str | None, runs_offset: int) -> Session:
         updated_at=row[q.UPDATED],
         version=row[q.VERSION],
     )
-
-
-def _check_unique(encoded: list[common.EncodedSession]) -> None:
-    seen: set[str] = set()
-    for enc in encoded:
-        if enc.session_id in seen:
-            raise InvalidInputError(
-                f"upsert_many got session {enc.session_id!r} twice; pass each session once"
-            )
-        seen.add(enc.session_id)
 
 
 # --- migrations -----------------------------------------------------------------------------------

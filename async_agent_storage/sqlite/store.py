@@ -9,7 +9,6 @@ writes go through one connection that commits concurrent writes together (group 
 from __future__ import annotations
 
 import asyncio
-import enum
 import os
 import sqlite3
 import warnings
@@ -28,7 +27,6 @@ from .. import codec
 from .. import migrations as migration_runner
 from ..errors import (
     ConfigurationError,
-    InvalidInputError,
     MigrationError,
     SessionConflictError,
     SessionOwnershipError,
@@ -63,10 +61,7 @@ _UNAVAILABLE_CODES: Final = frozenset(
 )
 
 
-class _State(enum.Enum):
-    NEW = "new"
-    OPEN = "open"
-    CLOSED = "closed"
+_State = common.StoreState
 
 
 class SqliteStore:
@@ -300,10 +295,7 @@ class SqliteStore:
 
     async def upsert_many(self, sessions: Sequence[Session]) -> list[Session]:
         """Write many sessions in one transaction: all of them, or none (last writer wins)."""
-        if not isinstance(sessions, Sequence):
-            raise InvalidInputError("upsert_many takes a list of Session")
-        encoded = [common.encode_session(s, max_bytes=self.max_session_bytes) for s in sessions]
-        _check_unique(encoded)
+        encoded = common.encode_sessions(sessions, max_bytes=self.max_session_bytes)
         if not encoded:
             return []
         rows = await self._write(partial(_upsert, self._sql, self._label, encoded, None))
@@ -712,16 +704,6 @@ def _delete(sql: SQL, session_id: str, user_id: str | None, db: sqlite3.Connecti
 def _drop(sql: SQL, db: sqlite3.Connection) -> None:
     for statement in sql.drop:
         db.execute(statement)
-
-
-def _check_unique(encoded: list[common.EncodedSession]) -> None:
-    seen: set[str] = set()
-    for enc in encoded:
-        if enc.session_id in seen:
-            raise InvalidInputError(
-                f"upsert_many got session {enc.session_id!r} twice; pass each session once"
-            )
-        seen.add(enc.session_id)
 
 
 # --- migrations -----------------------------------------------------------------------------------
