@@ -92,9 +92,13 @@ async def test_cancelled_calls_leave_no_connection_or_transaction_open(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    await store.append_runs("after", [{"ok": True}])  # lets the writer drain what was started
+    await store.append_runs("after", [{"ok": True}])
     assert store._readers is not None
     assert store._writer is not None
+    # Batches that started before their callers were cancelled run to their end; once they have,
+    # nothing is queued, in flight or inside a transaction.
+    await asyncio.wait_for(store._readers.drain(), timeout=10)
+    await asyncio.wait_for(store._writer.drain(), timeout=10)
     assert store._readers.in_flight == 0
     assert store._writer.load == 0
     assert await in_transaction(store) == [False] * (1 + store.reader_connections)
