@@ -135,10 +135,24 @@ def check_max_bytes(value: object) -> int:
 
 @dataclass(slots=True)
 class EncodedRun:
-    """One run ready to store: its id and its JSON."""
+    """One run ready to store: its id and its JSON; `unchanged` when it is the run that was read
+    at this position, byte for byte (a store may then skip writing it)."""
 
     run_id: str
     body: bytes
+    unchanged: bool = False
+
+
+class RunList(list[dict[str, Any]]):
+    """The runs of a session read from a store that keeps JSON text exactly, with that text
+    (`stored`, one entry per run as read). It lets `upsert` find the runs that did not change
+    without encoding them, and skip rewriting them. Otherwise an ordinary list."""
+
+    __slots__ = ("stored",)
+
+    def __init__(self, runs: list[dict[str, Any]], stored: tuple[bytes, ...]) -> None:
+        super().__init__(runs)
+        self.stored = stored
 
 
 @dataclass(slots=True)
@@ -160,6 +174,7 @@ class EncodedSession:
     runs: list[EncodedRun]
     runs_offset: int
     size: int
+    base_version: int = 0  # the version the session had when it was read
 
 
 def _prepare_run(run: object, where: str) -> tuple[str, Any]:
@@ -179,17 +194,28 @@ def _prepare_run(run: object, where: str) -> tuple[str, Any]:
 def encode_runs(
     runs: object, *, session_id: str, max_bytes: int, base_size: int = 0
 ) -> list[EncodedRun]:
-    """Check and encode runs. A run without a `run_id` gets one; the caller's dict is unchanged."""
+    """Check and encode runs. A run without a `run_id` gets one; the caller's dict is unchanged.
+    Runs of a `RunList` that still encode to the text they were read as reuse it."""
     if isinstance(runs, str | bytes | Mapping) or not isinstance(runs, Sequence):
         raise InvalidInputError(f"runs must be a list of dicts, got {type(runs).__name__}")
+    stored = runs.stored if isinstance(runs, RunList) else ()
     encoded: list[EncodedRun] = []
     size = base_size
     for index, run in enumerate(runs):
-        where = f"runs[{index}]"
-        run_id, body = _prepare_run(run, where)
-        data = codec.dumps(body, path=where)
+        if (
+            index < len(stored)
+            and type(run) is dict
+            and type(run.get("run_id")) is str
+            and codec.same_json(run, stored[index])
+        ):
+            data = stored[index]
+            encoded.append(EncodedRun(run["run_id"], data, unchanged=True))
+        else:
+            where = f"runs[{index}]"
+            run_id, body = _prepare_run(run, where)
+            data = codec.dumps(body, path=where)
+            encoded.append(EncodedRun(run_id, data))
         size += len(data)
-        encoded.append(EncodedRun(run_id, data))
     check_size(size, session_id=session_id, max_bytes=max_bytes)
     return encoded
 
@@ -246,6 +272,7 @@ def encode_session(session: object, *, max_bytes: int) -> EncodedSession:
         runs=runs,
         runs_offset=session.runs_offset,
         size=size,
+        base_version=session.version,
     )
 
 
@@ -323,16 +350,20 @@ def build_session(
 
 
 def decode_runs(bodies: Sequence[str | bytes], *, marked: bool = False) -> list[dict[str, Any]]:
-    """Decode stored run bodies with one parser call (`marked`: as in `codec.loads`)."""
+    """Decode stored run bodies with one parser call. With `marked` (the bodies are exactly what
+    the codec wrote, see `codec.loads`) the result is a `RunList` that keeps them."""
     if not bodies:
         return []
     if isinstance(bodies[0], str):
         text = "[" + ",".join(cast(Sequence[str], bodies)) + "]"
         exact = marked and any(b[:1] == " " for b in bodies)
         return codec.loads(text, marked=marked and not exact)  # type: ignore[no-any-return]
-    data = b"[" + b",".join(cast(Sequence[bytes], bodies)) + b"]"
-    exact = marked and any(b[:1] == b" " for b in bodies)
-    return codec.loads(data, marked=marked and not exact)  # type: ignore[no-any-return]
+    raw = cast(Sequence[bytes], bodies)
+    exact = marked and any(b[:1] == b" " for b in raw)
+    runs: list[dict[str, Any]] = codec.loads(
+        b"[" + b",".join(raw) + b"]", marked=marked and not exact
+    )
+    return RunList(runs, tuple(raw)) if marked else runs
 
 
 def _loads_optional(data: bytes | None) -> Any:

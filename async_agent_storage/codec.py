@@ -27,7 +27,7 @@ from pydantic import BaseModel
 
 from .errors import SerializationError
 
-__all__ = ["DEFAULT_MAX_SESSION_BYTES", "MAX_DEPTH", "dumps", "format_size", "loads"]
+__all__ = ["DEFAULT_MAX_SESSION_BYTES", "MAX_DEPTH", "dumps", "format_size", "loads", "same_json"]
 
 DEFAULT_MAX_SESSION_BYTES: Final = 16 * 1024 * 1024
 """Default cap on the encoded size of what one write stores (16 MiB)."""
@@ -61,6 +61,23 @@ def dumps(value: Any, *, path: str = "value") -> bytes:
         # orjson writes NaN and +-Infinity as null; find out whether this null is one of them.
         _check_finite(value, path)
     return data
+
+
+def same_json(value: Any, previous: bytes) -> bool:
+    """True when `value` encodes to exactly `previous` (what `dumps` wrote) and holds no NaN: then
+    `previous` can be stored for it as it is. Any value orjson cannot write alone says False."""
+    try:
+        data = orjson.dumps(value, option=_OPTIONS)
+    except orjson.JSONEncodeError:
+        return False
+    if data != previous:
+        return False
+    if b"null" in data:  # a NaN written as null could match a stored null
+        try:
+            _check_finite(value, "value")
+        except SerializationError:
+            return False
+    return True
 
 
 def loads(data: bytes | bytearray | memoryview | str, *, marked: bool = False) -> Any:

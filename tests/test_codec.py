@@ -190,6 +190,18 @@ def test_output_is_what_orjson_writes_for_ordinary_values() -> None:
     assert codec.dumps(value) == orjson.dumps(value)
 
 
+def test_same_json_says_whether_stored_text_can_be_reused() -> None:
+    stored = codec.dumps({"a": 1, "b": None, "c": [1.5, "x"]})
+    assert codec.same_json({"a": 1, "b": None, "c": [1.5, "x"]}, stored)
+    assert not codec.same_json({"a": 1, "b": None, "c": [1.5, "y"]}, stored)
+    assert not codec.same_json({"a": True, "b": None, "c": [1.5, "x"]}, stored)  # 1 is not true
+    assert not codec.same_json({"a": 1.0, "b": None, "c": [1.5, "x"]}, stored)
+    assert not codec.same_json({"a": 1, "b": float("nan"), "c": [1.5, "x"]}, stored)
+    big = codec.dumps({"n": 2**70})
+    assert not codec.same_json({"n": 2**70}, big)  # such documents are always encoded again
+    assert not codec.same_json({"s": {1, 2}}, codec.dumps({"s": [1, 2]}))
+
+
 def test_format_size() -> None:
     assert codec.format_size(10) == "10 bytes"
     assert codec.format_size(2048) == "2.0 KiB"

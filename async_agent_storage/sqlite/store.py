@@ -588,11 +588,16 @@ def _upsert(
         if updated is not None:
             created, version, run_count = updated
             start = run_count - len(enc.runs)
-            if enc.runs:
-                db.executemany(
-                    sql.upsert_run,
-                    [(sid, start + i, r.run_id, r.body.decode()) for i, r in enumerate(enc.runs)],
-                )
+            # Still at the version it was read at: the runs it holds unchanged are stored as they
+            # are, at their places, and need no write.
+            skip = version - 1 == enc.base_version
+            rows = [
+                (sid, start + i, r.run_id, r.body.decode())
+                for i, r in enumerate(enc.runs)
+                if not (skip and r.unchanged)
+            ]
+            if rows:
+                db.executemany(sql.upsert_run, rows)
             db.execute(sql.delete_runs_from, (sid, run_count))
         else:
             _refuse_write(db, sql, label, sid, enc.user_id, if_version)

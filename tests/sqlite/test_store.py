@@ -13,6 +13,7 @@ import pytest
 
 from async_agent_storage import (
     ConfigurationError,
+    SerializationError,
     Session,
     SqliteStore,
     StorageError,
@@ -264,3 +265,59 @@ async def test_open_store_urls(tmp_path: Path) -> None:
     assert isinstance(memory, SqliteStore)
     assert memory.in_memory
     assert memory.table_name == "other"
+
+
+async def changes(store: SqliteStore) -> int:
+    assert store._writer is not None
+    return await run(store._writer.connection, lambda db: db.total_changes)
+
+
+async def test_upsert_of_a_session_read_rewrites_only_the_runs_that_changed(
+    store: SqliteStore,
+) -> None:
+    await store.append_runs("s", [{"i": i, "content": None} for i in range(10)])
+    tail = await store.read("s", last_runs=5)
+    assert tail is not None
+    tail.runs[1]["edited"] = True
+    tail.runs.append({"i": 10})
+    before = await changes(store)
+    stored = await store.upsert(tail)
+    # The session row, the edited run and the new run: the four unchanged runs are not rewritten.
+    assert await changes(store) - before == 3
+    read = await store.read("s")
+    assert read is not None
+    assert [r["i"] for r in read.runs] == list(range(11))
+    assert read.runs[6] == {
+        "run_id": read.runs[6]["run_id"],
+        "i": 6,
+        "content": None,
+        "edited": True,
+    }
+    again = await store.upsert(stored)  # what upsert returned can be written back the same way
+    assert again.version == stored.version + 1
+
+
+async def test_unchanged_runs_are_rewritten_when_the_session_changed_since_it_was_read(
+    store: SqliteStore,
+) -> None:
+    await store.append_runs("s", [{"i": i} for i in range(4)])
+    stale = await store.read("s")
+    other = await store.read("s")
+    assert stale is not None
+    assert other is not None
+    other.runs[2]["by"] = "another writer"
+    await store.upsert(other)
+    await store.upsert(stale)  # last writer wins, for every run it holds
+    read = await store.read("s")
+    assert read is not None
+    assert read.runs == stale.runs
+    assert "by" not in read.runs[2]
+
+
+async def test_a_nan_replacing_a_stored_null_is_still_refused(store: SqliteStore) -> None:
+    await store.append_runs("s", [{"score": None}])
+    session = await store.read("s")
+    assert session is not None
+    session.runs[0]["score"] = float("nan")
+    with pytest.raises(SerializationError, match=r"runs\[0\]\.score"):
+        await store.upsert(session)
