@@ -55,6 +55,7 @@ from pymongo.errors import ConfigurationError as PyMongoConfigurationError
 from .. import _common as common
 from .. import codec
 from .. import migrations as migration_runner
+from .._listing import Listing
 from ..errors import (
     ConfigurationError,
     MigrationError,
@@ -66,7 +67,7 @@ from ..errors import (
     StoreClosedError,
 )
 from ..migrations import AppliedMigration, Migration
-from ..models import MigrationReport, Session, SessionPage
+from ..models import MigrationReport, Session
 from . import _bson
 from . import queries as q
 from .migrations import MIGRATIONS
@@ -243,7 +244,7 @@ def _check_db_name(name: object) -> str:
     return name
 
 
-class MongoStore:
+class MongoStore(Listing):
     """Session storage in MongoDB, for teams whose agents already live there.
 
     ```python
@@ -1036,72 +1037,18 @@ class MongoStore:
 
     # --- listing --------------------------------------------------------------------------------
 
-    async def list_sessions(
-        self,
-        *,
-        user_id: str | None = None,
-        session_type: str | None = None,
-        entity_id: str | None = None,
-        updated_after: datetime | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-        include_runs: bool = False,
-    ) -> SessionPage:
-        """One page of sessions, newest first (`updated_at`, then `session_id`, descending).
-        Pass `next_cursor` back with the same filters for the next page; pages do not shift when
-        sessions are written between calls."""
-        query = common.list_query(
-            user_id=user_id,
-            session_type=session_type,
-            entity_id=entity_id,
-            updated_after=updated_after,
-            limit=limit,
-            cursor=cursor,
-            include_runs=include_runs,
-        )
-        sessions, last = await self._run(self._list(self._open_parts(), query))
-        next_cursor = None if last is None else query.cursor_after(*last)
-        return SessionPage(items=sessions, next_cursor=next_cursor)
+    async def _list_page(
+        self, query: common.ListQuery
+    ) -> tuple[list[Session], tuple[int, str] | None]:
+        return await self._run(self._list(self._open_parts(), query))
 
-    async def get_all_session_ids(
-        self, *, user_id: str | None = None, entity_id: str | None = None
-    ) -> list[str]:
-        """Ids of the matching sessions, most recently updated first."""
-        query = common.list_query(user_id=user_id, entity_id=entity_id)
-        parts = self._open_parts()
-        return await self._run(self._ids(parts, query))
+    async def _list_ids(self, query: common.ListQuery) -> list[str]:
+        return await self._run(self._ids(self._open_parts(), query))
 
     async def _ids(self, parts: _Collections, query: common.ListQuery) -> list[str]:
         with self._errors():
             cursor = parts.sessions.find(q.listing_filter(query), {"_id": 1}).sort(q.LIST_SORT)
             return [doc["_id"] for doc in await cursor.to_list(None)]
-
-    async def get_all_sessions(
-        self,
-        *,
-        user_id: str | None = None,
-        entity_id: str | None = None,
-        include_runs: bool = False,
-    ) -> list[Session]:
-        """The matching sessions, most recently updated first; runs only with `include_runs`."""
-        query = common.list_query(user_id=user_id, entity_id=entity_id, include_runs=include_runs)
-        sessions, _ = await self._run(self._list(self._open_parts(), query))
-        return sessions
-
-    async def get_recent_sessions(
-        self,
-        *,
-        user_id: str | None = None,
-        entity_id: str | None = None,
-        limit: int = 2,
-        include_runs: bool = False,
-    ) -> list[Session]:
-        """The `limit` most recently updated matching sessions."""
-        query = common.list_query(
-            user_id=user_id, entity_id=entity_id, limit=limit, include_runs=include_runs
-        )
-        sessions, _ = await self._run(self._list(self._open_parts(), query))
-        return sessions
 
     async def _list(
         self, parts: _Collections, query: common.ListQuery

@@ -32,6 +32,7 @@ import asyncpg
 from .. import _common as common
 from .. import codec
 from .. import migrations as migration_runner
+from .._listing import Listing, page_key
 from ..errors import (
     ConfigurationError,
     MigrationError,
@@ -43,7 +44,7 @@ from ..errors import (
     StoreClosedError,
 )
 from ..migrations import AppliedMigration, Migration
-from ..models import MigrationReport, Session, SessionPage
+from ..models import MigrationReport, Session
 from . import sql as q
 from ._jsonb import from_db, to_db
 from .migrations import MIGRATIONS
@@ -135,7 +136,7 @@ def _released(task: asyncio.Task[Any]) -> None:
         task.exception()  # a failed release: asyncpg has closed that connection already
 
 
-class PostgresStore:
+class PostgresStore(Listing):
     """Session storage in PostgreSQL: production, many app replicas, one database.
 
     ```python
@@ -748,74 +749,18 @@ class PostgresStore:
 
     # --- listing --------------------------------------------------------------------------------
 
-    async def list_sessions(
-        self,
-        *,
-        user_id: str | None = None,
-        session_type: str | None = None,
-        entity_id: str | None = None,
-        updated_after: datetime | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-        include_runs: bool = False,
-    ) -> SessionPage:
-        """One page of sessions, newest first (`updated_at`, then `session_id`, descending).
-        Pass `next_cursor` back with the same filters for the next page; pages do not shift when
-        sessions are written between calls."""
-        query = common.list_query(
-            user_id=user_id,
-            session_type=session_type,
-            entity_id=entity_id,
-            updated_after=updated_after,
-            limit=limit,
-            cursor=cursor,
-            include_runs=include_runs,
-        )
-        sessions, more = await self._list(query)
-        next_cursor = None
-        if more:
-            last = sessions[-1]
-            assert last.updated_at is not None
-            next_cursor = query.cursor_after(common.to_us(last.updated_at), last.session_id)
-        return SessionPage(items=sessions, next_cursor=next_cursor)
+    async def _list_page(
+        self, query: common.ListQuery
+    ) -> tuple[list[Session], tuple[int, str] | None]:
+        sessions, more = await self._list_rows(query)
+        return sessions, page_key(sessions, more)
 
-    async def get_all_session_ids(
-        self, *, user_id: str | None = None, entity_id: str | None = None
-    ) -> list[str]:
-        """Ids of the matching sessions, most recently updated first."""
-        query = common.list_query(user_id=user_id, entity_id=entity_id)
+    async def _list_ids(self, query: common.ListQuery) -> list[str]:
         statement, params = self._statements().listing(query, ids_only=True)
         rows = await self._run(_fetch, statement, *params, idempotent=True)
         return [row[0] for row in rows]
 
-    async def get_all_sessions(
-        self,
-        *,
-        user_id: str | None = None,
-        entity_id: str | None = None,
-        include_runs: bool = False,
-    ) -> list[Session]:
-        """The matching sessions, most recently updated first; runs only with `include_runs`."""
-        query = common.list_query(user_id=user_id, entity_id=entity_id, include_runs=include_runs)
-        sessions, _ = await self._list(query)
-        return sessions
-
-    async def get_recent_sessions(
-        self,
-        *,
-        user_id: str | None = None,
-        entity_id: str | None = None,
-        limit: int = 2,
-        include_runs: bool = False,
-    ) -> list[Session]:
-        """The `limit` most recently updated matching sessions."""
-        query = common.list_query(
-            user_id=user_id, entity_id=entity_id, limit=limit, include_runs=include_runs
-        )
-        sessions, _ = await self._list(query)
-        return sessions
-
-    async def _list(self, query: common.ListQuery) -> tuple[list[Session], bool]:
+    async def _list_rows(self, query: common.ListQuery) -> tuple[list[Session], bool]:
         statement, params = self._statements().listing(query)
         rows = await self._run(_fetch, statement, *params, idempotent=True)
         more = query.limit is not None and len(rows) > query.limit

@@ -25,6 +25,7 @@ import aiosqlite
 from .. import _common as common
 from .. import codec
 from .. import migrations as migration_runner
+from .._listing import Listing, page_key
 from ..errors import (
     ConfigurationError,
     MigrationError,
@@ -35,7 +36,7 @@ from ..errors import (
     StoreClosedError,
 )
 from ..migrations import AppliedMigration, Migration
-from ..models import MigrationReport, Session, SessionPage
+from ..models import MigrationReport, Session
 from . import _connection as conn
 from . import sql as q
 from .migrations import MIGRATIONS
@@ -64,7 +65,7 @@ _UNAVAILABLE_CODES: Final = frozenset(
 _State = common.StoreState
 
 
-class SqliteStore:
+class SqliteStore(Listing):
     """Session storage in one SQLite file: zero set-up, one machine, many processes.
 
     ```python
@@ -341,70 +342,14 @@ class SqliteStore:
 
     # --- listing --------------------------------------------------------------------------------
 
-    async def list_sessions(
-        self,
-        *,
-        user_id: str | None = None,
-        session_type: str | None = None,
-        entity_id: str | None = None,
-        updated_after: datetime | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-        include_runs: bool = False,
-    ) -> SessionPage:
-        """One page of sessions, newest first (`updated_at`, then `session_id`, descending).
-        Pass `next_cursor` back with the same filters for the next page; pages do not shift when
-        sessions are written between calls."""
-        query = common.list_query(
-            user_id=user_id,
-            session_type=session_type,
-            entity_id=entity_id,
-            updated_after=updated_after,
-            limit=limit,
-            cursor=cursor,
-            include_runs=include_runs,
-        )
+    async def _list_page(
+        self, query: common.ListQuery
+    ) -> tuple[list[Session], tuple[int, str] | None]:
         sessions, more = await self._read(partial(_list_sessions, self._sql, query))
-        next_cursor = None
-        if more:
-            last = sessions[-1]
-            assert last.updated_at is not None
-            next_cursor = query.cursor_after(common.to_us(last.updated_at), last.session_id)
-        return SessionPage(items=sessions, next_cursor=next_cursor)
+        return sessions, page_key(sessions, more)
 
-    async def get_all_session_ids(
-        self, *, user_id: str | None = None, entity_id: str | None = None
-    ) -> list[str]:
-        """Ids of the matching sessions, most recently updated first."""
-        query = common.list_query(user_id=user_id, entity_id=entity_id)
+    async def _list_ids(self, query: common.ListQuery) -> list[str]:
         return await self._read(partial(_list_ids, self._sql, query))
-
-    async def get_all_sessions(
-        self,
-        *,
-        user_id: str | None = None,
-        entity_id: str | None = None,
-        include_runs: bool = False,
-    ) -> list[Session]:
-        """The matching sessions, most recently updated first; runs only with `include_runs`."""
-        query = common.list_query(user_id=user_id, entity_id=entity_id, include_runs=include_runs)
-        sessions, _ = await self._read(partial(_list_sessions, self._sql, query))
-        return sessions
-
-    async def get_recent_sessions(
-        self,
-        *,
-        user_id: str | None = None,
-        entity_id: str | None = None,
-        limit: int = 2,
-        include_runs: bool = False,
-    ) -> list[Session]:
-        """The `limit` most recently updated matching sessions."""
-        query = common.list_query(
-            user_id=user_id, entity_id=entity_id, limit=limit, include_runs=include_runs
-        )
-        sessions, _ = await self._read(partial(_list_sessions, self._sql, query))
-        return sessions
 
     # --- schema ---------------------------------------------------------------------------------
 
