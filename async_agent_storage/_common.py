@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, cast, get_args
+from typing import Any, Final, NamedTuple, cast, get_args
 
 import orjson
 from pydantic import BaseModel
@@ -218,6 +218,28 @@ def encode_runs(
         size += len(data)
     check_size(size, session_id=session_id, max_bytes=max_bytes)
     return encoded
+
+
+class EncodedAppend(NamedTuple):
+    """The checked and encoded arguments of one `append_runs`."""
+
+    session_id: str
+    user_id: str | None
+    session_data: bytes | None
+    runs: list[EncodedRun]
+
+
+def encode_append(
+    session_id: object, runs: object, user_id: object, session_data: object, *, max_bytes: int
+) -> EncodedAppend:
+    """Check and encode `append_runs`' arguments, before anything is written."""
+    sid = check_id(session_id, "session_id")
+    uid = check_optional_id(user_id, "user_id")
+    data = None if session_data is None else encode_session_data(session_data)
+    encoded = encode_runs(
+        runs, session_id=sid, max_bytes=max_bytes, base_size=0 if data is None else len(data)
+    )
+    return EncodedAppend(sid, uid, data, encoded)
 
 
 def check_size(size: int, *, session_id: str, max_bytes: int) -> None:

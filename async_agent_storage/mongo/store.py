@@ -23,13 +23,11 @@ import random
 import socket
 import time
 import uuid
-import warnings
 from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from types import TracebackType
-from typing import Any, Final, Self, TypeVar
+from typing import Any, Final, TypeVar
 from urllib.parse import unquote
 
 import orjson
@@ -55,7 +53,7 @@ from pymongo.errors import ConfigurationError as PyMongoConfigurationError
 from .. import _common as common
 from .. import codec
 from .. import migrations as migration_runner
-from .._listing import Listing
+from .._base import StoreBase
 from ..errors import (
     ConfigurationError,
     MigrationError,
@@ -244,7 +242,7 @@ def _check_db_name(name: object) -> str:
     return name
 
 
-class MongoStore(Listing):
+class MongoStore(StoreBase):
     """Session storage in MongoDB, for teams whose agents already live there.
 
     ```python
@@ -383,26 +381,6 @@ class MongoStore(Listing):
             client, self._client, self._parts = self._client, None, None
             if client is not None:
                 await client.close()
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_state", None) is _State.OPEN:
-            warnings.warn(
-                f"{self!r} was never closed; use `async with store:` or `await store.close()`",
-                ResourceWarning,
-                stacklevel=1,
-            )
 
     def _make_client(self) -> tuple[Any, bool]:
         if self._given_client is not None:
@@ -928,14 +906,14 @@ class MongoStore(Listing):
         """Append runs atomically (and replace `session_data` when given), creating the session,
         owned by `user_id`, when it does not exist. No run is lost when many callers append at once,
         and the cost does not grow with the history. Returns the session with only these runs."""
-        sid = common.check_id(session_id, "session_id")
-        uid = common.check_optional_id(user_id, "user_id")
-        data = None if session_data is None else common.encode_session_data(session_data)
-        encoded = common.encode_runs(
-            runs,
-            session_id=sid,
-            max_bytes=self.max_session_bytes,
-            base_size=0 if data is None else len(data),
+        append = common.encode_append(
+            session_id, runs, user_id, session_data, max_bytes=self.max_session_bytes
+        )
+        sid, uid, data, encoded = (
+            append.session_id,
+            append.user_id,
+            append.session_data,
+            append.runs,
         )
         parts = self._open_parts()
         data_value = None if data is None else codec.loads(data)

@@ -18,13 +18,11 @@ import asyncio
 import contextlib
 import hashlib
 import time
-import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from functools import partial
-from types import TracebackType
-from typing import Any, Final, Self, TypeVar
+from typing import Any, Final, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import asyncpg
@@ -32,7 +30,7 @@ import asyncpg
 from .. import _common as common
 from .. import codec
 from .. import migrations as migration_runner
-from .._listing import Listing, page_key
+from .._base import StoreBase, page_key
 from ..errors import (
     ConfigurationError,
     MigrationError,
@@ -136,7 +134,7 @@ def _released(task: asyncio.Task[Any]) -> None:
         task.exception()  # a failed release: asyncpg has closed that connection already
 
 
-class PostgresStore(Listing):
+class PostgresStore(StoreBase):
     """Session storage in PostgreSQL: production, many app replicas, one database.
 
     ```python
@@ -305,26 +303,6 @@ class PostgresStore(Listing):
             pool, self._pool, self._gate = self._pool, None, None
             if pool is not None and pool is not self._given_pool:
                 await self._close_pool(pool)
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_state", None) is _State.OPEN:
-            warnings.warn(
-                f"{self!r} was never closed; use `async with store:` or `await store.close()`",
-                ResourceWarning,
-                stacklevel=1,
-            )
 
     async def _resolve(self, connection: Connection) -> SQL:
         """Check the server once and fix the schema the statements name."""
@@ -685,14 +663,14 @@ class PostgresStore(Listing):
         """Append runs atomically (and replace `session_data` when given), creating the session,
         owned by `user_id`, when it does not exist. No run is lost when many callers append at once,
         and the cost does not grow with the history. Returns the session with only these runs."""
-        sid = common.check_id(session_id, "session_id")
-        uid = common.check_optional_id(user_id, "user_id")
-        data = None if session_data is None else common.encode_session_data(session_data)
-        encoded = common.encode_runs(
-            runs,
-            session_id=sid,
-            max_bytes=self.max_session_bytes,
-            base_size=0 if data is None else len(data),
+        append = common.encode_append(
+            session_id, runs, user_id, session_data, max_bytes=self.max_session_bytes
+        )
+        sid, uid, data, encoded = (
+            append.session_id,
+            append.user_id,
+            append.session_data,
+            append.runs,
         )
         args = (
             sid,

@@ -11,21 +11,19 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-import warnings
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Final, Literal, Self, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import aiosqlite
 
 from .. import _common as common
 from .. import codec
 from .. import migrations as migration_runner
-from .._listing import Listing, page_key
+from .._base import StoreBase, page_key
 from ..errors import (
     ConfigurationError,
     MigrationError,
@@ -65,7 +63,7 @@ _UNAVAILABLE_CODES: Final = frozenset(
 _State = common.StoreState
 
 
-class SqliteStore(Listing):
+class SqliteStore(StoreBase):
     """Session storage in one SQLite file: zero set-up, one machine, many processes.
 
     ```python
@@ -202,26 +200,6 @@ class SqliteStore(Listing):
             for connection in [writer.connection, *readers.connections]:
                 await connection.close()
 
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_state", None) is _State.OPEN:
-            warnings.warn(
-                f"{self!r} was never closed; use `async with store:` or `await store.close()`",
-                ResourceWarning,
-                stacklevel=1,
-            )
-
     def _open_parts(self) -> tuple[conn.Batcher, conn.ReaderPool]:
         if self._state is not _State.OPEN or self._writer is None or self._readers is None:
             state = "was closed" if self._state is _State.CLOSED else "is not open yet"
@@ -313,14 +291,14 @@ class SqliteStore(Listing):
         """Append runs atomically (and replace `session_data` when given), creating the session,
         owned by `user_id`, when it does not exist. No run is lost when many callers append at once,
         and the cost does not grow with the history. Returns the session with only these runs."""
-        sid = common.check_id(session_id, "session_id")
-        uid = common.check_optional_id(user_id, "user_id")
-        data = None if session_data is None else common.encode_session_data(session_data)
-        encoded = common.encode_runs(
-            runs,
-            session_id=sid,
-            max_bytes=self.max_session_bytes,
-            base_size=0 if data is None else len(data),
+        append = common.encode_append(
+            session_id, runs, user_id, session_data, max_bytes=self.max_session_bytes
+        )
+        sid, uid, data, encoded = (
+            append.session_id,
+            append.user_id,
+            append.session_data,
+            append.runs,
         )
         work = partial(
             _append,

@@ -1,18 +1,23 @@
-"""The listing calls of `SessionStore`, the same for every driver, on two hooks each one provides.
+"""What every driver shares above its own I/O: `async with`, the warning for a store never
+closed, and the listing calls.
 
-A driver subclasses `Listing` and implements `_list_page` (the sessions of one checked
-`ListQuery`, and the keyset key of the last one when a next page exists) and `_list_ids`. The
-arguments are checked, the cursor made and the defaults chosen here, once.
+A driver subclasses `StoreBase` and provides `open()`, `close()`, a `_state`, and two listing
+hooks: `_list_page` (the sessions of one checked `ListQuery`, and the keyset key of the last one
+when a next page exists) and `_list_ids`. Listing arguments are checked, cursors made and
+defaults chosen here, once.
 """
 
 from __future__ import annotations
 
+import warnings
 from datetime import datetime
+from types import TracebackType
+from typing import Self
 
 from . import _common as common
 from .models import Session, SessionPage
 
-__all__ = ["Listing", "page_key"]
+__all__ = ["StoreBase", "page_key"]
 
 PageKey = tuple[int, str]  # (updated_at in microseconds, session_id) of a page's last session
 
@@ -26,8 +31,39 @@ def page_key(sessions: list[Session], more: bool) -> PageKey | None:
     return common.to_us(last.updated_at), last.session_id
 
 
-class Listing:
-    """`list_sessions`, `get_all_session_ids`, `get_all_sessions` and `get_recent_sessions`."""
+class StoreBase:
+    """The parts of a store that do not depend on its database."""
+
+    _state: common.StoreState = common.StoreState.NEW
+
+    async def open(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_state", None) is common.StoreState.OPEN:
+            warnings.warn(
+                f"{self!r} was never closed; use `async with store:` or `await store.close()`",
+                ResourceWarning,
+                stacklevel=1,
+            )
+
+    # --- listing: `list_sessions`, `get_all_session_ids`, `get_all_sessions`,
+    # `get_recent_sessions` on the driver's two hooks
 
     async def _list_page(self, query: common.ListQuery) -> tuple[list[Session], PageKey | None]:
         """The sessions matching `query` (at most `query.limit`), newest first, and the key of the
