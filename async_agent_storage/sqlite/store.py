@@ -674,10 +674,8 @@ class _MigrationTarget:
         self._translate = translate
 
     async def applied(self) -> list[AppliedMigration]:
-        try:
-            return await conn.run(self._connection, partial(_history, self._sql))
-        except sqlite3.Error as exc:
-            raise self._translate(exc) from exc
+        # Read without the lock: the same query a transaction makes under it.
+        return await _MigrationTransaction(self._connection, self._sql, self._translate).applied()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_MigrationTransaction]:
