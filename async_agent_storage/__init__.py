@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._codec import DEFAULT_MAX_SESSION_BYTES
 from ._factory import open_store
-from .codec import DEFAULT_MAX_SESSION_BYTES
 from .errors import (
     ConfigurationError,
     InvalidInputError,
@@ -62,17 +62,40 @@ __all__ = [
     "open_store",
 ]
 
-
-# Drivers whose optional dependencies are imported only when the driver is first used.
-_LAZY: dict[str, str] = {
-    "MongoStore": "async_agent_storage.mongo",
-    "PostgresStore": "async_agent_storage.postgres",
+# Drivers whose optional dependencies are imported only when the driver is first used:
+# name -> (module, the package it needs, the extra that installs it).
+_LAZY: dict[str, tuple[str, str, str]] = {
+    "MongoStore": ("async_agent_storage.mongo", "pymongo", "mongo"),
+    "PostgresStore": ("async_agent_storage.postgres", "asyncpg", "postgres"),
 }
+
+
+def _installed(package: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+# `from async_agent_storage import *` takes the drivers whose extras are installed, so it works
+# without them; naming a driver whose extra is missing raises `ConfigurationError`.
+for _name, (_, _dependency, _) in _LAZY.items():
+    if not _installed(_dependency):
+        __all__.remove(_name)
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        module, dependency, extra = _LAZY[name]
+        try:
+            return getattr(importlib.import_module(module), name)
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"{name} needs the {extra!r} extra ({dependency}): "
+                f"pip install 'async-agent-storage[{extra}]' ({exc})"
+            ) from exc
     raise AttributeError(f"module 'async_agent_storage' has no attribute {name!r}")

@@ -6,7 +6,7 @@ import importlib
 from typing import Any, Final
 from urllib.parse import unquote
 
-from ._common import DEFAULT_TABLE_NAME
+from ._checks import DEFAULT_TABLE_NAME
 from .errors import ConfigurationError
 from .protocol import SessionStore
 

@@ -21,7 +21,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "the command line needs the 'cli' extra: pip install 'async-agent-storage[cli]'"
     ) from exc
 
-from ._common import DEFAULT_TABLE_NAME
+from ._checks import DEFAULT_TABLE_NAME
 from ._factory import open_store
 from .errors import StorageError
 from .models import MigrationReport

@@ -14,6 +14,7 @@ __all__ = [
     "Session",
     "SessionPage",
     "SessionType",
+    "trusted_session",
 ]
 
 MAX_IDENTIFIER_LENGTH = 255
@@ -73,6 +74,64 @@ class Session(BaseModel):
     def run_count(self) -> int:
         """Number of runs in the whole history, including those not loaded."""
         return self._runs_offset + len(self.runs)
+
+
+_SESSION_FIELDS = frozenset(Session.model_fields)
+
+
+def trusted_session(
+    *,
+    session_id: str,
+    session_type: str,
+    user_id: str | None,
+    agent_id: str | None,
+    team_id: str | None,
+    workflow_id: str | None,
+    session_data: dict[str, Any],
+    agent_data: dict[str, Any] | None,
+    team_data: dict[str, Any] | None,
+    workflow_data: dict[str, Any] | None,
+    metadata: dict[str, Any] | None,
+    summary: dict[str, Any] | None,
+    runs: list[dict[str, Any]],
+    runs_offset: int,
+    created_at: datetime,
+    updated_at: datetime,
+    version: int,
+) -> Session:
+    """A `Session` from trusted, decoded stored values, without validation: the drivers' hot path.
+
+    It does what `Session.model_construct` does (4x faster, for this one model): fill the
+    instance's documented pydantic slots directly. `tests/test_models.py` checks it against
+    `model_construct`, so a pydantic upgrade that changes them fails loudly.
+    """
+    session = Session.__new__(Session)
+    object.__setattr__(
+        session,
+        "__dict__",
+        {
+            "session_id": session_id,
+            "session_type": session_type,
+            "user_id": user_id,
+            "agent_id": agent_id,
+            "team_id": team_id,
+            "workflow_id": workflow_id,
+            "session_data": session_data,
+            "agent_data": agent_data,
+            "team_data": team_data,
+            "workflow_data": workflow_data,
+            "metadata": metadata,
+            "runs": runs,
+            "summary": summary,
+            "created_at": created_at,
+            "updated_at": updated_at,
+            "version": version,
+        },
+    )
+    object.__setattr__(session, "__pydantic_fields_set__", set(_SESSION_FIELDS))
+    object.__setattr__(session, "__pydantic_extra__", None)
+    object.__setattr__(session, "__pydantic_private__", {"_runs_offset": runs_offset})
+    return session
 
 
 class SessionPage(BaseModel):

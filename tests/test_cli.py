@@ -7,8 +7,10 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from async_agent_storage import SqliteStore
 from async_agent_storage.cli import app
-from async_agent_storage.sqlite.migrations import MIGRATIONS
+
+MIGRATIONS = SqliteStore().migrations
 
 runner = CliRunner()
 

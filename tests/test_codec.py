@@ -16,7 +16,8 @@ import pytest
 from hypothesis import given, settings
 from pydantic import BaseModel
 
-from async_agent_storage import SerializationError, codec
+from async_agent_storage import SerializationError
+from async_agent_storage import _codec as codec
 from async_agent_storage.testing import json_values
 
 

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from async_agent_storage import MigrationReport, MigrationStep, Session
-from async_agent_storage._common import build_session
+from async_agent_storage.models import trusted_session as build_session
 
 
 def test_fast_constructor_builds_what_model_construct_builds() -> None:

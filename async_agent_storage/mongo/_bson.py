@@ -38,7 +38,7 @@ from bson.codec_options import CodecOptions, TypeDecoder, TypeRegistry
 from bson.decimal128 import Decimal128
 from bson.int64 import Int64
 
-from .. import codec
+from .. import _codec as codec
 
 __all__ = ["CODEC_OPTIONS", "MAX_NESTING", "decode", "encode", "escape_key", "unescape_key"]
 

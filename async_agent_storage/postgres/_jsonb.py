@@ -43,7 +43,7 @@ from typing import Any, Final
 
 import orjson
 
-from .. import codec
+from .. import _codec as codec
 
 __all__ = ["MARK", "from_db", "to_db"]
 

@@ -30,6 +30,7 @@ from pydantic import BaseModel
 
 from ..errors import (
     InvalidInputError,
+    MigrationError,
     SerializationError,
     SessionConflictError,
     SessionOwnershipError,
@@ -842,6 +843,35 @@ class SessionStoreConformance:
         assert [step.version for step in report.applied] == list(range(1, version + 1))
         assert await store.read(sid) is None
         await store.append_runs(sid, [_run(1)])
+        assert await store.get_all_session_ids() == [sid]
+
+    async def test_use_after_drop_is_refused_until_the_schema_is_created_again(
+        self, store: SessionStore
+    ) -> None:
+        sid = _sid()
+        await store.append_runs(sid, [_run(0)], user_id="u")
+        await store.drop()
+        calls = [
+            store.read(sid),
+            store.append_runs(sid, [_run(1)], user_id="u"),
+            store.upsert(Session(session_id=sid, user_id="u")),
+            store.upsert_many([Session(session_id=sid, user_id="u")]),
+            store.delete_session(sid),
+            store.list_sessions(),
+            store.get_all_session_ids(),
+            store.get_recent_sessions(),
+        ]
+        for call in calls:
+            with pytest.raises(MigrationError, match="upgrade_schema"):
+                await call
+        await store.drop()  # dropping again is harmless
+        assert await store.schema_version() == 0
+        await store.upgrade_schema(dry_run=True)  # a plan changes nothing
+        with pytest.raises(MigrationError):
+            await store.read(sid)
+        await store.upgrade_schema()
+        assert await store.read(sid) is None
+        await store.append_runs(sid, [_run(2)], user_id="u")
         assert await store.get_all_session_ids() == [sid]
 
     async def test_cancelled_calls_leave_no_half_write_and_the_store_usable(

@@ -80,7 +80,7 @@ def _store_data(backend: str, url: str, workdir: Path) -> StoreData:
             bulk_table="aas_bulkstore",
             cold=cold_pg,
         )
-    options = {"max_pool_size": POOL_SIZE, "db_name": MONGO_DB}
+    options = {"pool_max_size": POOL_SIZE, "db_name": MONGO_DB}
 
     def cold_mongo(index: int) -> tuple[str, str, Place]:
         name = f"aas_cold{index:03d}"

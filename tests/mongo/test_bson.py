@@ -12,7 +12,7 @@ from bson.decimal128 import Decimal128
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from async_agent_storage import codec
+from async_agent_storage import _codec as codec
 from async_agent_storage.mongo._bson import (
     CODEC_OPTIONS,
     MAX_NESTING,

@@ -1,5 +1,6 @@
-"""MongoDB schema migrations: fresh databases, upgrades, 8 processes at once, the lease lock, and
-every refusal of the runner. A real server throughout."""
+"""MongoDB schema migrations: the migration kit against a real wire-protocol server, and what
+only MongoDB has (indexes, the data carried over, the lease lock, each migration applied once by
+one of 8 processes)."""
 
 from __future__ import annotations
 
@@ -8,30 +9,63 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from pymongo import MongoClient
 
-from async_agent_storage import MigrationError, StoreClosedError
-from async_agent_storage.migrations import upgrade
+from async_agent_storage import MigrationError
 from async_agent_storage.mongo import MongoStore
-from async_agent_storage.mongo.migrations import MIGRATIONS
-from async_agent_storage.mongo.store import _Collections, _MigrationTarget
+from async_agent_storage.testing.migrations import MigrationConformance, StoreURL, seed_at
 
 from ._server import ROOT
 from .conftest import DB_NAME, MongoTarget
 
 pytestmark = [pytest.mark.anyio, pytest.mark.mongo]
+MIGRATIONS = MongoStore(db_url="mongodb://h").migrations
 LATEST = len(MIGRATIONS)
 Admin = MongoClient[dict[str, Any]]
 
 
 def make_store(mongo: MongoTarget, name: str, **options: Any) -> MongoStore:
     return MongoStore(name, mongo.url, DB_NAME, server_selection_timeout=5, **options)
+
+
+def with_database(url: str, db_name: str) -> str:
+    """`url` naming `db_name` in its path, as a user's URL would for the command line."""
+    scheme, _, rest = url.partition("://")
+    hosts, slash, tail = rest.partition("/")
+    options = tail.partition("?")[2] if slash else ""
+    return f"{scheme}://{hosts}/{db_name}" + (f"?{options}" if options else "")
+
+
+class TestMongoMigrations(MigrationConformance):
+    FAILED_STEP_ROLLS_BACK = False  # MongoDB has no transaction around schema changes
+
+    @pytest.fixture
+    def store_factory(self, mongo: MongoTarget, collection_name: str) -> Any:
+        def factory(**options: Any) -> MongoStore:
+            options.setdefault("server_selection_timeout", 30)
+            return MongoStore(collection_name, mongo.url, DB_NAME, **options)
+
+        return factory
+
+    @pytest.fixture
+    def store_url(self, mongo: MongoTarget, collection_name: str) -> StoreURL:
+        url = with_database(mongo.url, DB_NAME)
+        return url, collection_name, {"server_selection_timeout": 30}
+
+    @pytest.fixture
+    def migration_steps(self) -> tuple[str, str]:
+        return '{"create": "{table}_extra"}', '{"createIndexes": "{table}", "indexes": 7}'
+
+    @pytest.fixture
+    def released_checksums(self) -> dict[int, str]:
+        return {
+            1: "1f3db04e2378214e28b1d229bec1b0fc13b5ddd59af0a407f6b3d6993049acef",
+            2: "8a3e8d7f6e6b699cf160e36343149a41e9dfdc37aee06aa399afe172ae0f5a20",
+        }
 
 
 def history(admin: Admin, name: str) -> list[tuple[int, str, str]]:
@@ -43,17 +77,9 @@ def indexes(admin: Admin, name: str) -> set[str]:
     return set(admin[DB_NAME][name].index_information())
 
 
-@asynccontextmanager
-async def target(store: MongoStore) -> AsyncIterator[_MigrationTarget]:
-    async with store._database() as parts:
-        assert isinstance(parts, _Collections)
-        yield _MigrationTarget(store, parts)
-
-
 async def create_at_version_1(mongo: MongoTarget, admin: Admin, name: str) -> None:
     """A database as the first release created it, with a session written by that release."""
-    async with target(make_store(mongo, name)) as t:
-        await upgrade(t, MIGRATIONS[:1])
+    await seed_at(make_store(mongo, name), 1)
     admin[DB_NAME][name].insert_one(
         {
             "_id": "old",
@@ -89,7 +115,7 @@ async def create_at_version_1(mongo: MongoTarget, admin: Admin, name: str) -> No
     )
 
 
-async def test_a_fresh_database_is_created_at_the_latest_version(
+async def test_a_fresh_database_has_its_indexes_and_no_lease_left(
     mongo: MongoTarget, admin: Admin, collection_name: str
 ) -> None:
     async with make_store(mongo, collection_name) as store:
@@ -106,19 +132,6 @@ async def test_a_fresh_database_is_created_at_the_latest_version(
         )
         == 0
     )
-
-
-async def test_open_refuses_an_older_schema_without_auto_upgrade(
-    mongo: MongoTarget, admin: Admin, collection_name: str
-) -> None:
-    await create_at_version_1(mongo, admin, collection_name)
-    with pytest.raises(MigrationError) as info:
-        await make_store(mongo, collection_name).open()
-    message = str(info.value)
-    assert "version 1" in message
-    assert f"needs {LATEST}" in message
-    assert "upgrade_schema()" in message
-    assert len(history(admin, collection_name)) == 1
 
 
 async def test_upgrade_from_version_1_keeps_the_data(
@@ -140,57 +153,6 @@ async def test_upgrade_from_version_1_keeps_the_data(
         assert await store.get_all_session_ids(entity_id="a1") == ["old"]
     assert [v for v, _, _ in history(admin, collection_name)] == list(range(1, LATEST + 1))
     assert "agent_recent" in indexes(admin, collection_name)
-
-
-async def test_upgrade_schema_works_before_open_and_dry_run_changes_nothing(
-    mongo: MongoTarget, admin: Admin, collection_name: str
-) -> None:
-    await create_at_version_1(mongo, admin, collection_name)
-    store = make_store(mongo, collection_name)
-    assert await store.schema_version() == 1
-    plan = await store.upgrade_schema(dry_run=True)
-    assert [s.version for s in plan.pending] == list(range(2, LATEST + 1))
-    assert "would apply" in str(plan)
-    assert len(history(admin, collection_name)) == 1
-    report = await store.upgrade_schema()
-    assert [s.version for s in report.applied] == list(range(2, LATEST + 1))
-    assert all(s.applied_at is not None for s in report.applied)
-    assert (await store.upgrade_schema()).up_to_date
-    async with store:
-        assert await store.read("old") is not None
-    with pytest.raises(StoreClosedError):
-        await store.upgrade_schema()
-
-
-async def test_a_schema_newer_than_the_code_is_refused(
-    mongo: MongoTarget, admin: Admin, collection_name: str
-) -> None:
-    async with make_store(mongo, collection_name):
-        pass
-    admin[DB_NAME][f"{collection_name}_migrations"].insert_one(
-        {
-            "_id": LATEST + 1,
-            "version": LATEST + 1,
-            "name": "from the future",
-            "checksum": "x",
-            "applied_at": 0,
-        }
-    )
-    for auto in (False, True):
-        with pytest.raises(MigrationError, match="newer than this code"):
-            await make_store(mongo, collection_name, auto_upgrade_schema=auto).open()
-
-
-async def test_a_changed_checksum_is_refused(
-    mongo: MongoTarget, admin: Admin, collection_name: str
-) -> None:
-    async with make_store(mongo, collection_name):
-        pass
-    admin[DB_NAME][f"{collection_name}_migrations"].update_one(
-        {"_id": 1}, {"$set": {"checksum": "edited"}}
-    )
-    with pytest.raises(MigrationError, match="must never change"):
-        await make_store(mongo, collection_name, auto_upgrade_schema=True).open()
 
 
 def lease(admin: Admin, name: str, owner: str, expires_in: float) -> None:
@@ -251,14 +213,6 @@ def test_eight_processes_starting_at_once_apply_each_migration_once(
     assert applied == {m.version: 1 for m in MIGRATIONS}, applied
     assert history(admin, collection_name) == [(m.version, m.name, m.checksum) for m in MIGRATIONS]
     assert admin[DB_NAME][f"{collection_name}_migrations"].find_one({"_id": "lease"}) is None
-
-
-def with_database(url: str, db_name: str) -> str:
-    """`url` naming `db_name` in its path, as a user's URL would for the command line."""
-    scheme, _, rest = url.partition("://")
-    hosts, slash, tail = rest.partition("/")
-    options = tail.partition("?")[2] if slash else ""
-    return f"{scheme}://{hosts}/{db_name}" + (f"?{options}" if options else "")
 
 
 def test_the_command_line_migrates_a_mongodb_store(

@@ -19,9 +19,9 @@ from async_agent_storage import (
     StorageUnavailableError,
     open_store,
 )
-from async_agent_storage._common import to_us
+from async_agent_storage._time import to_us
 from async_agent_storage.mongo import MongoStore
-from async_agent_storage.mongo.store import _STALE_US
+from async_agent_storage.mongo._writes import _STALE_US
 
 from ._server import collect_leaked_sockets, free_port
 from .conftest import DB_NAME, MongoTarget
@@ -50,8 +50,9 @@ def no_settle(store: MongoStore, monkeypatch: pytest.MonkeyPatch) -> None:
     async def skip(*args: Any, **kwargs: Any) -> None:
         return None
 
-    monkeypatch.setattr(store, "_settle", skip)
-    monkeypatch.setattr(store, "_settle_many", skip)
+    assert store._writer is not None
+    monkeypatch.setattr(store._writer, "settle", skip)
+    monkeypatch.setattr(store._writer, "_settle_many", skip)
 
 
 # --- documents ------------------------------------------------------------------------------------
@@ -286,7 +287,8 @@ async def test_upsert_many_writes_again_what_another_writer_changed_meanwhile(
     store: MongoStore, admin: Admin, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await store.upsert_many([Session(session_id=f"c{i}", user_id="u") for i in range(3)])
-    bulk = store._bulk_sessions
+    assert store._writer is not None
+    bulk = store._writer._bulk_sessions
     interfered = False
 
     async def interfering(*args: Any, **kwargs: Any) -> set[int]:
@@ -296,7 +298,7 @@ async def test_upsert_many_writes_again_what_another_writer_changed_meanwhile(
             raw(admin, store).update_one({"_id": "c1"}, {"$inc": {"version": 1}})
         return await bulk(*args, **kwargs)
 
-    monkeypatch.setattr(store, "_bulk_sessions", interfering)
+    monkeypatch.setattr(store._writer, "_bulk_sessions", interfering)
     stored = await store.upsert_many(
         [Session(session_id=f"c{i}", user_id="u", metadata={"mine": i}) for i in range(3)]
     )
@@ -332,7 +334,7 @@ def test_open_store_maps_mongodb_urls() -> None:
         ({"db_url": "postgresql://h"}, "not a MongoDB URL"),
         ({"db_url": "mongodb://h", "db_name": "a/b"}, "not a valid MongoDB database name"),
         ({"db_url": "mongodb://h", "collection_name": "x.y"}, "not a valid name"),
-        ({"db_url": "mongodb://h", "max_pool_size": 0}, "max_pool_size"),
+        ({"db_url": "mongodb://h", "pool_max_size": 0}, "pool_max_size"),
         ({"db_url": "mongodb://h", "server_selection_timeout": -1}, "server_selection_timeout"),
     ],
 )

@@ -228,7 +228,7 @@ async def test_two_hundred_callers_on_a_pool_of_five_finish_or_time_out(
         assert timed_out
         assert all("couldn't get a connection after 0.50 sec" in str(e) for e in timed_out)
         assert store._pool is not None
-        assert store._pool.get_idle_size() == store._pool.get_size()
+        assert store._pool.pool.get_idle_size() == store._pool.pool.get_size()
         total = sum(len(s.runs) for s in await store.get_all_sessions(include_runs=True))
         assert total == len(done)
 
@@ -269,7 +269,7 @@ async def test_cancelled_calls_leave_no_connection_or_transaction_open(
             await asyncio.gather(*tasks, return_exceptions=True)
 
         assert store._pool is not None
-        pool = store._pool
+        pool = store._pool.pool
         for _ in range(50):  # a cancelled call's release finishes in the background
             if pool.get_idle_size() == pool.get_size():
                 break

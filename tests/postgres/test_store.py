@@ -69,7 +69,7 @@ TRICKY: dict[str, Any] = {
 )
 @given(value=json_values(max_leaves=20))
 async def test_any_value_survives_jsonb_exactly(admin: asyncpg.Connection, value: Any) -> None:
-    from async_agent_storage import codec
+    from async_agent_storage import _codec as codec
 
     stored = await admin.fetchval("SELECT $1::text::jsonb::text", to_db(codec.dumps(value)))
     back = from_db(stored)
@@ -145,7 +145,7 @@ def test_strings_starting_with_the_mark_but_not_written_by_the_driver_are_kept()
 async def test_hot_calls_send_one_statement_each(store: PostgresStore) -> None:
     sent: list[str] = []
     assert store._pool is not None
-    for holder in store._pool._holders:  # every connection of the pool (min = max = 2)
+    for holder in store._pool.pool._holders:  # every connection of the pool (min = max = 2)
         assert holder._con is not None
         holder._con.add_query_logger(lambda record: sent.append(record.query))
     session = await store.append_runs("one", [{"i": 0}], user_id="u")  # prepares statements

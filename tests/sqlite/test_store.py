@@ -32,18 +32,18 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
 
 
 async def in_transaction(store: SqliteStore) -> list[bool]:
-    assert store._writer is not None
-    assert store._readers is not None
-    connections = [store._writer.connection, *store._readers.connections]
+    assert store._io is not None
+    assert store._io is not None
+    connections = [store._io.writer.connection, *store._io.readers.connections]
     return [await run(c, lambda db: db.in_transaction) for c in connections]
 
 
 async def test_concurrent_writes_share_transactions(store: SqliteStore) -> None:
-    assert store._writer is not None
-    before = store._writer.batches
+    assert store._io is not None
+    before = store._io.writer.batches
     await asyncio.gather(*(store.append_runs(f"s{i % 10}", [{"i": i}]) for i in range(300)))
-    batches = store._writer.batches - before
-    assert store._writer.calls >= 300
+    batches = store._io.writer.batches - before
+    assert store._io.writer.calls >= 300
     assert batches < 300 / 4, f"{batches} transactions for 300 concurrent writes"
     for i in range(10):
         read = await store.read(f"s{i}")
@@ -53,12 +53,12 @@ async def test_concurrent_writes_share_transactions(store: SqliteStore) -> None:
 
 async def test_concurrent_reads_share_thread_calls(store: SqliteStore) -> None:
     await store.append_runs("r", [{"i": i} for i in range(10)])
-    assert store._readers is not None
-    before_batches, before_reads = store._readers.batches, store._readers.reads
+    assert store._io is not None
+    before_batches, before_reads = store._io.readers.batches, store._io.readers.reads
     sessions = await asyncio.gather(*(store.read("r", last_runs=3) for _ in range(300)))
     assert all(s is not None and len(s.runs) == 3 for s in sessions)
-    assert store._readers.reads - before_reads == 300
-    assert store._readers.batches - before_batches < 300 / 4
+    assert store._io.readers.reads - before_reads == 300
+    assert store._io.readers.batches - before_batches < 300 / 4
 
 
 async def test_a_conflict_in_a_batch_undoes_only_its_own_write(store: SqliteStore) -> None:
@@ -94,14 +94,14 @@ async def test_cancelled_calls_leave_no_connection_or_transaction_open(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     await store.append_runs("after", [{"ok": True}])
-    assert store._readers is not None
-    assert store._writer is not None
+    assert store._io is not None
+    assert store._io is not None
     # Batches that started before their callers were cancelled run to their end; once they have,
     # nothing is queued, in flight or inside a transaction.
-    await asyncio.wait_for(store._readers.drain(), timeout=10)
-    await asyncio.wait_for(store._writer.drain(), timeout=10)
-    assert store._readers.in_flight == 0
-    assert store._writer.load == 0
+    await asyncio.wait_for(store._io.readers.drain(), timeout=10)
+    await asyncio.wait_for(store._io.writer.drain(), timeout=10)
+    assert store._io.readers.in_flight == 0
+    assert store._io.writer.load == 0
     assert await in_transaction(store) == [False] * (1 + store.reader_connections)
     for sid in ("s0", "s1", "s2"):
         read = await store.read(sid)
@@ -146,7 +146,7 @@ async def test_reads_go_on_while_the_writer_waits_for_another_process(tmp_path: 
     db_file = tmp_path / "stall.db"
     async with SqliteStore(db_file=db_file, busy_timeout=5) as store:
         await store.append_runs("s", [{"i": 0}])
-        assert store._readers is not None
+        assert store._io is not None
         holder = sqlite3.connect(db_file, isolation_level=None, check_same_thread=False)
         holder.execute("BEGIN IMMEDIATE")
         try:
@@ -156,7 +156,7 @@ async def test_reads_go_on_while_the_writer_waits_for_another_process(tmp_path: 
             read = await asyncio.wait_for(store.read("s"), timeout=1)
             assert read is not None
             assert read.version == 1
-            assert store._readers.reads_beside_writer >= 1
+            assert store._io.readers.reads_beside_writer >= 1
         finally:
             holder.execute("COMMIT")
             holder.close()
@@ -238,8 +238,8 @@ async def test_full_synchronous_mode_works(tmp_path: Path) -> None:
 async def test_open_is_idempotent_and_safe_to_race(tmp_path: Path) -> None:
     store = SqliteStore(db_file=tmp_path / "race.db")
     await asyncio.gather(store.open(), store.open(), store.open())
-    assert store._readers is not None
-    assert len(store._readers.connections) == store.reader_connections
+    assert store._io is not None
+    assert len(store._io.readers.connections) == store.reader_connections
     await store.open()
     await store.close()
 
@@ -268,8 +268,8 @@ async def test_open_store_urls(tmp_path: Path) -> None:
 
 
 async def changes(store: SqliteStore) -> int:
-    assert store._writer is not None
-    return await run(store._writer.connection, lambda db: db.total_changes)
+    assert store._io is not None
+    return await run(store._io.writer.connection, lambda db: db.total_changes)
 
 
 async def test_upsert_of_a_session_read_rewrites_only_the_runs_that_changed(

@@ -1,9 +1,29 @@
-"""SQLite schema migrations. Append only: a released migration never changes (its checksum is
-recorded), a new schema change is a new entry at the end. ``{table}`` is the store's table name."""
+"""SQLite schema migrations, and how the runner applies them here.
+
+`MIGRATIONS` is append only: a released migration never changes (its checksum is recorded), a new
+schema change is a new entry at the end. ``{table}`` is the store's table name.
+
+The migration lock is SQLite's write lock: each step runs in its own ``BEGIN IMMEDIATE``
+transaction, which also re-reads the history (`MigrationTarget.transaction`).
+"""
 
 from __future__ import annotations
 
-from ..migrations import Migration
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from functools import partial
+
+import aiosqlite
+
+from .._migrations import AppliedMigration, Migration
+from .._time import from_us, now_us
+from . import _connection as conn
+from ._sql import SQL
+
+__all__ = ["MIGRATIONS", "MigrationTarget"]
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -97,3 +117,77 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
 )
+
+
+class _Transaction:
+    def __init__(self, connection: aiosqlite.Connection, sql: SQL) -> None:
+        self._connection = connection
+        self._sql = sql
+
+    async def applied(self) -> list[AppliedMigration]:
+        return await conn.run(self._connection, partial(_history, self._sql))
+
+    async def apply(self, migration: Migration) -> datetime:
+        now = now_us()
+        await conn.run(self._connection, partial(_apply, self._sql, migration, now))
+        return from_us(now)
+
+
+class MigrationTarget:
+    """The runner's view of one store's tables on one connection."""
+
+    def __init__(self, connection: aiosqlite.Connection, sql: SQL, label: str) -> None:
+        self._connection = connection
+        self._sql = sql
+        self.label = label
+
+    async def applied(self) -> list[AppliedMigration]:
+        # Without the lock: the same query a transaction makes under it.
+        return await _Transaction(self._connection, self._sql).applied()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_Transaction]:
+        await conn.run(self._connection, partial(_begin, self._sql))
+        try:
+            yield _Transaction(self._connection, self._sql)
+        except BaseException:
+            await asyncio.shield(conn.run(self._connection, _rollback))
+            raise
+        try:
+            await asyncio.shield(conn.run(self._connection, _commit))
+        except sqlite3.Error:
+            await asyncio.shield(conn.run(self._connection, _rollback))
+            raise
+
+
+def _history(sql: SQL, db: sqlite3.Connection) -> list[AppliedMigration]:
+    if db.execute(sql.history_exists, (sql.history_table,)).fetchone() is None:
+        return []
+    return [
+        AppliedMigration(version, name, checksum, from_us(applied_at))
+        for version, name, checksum, applied_at in db.execute(sql.select_history)
+    ]
+
+
+def _begin(sql: SQL, db: sqlite3.Connection) -> None:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute(sql.create_history)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _apply(sql: SQL, migration: Migration, now: int, db: sqlite3.Connection) -> None:
+    for step in migration.steps:
+        db.execute(step.format(table=sql.table))
+    db.execute(sql.insert_history, (migration.version, migration.name, migration.checksum, now))
+
+
+def _commit(db: sqlite3.Connection) -> None:
+    db.execute("COMMIT")
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    if db.in_transaction:
+        db.execute("ROLLBACK")

@@ -1,7 +1,7 @@
 """The SQLite driver's SQL, as named templates formatted once per store with its (checked) names.
 
 Values are always bound (``?``); the only text spliced in is the table name, which
-`_common.check_name` has validated.
+`_checks.check_name` has validated.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .._common import ListQuery
+from .._paging import ListQuery
 
 COLUMNS = (
     "session_id, session_type, user_id, agent_id, team_id, workflow_id, session_data, agent_data, "

@@ -8,8 +8,11 @@ a `MigrationTarget` that knows how to lock, read the history and apply one step.
   differs from the code's, with `MigrationError`;
 - applies each pending step in its own transaction under the backend's lock, re-reading the
   history under that lock first, so N processes starting at once apply each step exactly once and
-  all succeed;
+  all succeed; a step that fails is a `MigrationError` (its transaction rolled back);
 - is idempotent (a second run does nothing and says so) and can report a plan with ``dry_run=True``.
+
+A target raises its driver's own exceptions; the store translates them at its boundary
+(`StoreBase`), so reading the history on a server that is down is a `StorageUnavailableError`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Protocol
 
 import orjson
 
-from .errors import MigrationError, StorageError
+from .errors import MigrationError
 from .models import MigrationReport, MigrationStep
 
 __all__ = [
@@ -128,23 +131,12 @@ def _verify(label: str, applied: list[AppliedMigration], migrations: Sequence[Mi
     return len(versions)
 
 
-async def _read(target: MigrationTarget) -> list[AppliedMigration]:
-    try:
-        return await target.applied()
-    except MigrationError:
-        raise
-    except StorageError:
-        raise
-    except Exception as exc:  # a driver bug or an unexpected server answer: never swallowed
-        raise MigrationError(f"{target.label}: cannot read the migration history: {exc}") from exc
-
-
 async def upgrade(
     target: MigrationTarget, migrations: Sequence[Migration], *, dry_run: bool = False
 ) -> MigrationReport:
     """Bring the schema to the latest version (or report the plan with ``dry_run=True``)."""
     _check_list(migrations)
-    current = _verify(target.label, await _read(target), migrations)
+    current = _verify(target.label, await target.applied(), migrations)
     pending = list(migrations[current:])
     report = MigrationReport(
         store=target.label, dry_run=dry_run, from_version=current, to_version=current
@@ -160,12 +152,12 @@ async def upgrade(
                 continue  # another process applied it while we waited for the lock
             try:
                 applied_at = await tx.apply(migration)
-            except StorageError as exc:
-                if isinstance(exc, MigrationError):
-                    raise
+            except MigrationError:
+                raise
+            except Exception as exc:  # the driver's own error, or one of the tree
                 raise MigrationError(
                     f"{target.label}: migration {migration.version} ({migration.name}) failed and "
-                    f"was rolled back: {exc}"
+                    f"was rolled back: {type(exc).__name__}: {exc}"
                 ) from exc
         report.applied.append(migration.describe(applied_at))
     report.to_version = len(migrations)
@@ -179,7 +171,7 @@ async def ensure_schema(
     when `auto_upgrade` is set (else raise), refuse a newer one. Returns a report if it changed
     anything."""
     _check_list(migrations)
-    current = _verify(target.label, await _read(target), migrations)
+    current = _verify(target.label, await target.applied(), migrations)
     if current == len(migrations):
         return None
     if current > 0 and not auto_upgrade:

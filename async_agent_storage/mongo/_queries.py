@@ -41,7 +41,7 @@ from typing import Any, Final
 from bson import ObjectId
 from pymongo import DeleteMany, UpdateOne
 
-from .._common import ListQuery
+from .._paging import ListQuery
 
 JSON_FIELDS: Final = (
     "session_data",
@@ -71,6 +71,16 @@ BEFORE_UPSERT: Final = {
     "pending.t": 1,
 }
 RUN_FIELDS: Final = {"_id": 0, "seq": 1, "version": 1, "run": 1, "esc": 1}
+
+
+@dataclass(slots=True)
+class Collections:
+    """One store's collections (PyMongo's or Motor's async collection objects)."""
+
+    database: Any
+    sessions: Any
+    runs: Any
+    history: Any
 
 
 @dataclass(slots=True)

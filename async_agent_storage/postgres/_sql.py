@@ -2,7 +2,7 @@
 quoted) names.
 
 Values are always bound (``$1``...); the only text spliced in is the schema and table names,
-which `_common.check_name` validated (or the server's `current_schema()`, quoted).
+which `_checks.check_name` validated (or the server's `current_schema()`, quoted).
 
 JSON crosses the wire as text (``$n::text::jsonb`` in, ``column::text`` out): the statements
 then work on any asyncpg connection, whatever `jsonb` codec it has registered (a pool passed in
@@ -25,7 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .._common import ListQuery, from_us
+from .._paging import ListQuery
+from .._time import from_us
 
 # Positions in a row selected with `_COLUMNS`; `RUNS` is the aggregated runs, when selected.
 SID, TYPE, USER, AGENT, TEAM, WORKFLOW, DATA = 0, 1, 2, 3, 4, 5, 6

@@ -1,0 +1,274 @@
+"""Payloads on their way in and out: a `Session` checked and encoded to JSON bytes before any I/O,
+and stored values decoded back into a `Session`.
+
+Every driver writes what `encode_session` / `encode_append` produce, so a value is refused (or
+accepted) the same way on every backend and nothing is written when it is refused.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NamedTuple, cast
+
+from pydantic import BaseModel
+
+from . import _codec as codec
+from ._checks import check_id, check_optional_id, check_session_type
+from .errors import InvalidInputError, SerializationError
+from .models import Session, trusted_session
+
+__all__ = [
+    "EncodedAppend",
+    "EncodedRun",
+    "EncodedSession",
+    "RunList",
+    "decode_runs",
+    "encode_append",
+    "encode_session",
+    "encode_session_data",
+    "encode_sessions",
+    "session_from_encoded",
+]
+
+JSON_FIELDS = ("agent_data", "team_data", "workflow_data", "metadata", "summary")
+
+
+@dataclass(slots=True)
+class EncodedRun:
+    """One run ready to store: its id and its JSON; `unchanged` when it is the run that was read
+    at this position, byte for byte (a store may then skip writing it)."""
+
+    run_id: str
+    body: bytes
+    unchanged: bool = False
+
+
+class RunList(list[dict[str, Any]]):
+    """The runs of a session read from a store that keeps JSON text exactly, with that text
+    (`stored`, one entry per run as read). It lets `upsert` find the runs that did not change
+    without encoding them, and skip rewriting them. Otherwise an ordinary list."""
+
+    __slots__ = ("stored",)
+
+    def __init__(self, runs: list[dict[str, Any]], stored: tuple[bytes, ...]) -> None:
+        super().__init__(runs)
+        self.stored = stored
+
+
+@dataclass(slots=True)
+class EncodedSession:
+    """A session checked and encoded: ids as str, JSON fields as UTF-8 bytes."""
+
+    session_id: str
+    session_type: str
+    user_id: str | None
+    agent_id: str | None
+    team_id: str | None
+    workflow_id: str | None
+    session_data: bytes
+    agent_data: bytes | None
+    team_data: bytes | None
+    workflow_data: bytes | None
+    metadata: bytes | None
+    summary: bytes | None
+    runs: list[EncodedRun]
+    runs_offset: int
+    size: int
+    base_version: int = 0  # the version the session had when it was read
+
+    def optional_json(self) -> tuple[bytes | None, ...]:
+        """agent_data, team_data, workflow_data, metadata and summary, in that order."""
+        return (self.agent_data, self.team_data, self.workflow_data, self.metadata, self.summary)
+
+
+class EncodedAppend(NamedTuple):
+    """The checked and encoded arguments of one `append_runs`."""
+
+    session_id: str
+    user_id: str | None
+    session_data: bytes | None
+    runs: list[EncodedRun]
+
+
+# --- encoding ------------------------------------------------------------------------------------
+
+
+def _prepare_run(run: object, where: str) -> tuple[str, Any]:
+    if isinstance(run, BaseModel):
+        run = run.model_dump(mode="json")
+    if not isinstance(run, Mapping):
+        raise InvalidInputError(f"{where} must be a dict, got {type(run).__name__}")
+    run_id = run.get("run_id")
+    if run_id is None:
+        run_id = uuid.uuid4().hex
+        run = {"run_id": run_id, **run}
+    else:
+        check_id(run_id, f"{where}.run_id")
+    return run_id, run
+
+
+def check_size(size: int, *, session_id: str, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise SerializationError(
+            f"session {session_id!r}: this write is {codec.format_size(size)} ({size} bytes) of "
+            f"JSON, over the {codec.format_size(max_bytes)} cap; keep large blobs out of the "
+            "session or raise max_session_bytes"
+        )
+
+
+def encode_runs(
+    runs: object, *, session_id: str, max_bytes: int, base_size: int = 0
+) -> list[EncodedRun]:
+    """Check and encode runs. A run without a `run_id` gets one; the caller's dict is unchanged.
+    Runs of a `RunList` that still encode to the text they were read as reuse it."""
+    if isinstance(runs, str | bytes | Mapping) or not isinstance(runs, Sequence):
+        raise InvalidInputError(f"runs must be a list of dicts, got {type(runs).__name__}")
+    stored = runs.stored if isinstance(runs, RunList) else ()
+    encoded: list[EncodedRun] = []
+    size = base_size
+    for index, run in enumerate(runs):
+        if (
+            index < len(stored)
+            and type(run) is dict
+            and type(run.get("run_id")) is str
+            and codec.same_json(run, stored[index])
+        ):
+            data = stored[index]
+            encoded.append(EncodedRun(run["run_id"], data, unchanged=True))
+        else:
+            where = f"runs[{index}]"
+            run_id, body = _prepare_run(run, where)
+            data = codec.dumps(body, path=where)
+            encoded.append(EncodedRun(run_id, data))
+        size += len(data)
+    check_size(size, session_id=session_id, max_bytes=max_bytes)
+    return encoded
+
+
+def encode_session_data(value: object, where: str = "session_data") -> bytes:
+    if not isinstance(value, dict):
+        raise InvalidInputError(f"{where} must be a dict, got {type(value).__name__}")
+    return codec.dumps(value, path=where)
+
+
+def _dumps_optional(value: object, where: str) -> bytes | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidInputError(f"{where} must be a dict or None, got {type(value).__name__}")
+    return codec.dumps(value, path=where)
+
+
+def encode_append(
+    session_id: object, runs: object, user_id: object, session_data: object, *, max_bytes: int
+) -> EncodedAppend:
+    """Check and encode `append_runs`' arguments, before anything is written."""
+    sid = check_id(session_id, "session_id")
+    uid = check_optional_id(user_id, "user_id")
+    data = None if session_data is None else encode_session_data(session_data)
+    encoded = encode_runs(
+        runs, session_id=sid, max_bytes=max_bytes, base_size=0 if data is None else len(data)
+    )
+    return EncodedAppend(sid, uid, data, encoded)
+
+
+def encode_session(session: object, *, max_bytes: int) -> EncodedSession:
+    """Check every field of a `Session` (it may have changed since it was built) and encode it."""
+    if not isinstance(session, Session):
+        raise InvalidInputError(f"expected a Session, got {type(session).__name__}")
+    session_id = check_id(session.session_id, "session_id")
+    session_data = encode_session_data(session.session_data)
+    fields = [_dumps_optional(getattr(session, name), name) for name in JSON_FIELDS]
+    size = len(session_data) + sum(len(f) for f in fields if f is not None)
+    runs = encode_runs(session.runs, session_id=session_id, max_bytes=max_bytes, base_size=size)
+    size += sum(len(r.body) for r in runs)
+    return EncodedSession(
+        session_id=session_id,
+        session_type=check_session_type(session.session_type),
+        user_id=check_optional_id(session.user_id, "user_id"),
+        agent_id=check_optional_id(session.agent_id, "agent_id"),
+        team_id=check_optional_id(session.team_id, "team_id"),
+        workflow_id=check_optional_id(session.workflow_id, "workflow_id"),
+        session_data=session_data,
+        agent_data=fields[0],
+        team_data=fields[1],
+        workflow_data=fields[2],
+        metadata=fields[3],
+        summary=fields[4],
+        runs=runs,
+        runs_offset=session.runs_offset,
+        size=size,
+        base_version=session.version,
+    )
+
+
+def encode_sessions(sessions: object, *, max_bytes: int) -> list[EncodedSession]:
+    """Check and encode the sessions of an `upsert_many`: a sequence of `Session`, each id once."""
+    if isinstance(sessions, str | bytes) or not isinstance(sessions, Sequence):
+        raise InvalidInputError("upsert_many takes a list of Session")
+    encoded = [encode_session(s, max_bytes=max_bytes) for s in sessions]
+    seen: set[str] = set()
+    for enc in encoded:
+        if enc.session_id in seen:
+            raise InvalidInputError(
+                f"upsert_many got session {enc.session_id!r} twice; pass each session once"
+            )
+        seen.add(enc.session_id)
+    return encoded
+
+
+# --- decoding ------------------------------------------------------------------------------------
+
+
+def decode_runs(bodies: Sequence[str | bytes], *, marked: bool = False) -> list[dict[str, Any]]:
+    """Decode stored run bodies with one parser call. With `marked` (the bodies are exactly what
+    the codec wrote, see `_codec.loads`) the result is a `RunList` that keeps them."""
+    if not bodies:
+        return []
+    if isinstance(bodies[0], str):
+        text = "[" + ",".join(cast(Sequence[str], bodies)) + "]"
+        exact = marked and any(b[:1] == " " for b in bodies)
+        return codec.loads(text, marked=marked and not exact)  # type: ignore[no-any-return]
+    raw = cast(Sequence[bytes], bodies)
+    exact = marked and any(b[:1] == b" " for b in raw)
+    runs: list[dict[str, Any]] = codec.loads(
+        b"[" + b",".join(raw) + b"]", marked=marked and not exact
+    )
+    return RunList(runs, tuple(raw)) if marked else runs
+
+
+def _loads_optional(data: bytes | None) -> Any:
+    return None if data is None else codec.loads(data, marked=True)
+
+
+def session_from_encoded(
+    enc: EncodedSession,
+    *,
+    created_at: datetime,
+    updated_at: datetime,
+    version: int,
+    runs_offset: int,
+) -> Session:
+    """The stored session as a read would return it, rebuilt from what was just written."""
+    return trusted_session(
+        session_id=enc.session_id,
+        session_type=enc.session_type,
+        user_id=enc.user_id,
+        agent_id=enc.agent_id,
+        team_id=enc.team_id,
+        workflow_id=enc.workflow_id,
+        session_data=codec.loads(enc.session_data, marked=True),
+        agent_data=_loads_optional(enc.agent_data),
+        team_data=_loads_optional(enc.team_data),
+        workflow_data=_loads_optional(enc.workflow_data),
+        metadata=_loads_optional(enc.metadata),
+        summary=_loads_optional(enc.summary),
+        runs=decode_runs([r.body for r in enc.runs], marked=True),
+        runs_offset=runs_offset,
+        created_at=created_at,
+        updated_at=updated_at,
+        version=version,
+    )

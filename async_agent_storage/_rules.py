@@ -1,0 +1,138 @@
+"""Who may write a session, and at which version: one decision for every driver.
+
+A driver writes with one conditional statement (the owner and, when asked, the version are part
+of its condition). When that statement changes nothing, the driver reads what is stored (the
+owner and the version, or nothing) and asks `decide` why:
+
+======================  ===================  ======================  ============================
+stored                  owner                if_version              verdict
+======================  ===================  ======================  ============================
+absent                  -                    None or 0               CREATE
+absent                  -                    v >= 1                  SessionConflictError (v, 0)
+present                 another user         any                     SessionOwnershipError
+present                 the caller's         None                    RETRY
+present                 the caller's         == stored version       RETRY
+present                 the caller's         != stored version       SessionConflictError (v, n)
+======================  ===================  ======================  ============================
+
+"The caller's owner" depends on the call (`OwnerRule`): an upsert writes the session's own
+`user_id`, which must be the stored one (None included: the owner never changes); an append
+with `user_id=None` checks no owner.
+
+CREATE means the session may be created (a driver whose statement already tried to create it
+tries again); RETRY means the stored row now lets the write through, so it changed between the
+two statements: the driver tries again, at most `RETRY.attempts` times in all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import random
+from dataclasses import dataclass
+from typing import Final
+
+from .errors import SessionConflictError, SessionOwnershipError, StorageUnavailableError
+
+__all__ = [
+    "RETRY",
+    "OwnerRule",
+    "RetryPolicy",
+    "Stored",
+    "Verdict",
+    "conflict",
+    "decide",
+    "not_owner",
+]
+
+
+class Verdict(enum.Enum):
+    CREATE = "create"
+    RETRY = "retry"
+
+
+class OwnerRule(enum.Enum):
+    """How a call's `user_id` is compared with the stored owner."""
+
+    EXACT = "exact"  # upsert: the session's user_id is its owner, None included
+    IF_GIVEN = "if_given"  # append, delete, read: None checks nothing
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What is stored of a session: its owner and its version."""
+
+    owner: str | None
+    version: int
+
+
+def owns(stored_owner: str | None, user_id: str | None, rule: OwnerRule) -> bool:
+    if rule is OwnerRule.IF_GIVEN and user_id is None:
+        return True
+    return stored_owner == user_id
+
+
+def decide(
+    label: str,
+    session_id: str,
+    stored: Stored | None,
+    *,
+    user_id: str | None,
+    if_version: int | None,
+    rule: OwnerRule,
+) -> Verdict:
+    """Why a conditional write changed nothing: raise the error it deserves, or say what to do.
+    See the module's table."""
+    if stored is not None and not owns(stored.owner, user_id, rule):
+        raise not_owner(label, session_id, user_id)
+    actual = 0 if stored is None else stored.version
+    if if_version is not None and actual != if_version:
+        raise conflict(label, session_id, if_version, actual)
+    return Verdict.CREATE if stored is None else Verdict.RETRY
+
+
+def not_owner(label: str, session_id: str, user_id: str | None) -> SessionOwnershipError:
+    return SessionOwnershipError(
+        f"{label}: session {session_id!r} belongs to another user; it cannot be written as "
+        f"user_id={user_id!r}",
+        session_id=session_id,
+    )
+
+
+def conflict(label: str, session_id: str, expected: int, actual: int) -> SessionConflictError:
+    return SessionConflictError(
+        f"{label}: session {session_id!r} is at version {actual}, not {expected}; "
+        "read it again, re-apply the change and retry",
+        session_id=session_id,
+        expected=expected,
+        actual=actual,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often a write is tried again when the session changes between its statements, and
+    how long to wait in between (exponential, with jitter)."""
+
+    attempts: int
+    first_delay: float
+    max_delay: float
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number `attempt` (0-based)."""
+        return min(self.first_delay * (1 << attempt), self.max_delay) * random.uniform(0.5, 1.5)
+
+    async def pause(self, attempt: int) -> None:
+        await asyncio.sleep(self.delay(attempt))
+
+    def exhausted(self, label: str, session_id: str) -> StorageUnavailableError:
+        return StorageUnavailableError(
+            f"{label}: session {session_id!r} kept changing under other writers during the call "
+            f"({self.attempts} attempts); retry"
+        )
+
+
+RETRY: Final = RetryPolicy(attempts=8, first_delay=0.002, max_delay=0.1)
+"""The one retry budget of a call that races with other writers: a write whose session changed
+between its statements, a read whose runs were rewritten while it read them. Drivers whose
+writes hold a row lock retry at once; the others wait `delay` between attempts."""

@@ -1,0 +1,429 @@
+"""Writing sessions to MongoDB without multi-document transactions (see `_queries` for the
+protocol): each write is one atomic update of its session document, which carries the runs it
+writes in `pending`; the writer then copies them to the runs collection ("settles" them).
+
+Ownership and `if_version` are part of each update's filter; when an update misses, `_rules.decide`
+says why, from the owner and version stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from bson import ObjectId
+from pymongo import ReplaceOne, ReturnDocument, UpdateOne
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+
+from .._encoding import EncodedAppend
+from .._rules import RETRY, OwnerRule, Stored, Verdict, decide, not_owner, owns
+from .._time import now_us
+from ..errors import SessionOwnershipError
+from ..models import Session
+from . import _bson
+from . import _queries as q
+from ._queries import Collections, Entry
+from ._rows import Prepared, run_doc, session_from_doc
+
+__all__ = ["Writer"]
+
+_log = logging.getLogger("async_agent_storage.mongo")
+
+# An entry of `pending` older than this is taken to be left behind by a writer that died, and is
+# copied to the runs collection by the next write of the session.
+_STALE_US: Final = 10_000_000
+_DUPLICATE_KEY: Final = 11000
+
+
+def _stale(before: Mapping[str, Any] | None, now: int) -> list[int]:
+    """Versions of the `pending` entries left behind by writers that did not finish."""
+    if before is None:
+        return []
+    return [e["v"] for e in before.get("pending") or () if e.get("t", 0) < now - _STALE_US]
+
+
+@dataclass(slots=True)
+class _Planned:
+    """One session of an `upsert_many` batch, planned against the version read before."""
+
+    item: Prepared
+    new: bool
+    gen: ObjectId
+    version: int
+    start: int
+    created_at: int
+    old_count: int
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    stale: list[int] = field(default_factory=list)
+
+    def session(self, now: int) -> Session:
+        return self.item.session(
+            created_at=self.created_at, updated_at=now, version=self.version, start=self.start
+        )
+
+
+def _plan(p: Prepared, doc: Mapping[str, Any] | None, now: int) -> _Planned:
+    if doc is None:
+        return _Planned(p, True, ObjectId(), 1, 0, now, 0)
+    count = doc["run_count"]
+    return _Planned(
+        p,
+        False,
+        doc["gen"],
+        doc["version"] + 1,
+        min(p.runs_offset, count),
+        doc["created_at"],
+        count,
+        stale=_stale(doc, now),
+    )
+
+
+class Writer:
+    """The writes of one store's collections."""
+
+    def __init__(self, parts: Collections, label: str) -> None:
+        self.parts = parts
+        self.label = label
+
+    async def _stored(self, sid: str) -> Stored | None:
+        doc = await self.parts.sessions.find_one({"_id": sid}, {"user_id": 1, "version": 1})
+        return None if doc is None else Stored(doc.get("user_id"), int(doc["version"]))
+
+    # --- upsert ---------------------------------------------------------------------------------
+
+    async def upsert(self, p: Prepared, expected: int | None) -> Session:
+        now = now_us()
+        gen = ObjectId()
+        before: dict[str, Any] | None = None
+        if expected == 0:
+            await self._insert_new(p, now, gen)
+        else:
+            before = await self._update_whole(p, expected, now, gen)
+        if before is None:
+            version, start, created, old_count = 1, 0, now, 0
+        else:
+            version, gen, created = before["version"] + 1, before["gen"], before["created_at"]
+            old_count = before["run_count"]
+            start = min(p.runs_offset, old_count)
+        run_count = start + len(p.run_docs)
+        entries = [Entry(version, start, [r.item() for r in p.run_docs])] if p.run_docs else []
+        await self.settle(
+            p.session_id,
+            gen,
+            entries,
+            truncate=(run_count, version) if run_count < old_count else None,
+            stale=_stale(before, now),
+        )
+        return p.session(created_at=created, updated_at=now, version=version, start=start)
+
+    async def _insert_new(self, p: Prepared, now: int, gen: ObjectId) -> None:
+        """An upsert with ``if_version=0``: the session must not exist."""
+        document = q.new_session_document(
+            p.session_id, p.user_id, p.fields, now=now, runs=p.run_docs, gen=gen
+        )
+        for attempt in range(RETRY.attempts):
+            try:
+                await self.parts.sessions.insert_one(document)
+                return
+            except DuplicateKeyError:
+                stored = await self._stored(p.session_id)
+                decide(
+                    self.label, p.session_id, stored, user_id=p.user_id, if_version=0,
+                    rule=OwnerRule.EXACT,
+                )  # fmt: skip
+                await RETRY.pause(attempt)  # deleted since: insert again
+        raise RETRY.exhausted(self.label, p.session_id)
+
+    async def _update_whole(
+        self, p: Prepared, expected: int | None, now: int, gen: ObjectId
+    ) -> dict[str, Any] | None:
+        """The one update of an upsert; returns the document as it was before (None: created)."""
+        filter_: dict[str, Any] = {"_id": p.session_id, "user_id": p.user_id}
+        if expected is not None:
+            filter_["version"] = expected
+        pipeline = q.upsert_pipeline(
+            p.fields, runs_offset=p.runs_offset, runs=p.run_docs, now=now, gen=gen
+        )
+        for attempt in range(RETRY.attempts):
+            try:
+                before: dict[str, Any] | None = await self.parts.sessions.find_one_and_update(
+                    filter_,
+                    pipeline,
+                    projection=q.BEFORE_UPSERT,
+                    upsert=expected is None,
+                    return_document=ReturnDocument.BEFORE,
+                )
+            except DuplicateKeyError:
+                # The filter missed a session that exists: another user's, or one just created.
+                before, missed = None, True
+            else:
+                missed = before is None and expected is not None
+            if not missed:
+                return before
+            verdict = decide(
+                self.label,
+                p.session_id,
+                await self._stored(p.session_id),
+                user_id=p.user_id,
+                if_version=expected,
+                rule=OwnerRule.EXACT,
+            )
+            if verdict is Verdict.RETRY:
+                await RETRY.pause(attempt)
+        raise RETRY.exhausted(self.label, p.session_id)
+
+    # --- moving runs out of the session document ------------------------------------------------
+
+    async def settle(
+        self,
+        sid: str,
+        gen: ObjectId,
+        entries: list[Entry],
+        *,
+        truncate: tuple[int, int] | None = None,
+        stale: Sequence[int] = (),
+    ) -> None:
+        """Copy a committed write's runs to the runs collection and drop them from `pending`
+        (with any entries left behind by writers that died). The write is complete without this:
+        when it fails, readers keep finding the runs in `pending` and a later write finishes it."""
+        parts = self.parts
+        try:
+            operations: list[Any] = []
+            pulled = [e.version for e in entries]
+            for entry in entries:
+                operations += q.copy_runs(sid, gen, entry)
+            if stale:
+                doc = await parts.sessions.find_one({"_id": sid, "gen": gen}, {"pending": 1})
+                for raw in (doc or {}).get("pending") or ():
+                    if raw["v"] in stale:
+                        operations += q.copy_runs(
+                            sid, gen, Entry(raw["v"], raw["start"], raw["runs"])
+                        )
+                        pulled.append(raw["v"])
+            if truncate is not None:
+                operations.append(q.drop_runs_after(sid, gen, *truncate))
+            if operations:
+                await self._bulk_runs(operations)
+            if pulled:
+                await parts.sessions.update_one({"_id": sid, "gen": gen}, q.pull_entries(pulled))
+        except PyMongoError as exc:
+            _log.warning(
+                "%s: session %r is written; moving its new runs out of the session document "
+                "failed and is left to its next write: %s",
+                self.label,
+                sid,
+                exc,
+            )
+
+    async def _bulk_runs(self, operations: list[Any]) -> None:
+        try:
+            await self.parts.runs.bulk_write(operations, ordered=False)
+        except BulkWriteError as exc:
+            # A duplicate key is a seq a newer write already holds: nothing to copy.
+            errors = exc.details.get("writeErrors") or []
+            if exc.details.get("writeConcernErrors") or any(
+                e.get("code") != _DUPLICATE_KEY for e in errors
+            ):
+                raise
+
+    # --- upsert_many ----------------------------------------------------------------------------
+
+    async def upsert_many(self, items: list[Prepared]) -> list[Session]:
+        now = now_us()
+        todo = {p.session_id: p for p in items}
+        done: dict[str, Session] = {}
+        settled: list[_Planned] = []
+        for attempt in range(RETRY.attempts):
+            stored = {
+                d["_id"]: d
+                for d in await self.parts.sessions.find(
+                    {"_id": {"$in": list(todo)}}, q.BEFORE_UPSERT
+                ).to_list(None)
+            }
+            for sid, p in todo.items():
+                doc = stored.get(sid)
+                if doc is not None and not owns(doc.get("user_id"), p.user_id, OwnerRule.EXACT):
+                    error = not_owner(self.label, sid, p.user_id)
+                    if done:
+                        error = SessionOwnershipError(
+                            f"{error}; its owner changed during the batch, after "
+                            f"{len(done)} other session(s) were written",
+                            session_id=sid,
+                        )
+                    raise error
+            plans = [_plan(p, stored.get(p.session_id), now) for p in todo.values()]
+            failed = await self._bulk_sessions(plans, now)
+            for index, plan in enumerate(plans):
+                if index not in failed:
+                    done[plan.item.session_id] = plan.session(now)
+                    settled.append(plan)
+                    del todo[plan.item.session_id]
+            if not todo:
+                break
+            await RETRY.pause(attempt)
+        else:
+            raise RETRY.exhausted(self.label, next(iter(todo)))
+        await self._settle_many(settled)
+        return [done[p.session_id] for p in items]
+
+    async def _bulk_sessions(self, plans: list[_Planned], now: int) -> set[int]:
+        """One bulk write of compare-and-set updates; returns the positions that did not apply."""
+        operations: list[Any] = []
+        for plan in plans:
+            p = plan.item
+            entry = q.pending_entry(plan.version, plan.start, now, p.run_docs, plan.token)
+            if plan.new:
+                document = q.new_session_document(
+                    p.session_id,
+                    p.user_id,
+                    p.fields,
+                    now=now,
+                    runs=p.run_docs,
+                    gen=plan.gen,
+                    token=plan.token,
+                )
+                operations.append(
+                    ReplaceOne(
+                        {"_id": p.session_id, "version": {"$exists": False}}, document, upsert=True
+                    )
+                )
+            else:
+                update = q.cas_update(
+                    p.fields,
+                    version=plan.version,
+                    run_count=plan.start + len(p.run_docs),
+                    now=now,
+                    entry=entry,
+                )
+                operations.append(
+                    UpdateOne(
+                        {"_id": p.session_id, "version": plan.version - 1, "gen": plan.gen}, update
+                    )
+                )
+        failed: set[int] = set()
+        try:
+            result = await self.parts.sessions.bulk_write(operations, ordered=False)
+            matched = result.matched_count
+        except BulkWriteError as exc:
+            for error in exc.details.get("writeErrors") or ():
+                if error.get("code") != _DUPLICATE_KEY:
+                    raise
+                failed.add(error["index"])  # created meanwhile: plan it again
+            matched = exc.details.get("nMatched", 0)
+        updates = [i for i, plan in enumerate(plans) if not plan.new]
+        if matched < len(updates):
+            # Some compare-and-set missed (another writer came first): the ones that applied
+            # hold their token in `pending`.
+            ids = [plans[i].item.session_id for i in updates]
+            docs = await self.parts.sessions.find({"_id": {"$in": ids}}, {"pending.w": 1}).to_list(
+                None
+            )
+            tokens = {d["_id"]: {e.get("w") for e in d.get("pending") or ()} for d in docs}
+            for i in updates:
+                plan = plans[i]
+                if plan.token not in tokens.get(plan.item.session_id, ()):
+                    failed.add(i)
+        return failed
+
+    async def _settle_many(self, plans: list[_Planned]) -> None:
+        try:
+            operations: list[Any] = []
+            for plan in plans:
+                p = plan.item
+                if p.run_docs:
+                    entry = Entry(plan.version, plan.start, [r.item() for r in p.run_docs])
+                    operations += q.copy_runs(p.session_id, plan.gen, entry)
+                run_count = plan.start + len(p.run_docs)
+                if run_count < plan.old_count:
+                    operations.append(
+                        q.drop_runs_after(p.session_id, plan.gen, run_count, plan.version)
+                    )
+            if operations:
+                await self._bulk_runs(operations)
+            await self.parts.sessions.update_many(
+                {"_id": {"$in": [plan.item.session_id for plan in plans]}},
+                {"$pull": {"pending": {"w": {"$in": [plan.token for plan in plans]}}}},
+            )
+        except PyMongoError as exc:
+            _log.warning(
+                "%s: a batch of %d sessions is written; moving its runs out of the session "
+                "documents failed and is left to their next writes: %s",
+                self.label,
+                len(plans),
+                exc,
+            )
+        for plan in plans:
+            if plan.stale:
+                await self.settle(plan.item.session_id, plan.gen, [], stale=plan.stale)
+
+    # --- append_runs ----------------------------------------------------------------------------
+
+    async def append(
+        self, append: EncodedAppend, data: dict[str, Any] | None, values: list[dict[str, Any]]
+    ) -> Session:
+        sid, uid = append.session_id, append.user_id
+        run_docs = [run_doc(r.run_id, v) for r, v in zip(append.runs, values, strict=True)]
+        now = now_us()
+        gen = ObjectId()
+        pipeline = q.append_pipeline(
+            user_id=uid,
+            session_data=None if data is None else _bson.encode(data),
+            runs=run_docs,
+            now=now,
+            gen=gen,
+        )
+        filter_ = {"_id": sid} if uid is None else {"_id": sid, "user_id": uid}
+        projection = q.PENDING_WITHOUT_RUNS if data is None else q.WITHOUT_DATA_OR_PENDING_RUNS
+        for attempt in range(RETRY.attempts):
+            try:
+                before: dict[str, Any] | None = await self.parts.sessions.find_one_and_update(
+                    filter_,
+                    pipeline,
+                    projection=projection,
+                    upsert=True,
+                    return_document=ReturnDocument.BEFORE,
+                )
+                break
+            except DuplicateKeyError:
+                # Another user's session (the filter names the owner), or one just created.
+                decide(
+                    self.label, sid, await self._stored(sid), user_id=uid, if_version=None,
+                    rule=OwnerRule.IF_GIVEN,
+                )  # fmt: skip
+                await RETRY.pause(attempt)
+        else:
+            raise RETRY.exhausted(self.label, sid)
+        if before is None:
+            version, start, created = 1, 0, now
+            doc: dict[str, Any] = {"_id": sid, "session_type": "agent", "user_id": uid}
+        else:
+            version, start = before["version"] + 1, before["run_count"]
+            gen, created, doc = before["gen"], before["created_at"], before
+        entries = [Entry(version, start, [r.item() for r in run_docs])] if run_docs else []
+        await self.settle(sid, gen, entries, stale=_stale(before, now))
+        return session_from_doc(
+            {**doc, "created_at": created},
+            values,
+            start,
+            session_data=data,
+            updated_at=now,
+            version=version,
+        )
+
+    # --- delete ---------------------------------------------------------------------------------
+
+    async def delete(self, sid: str, uid: str | None) -> bool:
+        filter_ = {"_id": sid} if uid is None else {"_id": sid, "user_id": uid}
+        doc = await self.parts.sessions.find_one_and_delete(filter_, projection={"gen": 1})
+        if doc is None:
+            return False
+        try:
+            await self.parts.runs.delete_many({"session_id": sid, "gen": doc["gen"]})
+        except PyMongoError as exc:
+            # The session is gone; its runs can no longer be read (a re-created session is
+            # another incarnation), they only take space.
+            _log.warning("%s: session %r is deleted, its runs are not: %s", self.label, sid, exc)
+        return True

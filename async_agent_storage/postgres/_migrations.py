@@ -1,0 +1,157 @@
+"""PostgreSQL schema migrations, and how the runner applies them here.
+
+`MIGRATIONS` is append only: a released migration never changes (its checksum is recorded), a new
+schema change is a new entry at the end. Placeholders: ``{table}`` and ``{runs}`` are the quoted,
+schema-qualified sessions and runs tables; ``{name}`` is the bare table name, for index names (an
+index lives in its table's schema).
+
+The migration lock is ``pg_advisory_xact_lock`` on a hash of the store's history table, taken
+at the start of each step's transaction (`MigrationTarget.transaction`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+
+from .._migrations import AppliedMigration, Migration
+from . import _sql as q
+from ._pool import Connection
+from ._sql import SQL
+
+__all__ = ["MIGRATIONS", "MigrationTarget", "advisory_key"]
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        version=1,
+        name="create sessions and runs tables",
+        steps=(
+            # Ids compare byte-wise (COLLATE "C"): the listing order and the keyset cursors are
+            # the same on every server, whatever its locale, and comparisons are cheaper.
+            # run_count is the next run's seq: appends and tails never scan the history.
+            """
+            CREATE TABLE {table} (
+                session_id    text COLLATE "C" PRIMARY KEY,
+                session_type  text NOT NULL,
+                user_id       text COLLATE "C",
+                agent_id      text COLLATE "C",
+                team_id       text COLLATE "C",
+                workflow_id   text COLLATE "C",
+                session_data  jsonb NOT NULL,
+                agent_data    jsonb,
+                team_data     jsonb,
+                workflow_data jsonb,
+                metadata      jsonb,
+                summary       jsonb,
+                created_at    timestamptz NOT NULL,
+                updated_at    timestamptz NOT NULL,
+                version       bigint NOT NULL,
+                run_count     integer NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE {runs} (
+                session_id text COLLATE "C" NOT NULL,
+                seq        integer NOT NULL,
+                run_id     text NOT NULL,
+                body       jsonb NOT NULL,
+                PRIMARY KEY (session_id, seq)
+            )
+            """,
+            """
+            CREATE INDEX "{name}_user_idx" ON {table} (user_id, updated_at DESC, session_id DESC)
+            """,
+        ),
+    ),
+    Migration(
+        version=2,
+        name="index recency and entity ids",
+        steps=(
+            """
+            CREATE INDEX "{name}_recent_idx" ON {table} (updated_at DESC, session_id DESC)
+            """,
+            """
+            CREATE INDEX "{name}_agent_idx" ON {table} (agent_id, updated_at DESC, session_id DESC)
+                WHERE agent_id IS NOT NULL
+            """,
+            """
+            CREATE INDEX "{name}_team_idx" ON {table} (team_id, updated_at DESC, session_id DESC)
+                WHERE team_id IS NOT NULL
+            """,
+            """
+            CREATE INDEX "{name}_workflow_idx"
+                ON {table} (workflow_id, updated_at DESC, session_id DESC)
+                WHERE workflow_id IS NOT NULL
+            """,
+        ),
+    ),
+)
+
+
+def advisory_key(sql: SQL) -> int:
+    """The advisory lock of one store's schema: a signed 64-bit hash of its qualified name."""
+    digest = hashlib.blake2b(
+        f"async-agent-storage:{sql.history_table}".encode(), digest_size=8
+    ).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+async def _history(connection: Connection, sql: SQL) -> list[AppliedMigration]:
+    if not await connection.fetchval(q.TABLE_EXISTS, sql.history_table):
+        return []
+    return [
+        AppliedMigration(row[0], row[1], row[2], row[3])
+        for row in await connection.fetch(sql.select_history)
+    ]
+
+
+class _Transaction:
+    def __init__(self, connection: Connection, sql: SQL) -> None:
+        self._connection = connection
+        self._sql = sql
+
+    async def applied(self) -> list[AppliedMigration]:
+        return await _history(self._connection, self._sql)
+
+    async def apply(self, migration: Migration) -> datetime:
+        names = self._sql.migration_names()
+        for step in migration.steps:
+            await self._connection.execute(step.format(**names))
+        applied_at: datetime = await self._connection.fetchval(
+            self._sql.insert_history, migration.version, migration.name, migration.checksum
+        )
+        return applied_at
+
+
+class MigrationTarget:
+    """Each step runs in its own transaction holding `pg_advisory_xact_lock` on the store's name:
+    processes opening one database at once take turns, and each re-reads the history first."""
+
+    def __init__(self, connection: Connection, sql: SQL, label: str) -> None:
+        self._connection = connection
+        self._sql = sql
+        self.label = label
+
+    async def applied(self) -> list[AppliedMigration]:
+        return await _history(self._connection, self._sql)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_Transaction]:
+        connection, sql = self._connection, self._sql
+        transaction = connection.transaction()
+        await transaction.start()
+        try:
+            await connection.execute(q.ADVISORY_LOCK, advisory_key(sql))
+            if not await connection.fetchval(q.SCHEMA_EXISTS, sql.schema):
+                await connection.execute(sql.create_schema)
+            await connection.execute(sql.create_history)
+            yield _Transaction(connection, sql)
+        except BaseException:
+            with contextlib.suppress(Exception):  # a broken connection: asyncpg resets it
+                await asyncio.shield(transaction.rollback())
+            raise
+        await asyncio.shield(transaction.commit())

@@ -1,0 +1,73 @@
+"""PostgreSQL rows as `Session`s, and encoded sessions as statement parameters. JSON crosses the
+wire as text (see `_jsonb` for how `jsonb` is kept lossless)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import _codec as codec
+from .._encoding import EncodedAppend, EncodedSession, decode_runs
+from ..models import Session, trusted_session
+from . import _sql as q
+from ._jsonb import from_db, to_db
+
+__all__ = ["appended_session", "session_columns", "session_from_row"]
+
+
+def _optional_db(data: bytes | None) -> str | None:
+    return None if data is None else to_db(data)
+
+
+def session_columns(enc: EncodedSession) -> tuple[Any, ...]:
+    """$1..$12 of the upsert statements."""
+    return (
+        enc.session_id,
+        enc.session_type,
+        enc.user_id,
+        enc.agent_id,
+        enc.team_id,
+        enc.workflow_id,
+        to_db(enc.session_data),
+        *(_optional_db(f) for f in enc.optional_json()),
+    )
+
+
+def _optional(text: str | None) -> Any:
+    return None if text is None else from_db(text)
+
+
+def _session(row: Any, session_data: Any, runs: list[Any], runs_offset: int) -> Session:
+    return trusted_session(
+        session_id=row[q.SID],
+        session_type=row[q.TYPE],
+        user_id=row[q.USER],
+        agent_id=row[q.AGENT],
+        team_id=row[q.TEAM],
+        workflow_id=row[q.WORKFLOW],
+        session_data=session_data,
+        agent_data=_optional(row[q.AGENT_DATA]),
+        team_data=_optional(row[q.TEAM_DATA]),
+        workflow_data=_optional(row[q.WORKFLOW_DATA]),
+        metadata=_optional(row[q.METADATA]),
+        summary=_optional(row[q.SUMMARY]),
+        runs=runs,
+        runs_offset=runs_offset,
+        created_at=row[q.CREATED],
+        updated_at=row[q.UPDATED],
+        version=row[q.VERSION],
+    )
+
+
+def session_from_row(row: Any, runs: str | None, runs_offset: int) -> Session:
+    """A row selected with `_sql`'s session columns and the aggregated text of its runs."""
+    decoded = [] if runs is None else from_db("[" + runs + "]")
+    return _session(row, from_db(row[q.DATA]), decoded, runs_offset)
+
+
+def appended_session(row: Any, append: EncodedAppend) -> Session:
+    """The session an append wrote: the row it returned (its `session_data` only when the append
+    kept the stored one) and the runs it sent."""
+    data = append.session_data
+    session_data = codec.loads(data) if data is not None else from_db(row[q.DATA])
+    runs = decode_runs([r.body for r in append.runs])
+    return _session(row, session_data, runs, row[q.RUN_COUNT] - len(append.runs))

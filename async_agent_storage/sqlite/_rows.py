@@ -1,0 +1,63 @@
+"""SQLite rows as `Session`s. SQLite keeps JSON text exactly as the codec wrote it, so every
+document is decoded with its big-integer mark trusted (`marked=True`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .. import _codec as codec
+from .._encoding import EncodedSession, decode_runs, session_from_encoded
+from .._time import from_us
+from ..models import Session, trusted_session
+from ._sql import AGENT, CREATED, DATA, RUN_COUNT, SID, TEAM, TYPE, UPDATED, USER, VERSION, WORKFLOW
+
+__all__ = ["StoredRow", "session_from_row", "stored_session"]
+
+StoredRow = tuple[int, int, int, int]  # created_at, updated_at, version, runs_offset
+
+
+def _loads(data: bytes | None) -> Any:
+    return None if data is None else codec.loads(data, marked=True)
+
+
+def session_from_row(
+    row: Sequence[Any], bodies: Sequence[str | bytes], runs_offset: int
+) -> Session:
+    """A row selected with `_sql.SELECT_COLUMNS`, and the bodies of its runs from `runs_offset`."""
+    return trusted_session(
+        session_id=row[SID],
+        session_type=row[TYPE],
+        user_id=row[USER],
+        agent_id=row[AGENT],
+        team_id=row[TEAM],
+        workflow_id=row[WORKFLOW],
+        session_data=codec.loads(row[DATA], marked=True),
+        agent_data=_loads(row[7]),
+        team_data=_loads(row[8]),
+        workflow_data=_loads(row[9]),
+        metadata=_loads(row[10]),
+        summary=_loads(row[11]),
+        runs=decode_runs(bodies, marked=True),
+        runs_offset=runs_offset,
+        created_at=from_us(row[CREATED]),
+        updated_at=from_us(row[UPDATED]),
+        version=row[VERSION],
+    )
+
+
+def run_count(row: Sequence[Any]) -> int:
+    count: int = row[RUN_COUNT]
+    return count
+
+
+def stored_session(enc: EncodedSession, row: StoredRow) -> Session:
+    """The session an upsert wrote, from what it sent and what the database assigned."""
+    created_us, updated_us, version, start = row
+    return session_from_encoded(
+        enc,
+        created_at=from_us(created_us),
+        updated_at=from_us(updated_us),
+        version=version,
+        runs_offset=start,
+    )
