@@ -28,7 +28,14 @@ from .errors import (
     StorageUnavailableError,
     StoreClosedError,
 )
-from .models import MigrationReport, MigrationStep, Session, SessionPage, SessionType
+from .models import (
+    MigrationReport,
+    MigrationStep,
+    Session,
+    SessionPage,
+    SessionType,
+    SessionValidationError,
+)
 from .protocol import SessionStore
 from .sqlite import SqliteStore
 
@@ -54,6 +61,7 @@ __all__ = [
     "SessionPage",
     "SessionStore",
     "SessionType",
+    "SessionValidationError",
     "SqliteStore",
     "StorageError",
     "StorageUnavailableError",

@@ -16,7 +16,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import StorageError
+from .errors import StorageError, StorageUnavailableError
 
 __all__ = ["ErrorTable", "Rule"]
 
@@ -30,6 +30,7 @@ class Rule:
     error: type[StorageError]
     hint: str = ""
     show: bool = True
+    outcome_unknown: bool = False  # a write that failed so may have been applied (maybe_committed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +56,9 @@ class ErrorTable:
                 return rule
         return self.default
 
-    def translate(self, exc: BaseException, store: Any) -> StorageError:
-        """`exc` as an error of the tree, its message naming `store` (its `label`)."""
+    def translate(self, exc: BaseException, store: Any, *, write: bool = False) -> StorageError:
+        """`exc` as an error of the tree, its message naming `store` (its `label`). `write`: the
+        call was a write (whose outcome a lost answer leaves unknown)."""
         if isinstance(exc, StorageError):
             return exc
         rule = self.rule(exc)
@@ -64,4 +66,9 @@ class ErrorTable:
         detail = text[:500] if rule.error is not StorageError else f"{type(exc).__name__}: {text}"
         parts = [p for p in (detail if rule.show else "", rule.hint.format(store=store)) if p]
         message = f"{store.label}: " + "; ".join(parts or [type(exc).__name__])
+        if issubclass(rule.error, StorageUnavailableError):
+            unknown = write and rule.outcome_unknown
+            if unknown:
+                message += "; the write may or may not have been applied"
+            return rule.error(message, maybe_committed=unknown)
         return rule.error(message)

@@ -20,6 +20,7 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "MAX_VERSION",
     "SESSION_TYPES",
+    "check_count",
     "check_id",
     "check_if_version",
     "check_int_option",
@@ -132,6 +133,13 @@ def check_if_version(if_version: object) -> int | None:
             f"if_version must be None or an int from 0 to 2**63-1, got {if_version!r}"
         )
     return if_version
+
+
+def check_count(value: object, what: str, *, low: int) -> int:
+    """A number of runs: an int from `low` to 2**31-1."""
+    if type(value) is not int or not low <= value <= 2**31 - 1:
+        raise InvalidInputError(f"{what} must be an int >= {low}, got {value!r}")
+    return value
 
 
 def check_limit(limit: object, what: str = "limit") -> int:

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple, cast
 from pydantic import BaseModel
 
 from . import _codec as codec
-from ._checks import check_id, check_optional_id, check_session_type
+from ._checks import check_id, check_if_version, check_optional_id, check_session_type
 from .errors import InvalidInputError, SerializationError
 from .models import Session, trusted_session
 
@@ -25,11 +25,13 @@ __all__ = [
     "EncodedRun",
     "EncodedSession",
     "RunList",
+    "RunSource",
     "decode_runs",
     "encode_append",
     "encode_session",
     "encode_session_data",
     "encode_sessions",
+    "merge_patch",
     "session_from_encoded",
 ]
 
@@ -38,24 +40,44 @@ JSON_FIELDS = ("agent_data", "team_data", "workflow_data", "metadata", "summary"
 
 @dataclass(slots=True)
 class EncodedRun:
-    """One run ready to store: its id and its JSON; `unchanged` when it is the run that was read
-    at this position, byte for byte (a store may then skip writing it)."""
+    """One run ready to store: its id and its JSON, exactly as given. `given` says the id came
+    from the caller (the run's own ``run_id`` key, or `run_ids`), so a retry carries it again;
+    `unchanged` that the run is the one read at this position, byte for byte (a store may then
+    skip writing it, see `RunSource`)."""
 
     run_id: str
     body: bytes
+    given: bool = True
     unchanged: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RunSource:
+    """Where a `RunList` was read from: the store (a token of the store object), the session, the
+    incarnation of its row (a new one when a session is deleted and created again) and the
+    version. Runs read there and written back unchanged, to the same incarnation at the next
+    version, are still stored as they are: the only case where a store may skip writing them."""
+
+    store: str
+    session_id: str
+    incarnation: str
+    version: int
 
 
 class RunList(list[dict[str, Any]]):
     """The runs of a session read from a store that keeps JSON text exactly, with that text
-    (`stored`, one entry per run as read). It lets `upsert` find the runs that did not change
-    without encoding them, and skip rewriting them. Otherwise an ordinary list."""
+    (`stored`, one entry per run as read) and where it was read (`source`). It lets `upsert` find
+    the runs that did not change without encoding them, and skip rewriting them. Otherwise an
+    ordinary list."""
 
-    __slots__ = ("stored",)
+    __slots__ = ("source", "stored")
 
-    def __init__(self, runs: list[dict[str, Any]], stored: tuple[bytes, ...]) -> None:
+    def __init__(
+        self, runs: list[dict[str, Any]], stored: tuple[bytes, ...], source: RunSource | None
+    ) -> None:
         super().__init__(runs)
         self.stored = stored
+        self.source = source
 
 
 @dataclass(slots=True)
@@ -77,7 +99,20 @@ class EncodedSession:
     runs: list[EncodedRun]
     runs_offset: int
     size: int
-    base_version: int = 0  # the version the session had when it was read
+    source: RunSource | None = None  # where `runs` were read, when they came from a RunList
+
+    def may_skip_unchanged(self, store: str, incarnation: str | None, previous: int) -> bool:
+        """Whether the runs marked `unchanged` are stored as they are: the session was read from
+        this store, this incarnation of its row, at the version the write replaced."""
+        source = self.source
+        return (
+            source is not None
+            and incarnation is not None
+            and source.store == store
+            and source.session_id == self.session_id
+            and source.incarnation == incarnation
+            and source.version == previous
+        )
 
     def optional_json(self) -> tuple[bytes | None, ...]:
         """agent_data, team_data, workflow_data, metadata and summary, in that order."""
@@ -89,25 +124,33 @@ class EncodedAppend(NamedTuple):
 
     session_id: str
     user_id: str | None
-    session_data: bytes | None
+    session_data: bytes | None  # replaces the stored one
+    state_patch: bytes | None  # an RFC 7396 merge patch of the stored one
+    if_version: int | None
     runs: list[EncodedRun]
+
+    @property
+    def given_ids(self) -> list[str]:
+        """The ids the caller gave: the only ones a retry can repeat."""
+        return [r.run_id for r in self.runs if r.given]
 
 
 # --- encoding ------------------------------------------------------------------------------------
 
 
-def _prepare_run(run: object, where: str) -> tuple[str, Any]:
+def _prepare_run(run: object, where: str, run_id: object) -> tuple[str, bool, Any]:
+    """(id, given, body): the run's own ``run_id`` key, else `run_id` (from `run_ids`), else a
+    new id; the body is the run as given."""
     if isinstance(run, BaseModel):
         run = run.model_dump(mode="json")
     if not isinstance(run, Mapping):
         raise InvalidInputError(f"{where} must be a dict, got {type(run).__name__}")
-    run_id = run.get("run_id")
-    if run_id is None:
-        run_id = uuid.uuid4().hex
-        run = {"run_id": run_id, **run}
-    else:
-        check_id(run_id, f"{where}.run_id")
-    return run_id, run
+    own = run.get("run_id")
+    if own is not None:
+        return check_id(own, f"{where}.run_id"), True, run
+    if run_id is not None:
+        return check_id(run_id, f"run_ids of {where}"), True, run
+    return uuid.uuid4().hex, False, run
 
 
 def check_size(size: int, *, session_id: str, max_bytes: int) -> None:
@@ -119,31 +162,59 @@ def check_size(size: int, *, session_id: str, max_bytes: int) -> None:
         )
 
 
+def _check_run_ids(run_ids: object, count: int) -> Sequence[object]:
+    if run_ids is None:
+        return ()
+    if isinstance(run_ids, str | bytes) or not isinstance(run_ids, Sequence):
+        raise InvalidInputError(f"run_ids must be a list of str, got {type(run_ids).__name__}")
+    if len(run_ids) > count:
+        raise InvalidInputError(f"run_ids has {len(run_ids)} ids for {count} runs")
+    return run_ids
+
+
 def encode_runs(
-    runs: object, *, session_id: str, max_bytes: int, base_size: int = 0
+    runs: object,
+    *,
+    session_id: str,
+    max_bytes: int,
+    base_size: int = 0,
+    run_ids: object = None,
 ) -> list[EncodedRun]:
-    """Check and encode runs. A run without a `run_id` gets one; the caller's dict is unchanged.
-    Runs of a `RunList` that still encode to the text they were read as reuse it."""
+    """Check and encode runs, each with its id (see `_prepare_run`); the caller's dicts are not
+    changed, and two runs with one id are refused. Runs of a `RunList` that still encode to the
+    text they were read as reuse it."""
     if isinstance(runs, str | bytes | Mapping) or not isinstance(runs, Sequence):
         raise InvalidInputError(f"runs must be a list of dicts, got {type(runs).__name__}")
+    ids = _check_run_ids(run_ids, len(runs))
     stored = runs.stored if isinstance(runs, RunList) else ()
     encoded: list[EncodedRun] = []
     size = base_size
     for index, run in enumerate(runs):
+        fallback = ids[index] if index < len(ids) else None
         if (
             index < len(stored)
             and type(run) is dict
-            and type(run.get("run_id")) is str
+            and type(run.get("run_id", fallback)) is str
             and codec.same_json(run, stored[index])
         ):
             data = stored[index]
-            encoded.append(EncodedRun(run["run_id"], data, unchanged=True))
+            run_id, given = run.get("run_id", fallback), True
+            encoded.append(EncodedRun(check_id(run_id, f"runs[{index}].run_id"), data, True, True))
         else:
             where = f"runs[{index}]"
-            run_id, body = _prepare_run(run, where)
+            run_id, given, body = _prepare_run(run, where, fallback)
             data = codec.dumps(body, path=where)
-            encoded.append(EncodedRun(run_id, data))
+            encoded.append(EncodedRun(run_id, data, given))
         size += len(data)
+    if len({r.run_id for r in encoded}) != len(encoded):
+        seen: set[str] = set()
+        for run in encoded:
+            if run.run_id in seen:
+                raise InvalidInputError(
+                    f"session {session_id!r}: run id {run.run_id!r} is given to two runs of one "
+                    "write"
+                )
+            seen.add(run.run_id)
     check_size(size, session_id=session_id, max_bytes=max_bytes)
     return encoded
 
@@ -163,16 +234,31 @@ def _dumps_optional(value: object, where: str) -> bytes | None:
 
 
 def encode_append(
-    session_id: object, runs: object, user_id: object, session_data: object, *, max_bytes: int
+    session_id: object,
+    runs: object,
+    *,
+    user_id: object,
+    session_data: object,
+    state_patch: object,
+    if_version: object,
+    run_ids: object,
+    max_bytes: int,
 ) -> EncodedAppend:
     """Check and encode `append_runs`' arguments, before anything is written."""
     sid = check_id(session_id, "session_id")
     uid = check_optional_id(user_id, "user_id")
+    if session_data is not None and state_patch is not None:
+        raise InvalidInputError(
+            "pass session_data (replaces the state) or state_patch (merges into it), not both"
+        )
     data = None if session_data is None else encode_session_data(session_data)
+    patch = None if state_patch is None else encode_session_data(state_patch, "state_patch")
+    expected = check_if_version(if_version)
+    extra = len(data or patch or b"")
     encoded = encode_runs(
-        runs, session_id=sid, max_bytes=max_bytes, base_size=0 if data is None else len(data)
+        runs, session_id=sid, max_bytes=max_bytes, base_size=extra, run_ids=run_ids
     )
-    return EncodedAppend(sid, uid, data, encoded)
+    return EncodedAppend(sid, uid, data, patch, expected, encoded)
 
 
 def encode_session(session: object, *, max_bytes: int) -> EncodedSession:
@@ -183,7 +269,15 @@ def encode_session(session: object, *, max_bytes: int) -> EncodedSession:
     session_data = encode_session_data(session.session_data)
     fields = [_dumps_optional(getattr(session, name), name) for name in JSON_FIELDS]
     size = len(session_data) + sum(len(f) for f in fields if f is not None)
-    runs = encode_runs(session.runs, session_id=session_id, max_bytes=max_bytes, base_size=size)
+    runs = encode_runs(
+        session.runs,
+        session_id=session_id,
+        max_bytes=max_bytes,
+        base_size=size,
+        # The ids read with the runs, while they can still line up with them: runs added at the
+        # end get new ids; a shorter list than its ids (runs removed) keeps none of them.
+        run_ids=session.run_ids if len(session.run_ids) <= len(session.runs) else None,
+    )
     size += sum(len(r.body) for r in runs)
     return EncodedSession(
         session_id=session_id,
@@ -201,7 +295,7 @@ def encode_session(session: object, *, max_bytes: int) -> EncodedSession:
         runs=runs,
         runs_offset=session.runs_offset,
         size=size,
-        base_version=session.version,
+        source=session.runs.source if isinstance(session.runs, RunList) else None,
     )
 
 
@@ -223,11 +317,14 @@ def encode_sessions(sessions: object, *, max_bytes: int) -> list[EncodedSession]
 # --- decoding ------------------------------------------------------------------------------------
 
 
-def decode_runs(bodies: Sequence[str | bytes], *, marked: bool = False) -> list[dict[str, Any]]:
+def decode_runs(
+    bodies: Sequence[str | bytes], *, marked: bool = False, source: RunSource | None = None
+) -> list[dict[str, Any]]:
     """Decode stored run bodies with one parser call. With `marked` (the bodies are exactly what
-    the codec wrote, see `_codec.loads`) the result is a `RunList` that keeps them."""
+    the codec wrote, see `_codec.loads`) the result is a `RunList` that keeps them, and where
+    they were read (`source`)."""
     if not bodies:
-        return []
+        return RunList([], (), source) if marked else []
     if isinstance(bodies[0], str):
         text = "[" + ",".join(cast(Sequence[str], bodies)) + "]"
         exact = marked and any(b[:1] == " " for b in bodies)
@@ -237,7 +334,22 @@ def decode_runs(bodies: Sequence[str | bytes], *, marked: bool = False) -> list[
     runs: list[dict[str, Any]] = codec.loads(
         b"[" + b",".join(raw) + b"]", marked=marked and not exact
     )
-    return RunList(runs, tuple(raw)) if marked else runs
+    return RunList(runs, tuple(raw), source) if marked else runs
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7396: `patch` applied to `target` (neither is changed). An object patch merges key by
+    key, a null deletes the key, anything else replaces the target. The stores apply the same
+    rule inside the database; this is the reference."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
 
 
 def _loads_optional(data: bytes | None) -> Any:
@@ -251,6 +363,7 @@ def session_from_encoded(
     updated_at: datetime,
     version: int,
     runs_offset: int,
+    source: RunSource | None = None,
 ) -> Session:
     """The stored session as a read would return it, rebuilt from what was just written."""
     return trusted_session(
@@ -266,9 +379,10 @@ def session_from_encoded(
         workflow_data=_loads_optional(enc.workflow_data),
         metadata=_loads_optional(enc.metadata),
         summary=_loads_optional(enc.summary),
-        runs=decode_runs([r.body for r in enc.runs], marked=True),
+        runs=decode_runs([r.body for r in enc.runs], marked=True, source=source),
         runs_offset=runs_offset,
         created_at=created_at,
         updated_at=updated_at,
         version=version,
+        run_ids=[r.run_id for r in enc.runs],
     )

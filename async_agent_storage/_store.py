@@ -15,7 +15,13 @@ hook                                  what the driver does
 `_read`                               one session, or None (absent / another user's)
 `_upsert`                             write one encoded session, if_version and owner checked
 `_upsert_many`                        write a batch of encoded sessions (last writer wins)
-`_append`                             append encoded runs atomically, creating the session
+`_append`                             append encoded runs atomically, creating the session; the
+                                      state replaced or merge-patched in the same write; run ids
+                                      already stored not appended again
+`_get_run`                            one run by id
+`_pop_runs`, `_truncate_runs`         remove runs from the end, or all but the last N
+`_count`                              how many sessions a `ListQuery` matches
+`_fork`                               copy a session and its history up to a run, in the database
 `_delete`                             delete one session and its runs
 `_list_page`, `_list_ids`             one listing (`ListQuery`): sessions and next key, or ids
 `_drop`                               drop the store's tables
@@ -31,16 +37,18 @@ import abc
 import asyncio
 import enum
 import inspect
+import uuid
 import warnings
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, contextmanager
 from datetime import datetime
 from types import TracebackType
-from typing import Any, ClassVar, ParamSpec, Self, TypeVar
+from typing import Any, ClassVar, Final, ParamSpec, Self, TypeVar
 
 from . import _migrations as migration_runner
 from ._boundary import ErrorTable
 from ._checks import (
+    check_count,
     check_id,
     check_if_version,
     check_last_runs,
@@ -50,7 +58,13 @@ from ._checks import (
 from ._encoding import EncodedAppend, EncodedSession, encode_append, encode_session, encode_sessions
 from ._migrations import Migration, MigrationTarget
 from ._paging import ListQuery, PageKey, list_query
-from .errors import ConfigurationError, MigrationError, StorageError, StoreClosedError
+from .errors import (
+    ConfigurationError,
+    InvalidInputError,
+    MigrationError,
+    StorageError,
+    StoreClosedError,
+)
 from .models import MigrationReport, Session, SessionPage
 
 __all__ = ["StoreBase", "StoreState"]
@@ -58,6 +72,21 @@ __all__ = ["StoreBase", "StoreState"]
 T = TypeVar("T")
 R = TypeVar("R")
 P = ParamSpec("P")
+
+
+# The calls that write: a lost answer leaves their outcome unknown (`maybe_committed`).
+_WRITES: Final = frozenset(
+    {
+        "upsert",
+        "upsert_many",
+        "append_runs",
+        "delete_session",
+        "pop_runs",
+        "truncate_runs",
+        "clear_runs",
+        "fork_session",
+    }
+)
 
 
 class StoreState(enum.Enum):
@@ -78,6 +107,8 @@ class StoreBase(abc.ABC):
     migrations: Sequence[Migration]
     auto_upgrade_schema: bool
     max_session_bytes: int
+    require_user_id: bool
+    token: str
     _state: StoreState = StoreState.NEW
     _dropped: bool = False
 
@@ -101,6 +132,7 @@ class StoreBase(abc.ABC):
         migrations: Sequence[Migration],
         auto_upgrade_schema: object,
         max_session_bytes: object,
+        require_user_id: object,
         unknown: Mapping[str, object],
     ) -> None:
         """Check the options every store has; called first by each driver's `__init__`."""
@@ -112,6 +144,12 @@ class StoreBase(abc.ABC):
             )
         self.auto_upgrade_schema = auto_upgrade_schema
         self.max_session_bytes = check_max_bytes(max_session_bytes)
+        if type(require_user_id) is not bool:
+            raise ConfigurationError(
+                f"require_user_id must be True or False, got {require_user_id!r}"
+            )
+        self.require_user_id = require_user_id
+        self.token = uuid.uuid4().hex  # this store object, for `RunSource`
         self.migrations = migrations
         self._state = StoreState.NEW
         self._dropped = False
@@ -172,6 +210,36 @@ class StoreBase(abc.ABC):
     async def _delete(self, session_id: str, user_id: str | None) -> bool: ...
 
     @abc.abstractmethod
+    async def _get_run(
+        self, session_id: str, run_id: str, user_id: str | None
+    ) -> dict[str, Any] | None: ...
+
+    @abc.abstractmethod
+    async def _pop_runs(
+        self, session_id: str, user_id: str | None, count: int
+    ) -> list[dict[str, Any]]:
+        """Remove the last `count` runs (fewer when the history is shorter) in one atomic write
+        that adds one to the version, and return them, oldest first; [] when the session is
+        absent or has no runs (then nothing is written). Another user's session:
+        `SessionOwnershipError`."""
+
+    @abc.abstractmethod
+    async def _truncate_runs(self, session_id: str, user_id: str | None, keep_last: int) -> int:
+        """Remove all runs but the last `keep_last` (atomic, one version), return how many."""
+
+    @abc.abstractmethod
+    async def _count(self, query: ListQuery) -> int: ...
+
+    @abc.abstractmethod
+    async def _fork(
+        self, session_id: str, new_session_id: str, at_run: str | None, user_id: str | None
+    ) -> Session | None:
+        """Create `new_session_id` as a copy of the session with its runs up to `at_run`
+        (included; all when None), without its runs in the result (`runs_offset` = the count).
+        None when the source is absent or another user's; `SessionConflictError` when the new id
+        exists; `InvalidInputError` when `at_run` is not in the source."""
+
+    @abc.abstractmethod
     async def _list_page(self, query: ListQuery) -> tuple[list[Session], PageKey | None]:
         """The sessions matching `query` (at most `query.limit`), newest first, and the key of
         the last one when more follow (None otherwise)."""
@@ -185,12 +253,12 @@ class StoreBase(abc.ABC):
 
     # --- the boundary -----------------------------------------------------------------------------
 
-    def _translate(self, exc: BaseException) -> StorageError:
+    def _translate(self, exc: BaseException, *, write: bool = False) -> StorageError:
         if isinstance(exc, StorageError):
             return exc
         if self._state is StoreState.CLOSED:
             return StoreClosedError(f"{self.label}: the store was closed during the call ({exc})")
-        return self._errors.translate(exc, self)
+        return self._errors.translate(exc, self, write=write)
 
     @contextmanager
     def _mapped(self) -> Iterator[None]:
@@ -225,6 +293,16 @@ class StoreBase(abc.ABC):
                 "`await store.upgrade_schema()` to create them again"
             )
 
+    def _user(self, user_id: object, what: str = "user_id") -> str | None:
+        """A checked user id; with `require_user_id`, None is refused."""
+        uid = check_optional_id(user_id, what)
+        if uid is None and self.require_user_id:
+            raise InvalidInputError(
+                f"{self.label}: this store has require_user_id=True; pass {what}=... with every "
+                "call, so that no call can reach another user's sessions"
+            )
+        return uid
+
     async def _call(
         self,
         operation: str,
@@ -240,7 +318,7 @@ class StoreBase(abc.ABC):
         except StorageError:
             raise
         except Exception as exc:
-            raise self._translate(exc) from exc
+            raise self._translate(exc, write=operation in _WRITES) from exc
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -305,7 +383,7 @@ class StoreBase(abc.ABC):
         """The session, or None when it does not exist or belongs to another user than `user_id`.
         `last_runs=N` loads only the last N runs; the cost does not grow with the history."""
         sid = check_id(session_id, "session_id")
-        uid = check_optional_id(user_id, "user_id")
+        uid = self._user(user_id)
         tail = check_last_runs(last_runs)
         return await self._call("read", self._read, sid, uid, tail)
 
@@ -319,6 +397,7 @@ class StoreBase(abc.ABC):
         `SessionOwnershipError`.
         """
         enc = encode_session(session, max_bytes=self.max_session_bytes)
+        self._user(enc.user_id, "session.user_id")
         expected = check_if_version(if_version)
         return await self._call("upsert", self._upsert, enc, expected)
 
@@ -327,6 +406,8 @@ class StoreBase(abc.ABC):
         return them as stored. Every session is checked before anything is written; another
         user's session refuses the batch (see each store for how atomic the batch is)."""
         encoded = encode_sessions(sessions, max_bytes=self.max_session_bytes)
+        for enc in encoded:
+            self._user(enc.user_id, "session.user_id")
         if not encoded:
             self._check_usable()
             return []
@@ -339,20 +420,106 @@ class StoreBase(abc.ABC):
         *,
         user_id: str | None = None,
         session_data: dict[str, Any] | None = None,
+        state_patch: dict[str, Any] | None = None,
+        if_version: int | None = None,
+        run_ids: Sequence[str] | None = None,
     ) -> Session:
-        """Append runs atomically (and replace `session_data` when given), creating the session,
-        owned by `user_id`, when it does not exist. No run is lost when many callers append at once,
-        and the cost does not grow with the history. Returns the session with only these runs."""
+        """Append runs atomically, creating the session (owned by `user_id`) when it does not
+        exist, in one write that also updates the state: `session_data` replaces it, or
+        `state_patch` merges into it inside the database (RFC 7396: a key set to None is removed,
+        nested objects merge), so concurrent turns that patch different keys all keep theirs.
+        No run is lost when many callers append at once; the cost does not grow with the history.
+
+        Runs are stored exactly as given. A run's id is its own ``run_id`` key, else the id at its
+        position in `run_ids`, else a new one. Runs whose ids the session already holds are not
+        appended again, so a call retried after `StorageUnavailableError` adds nothing twice; when
+        every run was already there, nothing is written and the session is returned as stored.
+
+        With `if_version`, the write happens only if the stored version is `if_version` (0: the
+        session must not exist); otherwise `SessionConflictError`.
+
+        Returns the session with only the runs this call appended (`runs_offset` is the position
+        of the first), and the state as it is after the write.
+        """
         append = encode_append(
-            session_id, runs, user_id, session_data, max_bytes=self.max_session_bytes
+            session_id,
+            runs,
+            user_id=self._user(user_id),
+            session_data=session_data,
+            state_patch=state_patch,
+            if_version=if_version,
+            run_ids=run_ids,
+            max_bytes=self.max_session_bytes,
         )
         return await self._call("append_runs", self._append, append)
 
     async def delete_session(self, session_id: str, *, user_id: str | None = None) -> bool:
         """Delete the session and its runs; False when it is absent or another user's."""
         sid = check_id(session_id, "session_id")
-        uid = check_optional_id(user_id, "user_id")
+        uid = self._user(user_id)
         return await self._call("delete_session", self._delete, sid, uid)
+
+    # --- runs -----------------------------------------------------------------------------------
+
+    async def get_run(
+        self, session_id: str, run_id: str, *, user_id: str | None = None
+    ) -> dict[str, Any] | None:
+        """One run of the session by its id, as written; None when the session or the run is
+        absent, or the session is another user's."""
+        sid = check_id(session_id, "session_id")
+        rid = check_id(run_id, "run_id")
+        uid = self._user(user_id)
+        return await self._call("get_run", self._get_run, sid, rid, uid)
+
+    async def pop_runs(
+        self, session_id: str, n: int = 1, *, user_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Remove the last `n` runs in one atomic write and return them, oldest first (fewer when
+        the history is shorter; [] and no write when the session is absent or has no runs). The
+        version goes up by one. Another user's session: `SessionOwnershipError`."""
+        sid = check_id(session_id, "session_id")
+        count = check_count(n, "n", low=1)
+        uid = self._user(user_id)
+        return await self._call("pop_runs", self._pop_runs, sid, uid, count)
+
+    async def truncate_runs(
+        self, session_id: str, *, keep_last: int, user_id: str | None = None
+    ) -> int:
+        """Remove every run but the last `keep_last`, in one atomic write (one version), keeping
+        the state and metadata; returns how many were removed (0: nothing written). The kept runs
+        move to the start of the history."""
+        sid = check_id(session_id, "session_id")
+        keep = check_count(keep_last, "keep_last", low=0)
+        uid = self._user(user_id)
+        return await self._call("truncate_runs", self._truncate_runs, sid, uid, keep)
+
+    async def clear_runs(self, session_id: str, *, user_id: str | None = None) -> int:
+        """Remove every run, keeping the state and metadata; returns how many were removed."""
+        sid = check_id(session_id, "session_id")
+        uid = self._user(user_id)
+        return await self._call("clear_runs", self._truncate_runs, sid, uid, 0)
+
+    async def fork_session(
+        self,
+        session_id: str,
+        new_session_id: str,
+        *,
+        at_run: str | None = None,
+        user_id: str | None = None,
+    ) -> Session | None:
+        """A new session `new_session_id`: a copy of the session (state, metadata, owner) with its
+        history up to the run `at_run` (included; all of it when None), made inside the database
+        (the history does not travel through Python). Returns the new session without its runs
+        (`run_count` says how many it has); None when the source is absent or another user's.
+        `SessionConflictError` when `new_session_id` exists; `InvalidInputError` when `at_run` is
+        not a run of the source."""
+        sid = check_id(session_id, "session_id")
+        new_sid = check_id(new_session_id, "new_session_id")
+        run = None if at_run is None else check_id(at_run, "at_run")
+        uid = self._user(user_id)
+        if new_sid == sid:
+            raise InvalidInputError("new_session_id must differ from session_id")
+        return await self._call("fork_session", self._fork, sid, new_sid, run, uid)
 
     # --- listing --------------------------------------------------------------------------------
 
@@ -371,7 +538,7 @@ class StoreBase(abc.ABC):
         Pass `next_cursor` back with the same filters for the next page; pages do not shift when
         sessions are written between calls. Runs are loaded only with `include_runs`."""
         query = list_query(
-            user_id=user_id,
+            user_id=self._user(user_id),
             session_type=session_type,
             entity_id=entity_id,
             updated_after=updated_after,
@@ -387,7 +554,7 @@ class StoreBase(abc.ABC):
         self, *, user_id: str | None = None, entity_id: str | None = None
     ) -> list[str]:
         """Ids of the matching sessions, most recently updated first."""
-        query = list_query(user_id=user_id, entity_id=entity_id)
+        query = list_query(user_id=self._user(user_id), entity_id=entity_id)
         return await self._call("get_all_session_ids", self._list_ids, query)
 
     async def get_all_sessions(
@@ -398,7 +565,9 @@ class StoreBase(abc.ABC):
         include_runs: bool = False,
     ) -> list[Session]:
         """The matching sessions, most recently updated first; runs only with `include_runs`."""
-        query = list_query(user_id=user_id, entity_id=entity_id, include_runs=include_runs)
+        query = list_query(
+            user_id=self._user(user_id), entity_id=entity_id, include_runs=include_runs
+        )
         sessions, _ = await self._call("get_all_sessions", self._list_page, query)
         return sessions
 
@@ -412,10 +581,28 @@ class StoreBase(abc.ABC):
     ) -> list[Session]:
         """The `limit` most recently updated matching sessions."""
         query = list_query(
-            user_id=user_id, entity_id=entity_id, limit=limit, include_runs=include_runs
+            user_id=self._user(user_id), entity_id=entity_id, limit=limit, include_runs=include_runs
         )
         sessions, _ = await self._call("get_recent_sessions", self._list_page, query)
         return sessions
+
+    async def count_sessions(
+        self,
+        *,
+        user_id: str | None = None,
+        session_type: str | None = None,
+        entity_id: str | None = None,
+        updated_after: datetime | None = None,
+    ) -> int:
+        """How many sessions match these filters (the ones of `list_sessions`), counted in the
+        database."""
+        query = list_query(
+            user_id=self._user(user_id),
+            session_type=session_type,
+            entity_id=entity_id,
+            updated_after=updated_after,
+        )
+        return await self._call("count_sessions", self._count, query)
 
     # --- schema ---------------------------------------------------------------------------------
 

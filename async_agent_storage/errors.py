@@ -83,7 +83,16 @@ class MigrationError(StorageError):
 
 class StorageUnavailableError(StorageError):
     """The database cannot be reached right now: connection refused or lost, pool exhausted,
-    database locked past the busy timeout. Usually worth retrying later; never means "not found"."""
+    database locked past the busy timeout. Usually worth retrying later; never means "not found".
+
+    `maybe_committed` is True when a write was sent and the answer lost (the connection broke, a
+    timeout expired): it may have been applied. Retrying `append_runs` with the same run ids is
+    then safe (the runs already stored are not appended twice); for other writes, read first.
+    """
+
+    def __init__(self, message: str, *, maybe_committed: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_committed = maybe_committed
 
 
 class StoreClosedError(StorageError):

@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import InvalidInputError
 
 __all__ = [
     "MAX_IDENTIFIER_LENGTH",
@@ -14,6 +16,7 @@ __all__ = [
     "Session",
     "SessionPage",
     "SessionType",
+    "SessionValidationError",
     "trusted_session",
 ]
 
@@ -32,6 +35,18 @@ Identifier = Annotated[
 ]
 
 
+class SessionValidationError(InvalidInputError):
+    """A `Session` was built with invalid values. `errors()` lists them as pydantic does; the
+    pydantic `ValidationError` is the `__cause__`."""
+
+    def __init__(self, error: ValidationError) -> None:
+        super().__init__(str(error))
+        self._error = error
+
+    def errors(self) -> list[Any]:
+        return list(self._error.errors())
+
+
 class Session(BaseModel):
     """One agent, team or workflow session: its history (`runs`), its state and its metadata.
 
@@ -41,10 +56,24 @@ class Session(BaseModel):
 
     A session read with `read(..., last_runs=N)` or listed without runs holds only the tail of
     its history: `runs_offset` is the position of ``runs[0]`` in the whole history. Writing such
-    a session back with `upsert` replaces only that tail and keeps the older runs.
+    a session back with `upsert` replaces only that tail and keeps the older runs. `runs_offset`
+    is a field like the others, so it survives `model_dump()` and JSON round trips (through a web
+    API, say) and a later `upsert` never truncates the history by accident.
+
+    Runs come back exactly as they were written. Each has an id, kept beside it in `run_ids`: the
+    run's own ``run_id`` key when it has one, else the id the store assigned when it wrote it.
+
+    Invalid values raise `SessionValidationError`, which is both pydantic's kind of error report
+    (`.errors()`) and an `InvalidInputError` (so also a `ValueError`).
     """
 
     model_config = ConfigDict(extra="forbid")
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise SessionValidationError(exc) from exc
 
     session_id: Identifier
     session_type: SessionType = "agent"
@@ -62,18 +91,18 @@ class Session(BaseModel):
     created_at: datetime | None = None
     updated_at: datetime | None = None
     version: int = Field(default=0, ge=0)
-
-    _runs_offset: int = PrivateAttr(default=0)
-
-    @property
-    def runs_offset(self) -> int:
-        """Position of ``runs[0]`` in the session's whole history (0 when `runs` is all of it)."""
-        return self._runs_offset
+    runs_offset: int = Field(default=0, ge=0)
+    """Position of ``runs[0]`` in the session's whole history (0 when `runs` is all of it)."""
+    run_ids: list[Identifier] = Field(default_factory=list)
+    """The ids of `runs`, in order, as stored (empty on a session not written yet). `upsert`
+    keeps them for the runs without a ``run_id`` key while they can line up with `runs`: runs
+    added at the end get new ids; when runs were removed (fewer runs than ids), every run without
+    a ``run_id`` key gets a new id."""
 
     @property
     def run_count(self) -> int:
         """Number of runs in the whole history, including those not loaded."""
-        return self._runs_offset + len(self.runs)
+        return self.runs_offset + len(self.runs)
 
 
 _SESSION_FIELDS = frozenset(Session.model_fields)
@@ -98,6 +127,7 @@ def trusted_session(
     created_at: datetime,
     updated_at: datetime,
     version: int,
+    run_ids: list[str],
 ) -> Session:
     """A `Session` from trusted, decoded stored values, without validation: the drivers' hot path.
 
@@ -126,11 +156,13 @@ def trusted_session(
             "created_at": created_at,
             "updated_at": updated_at,
             "version": version,
+            "runs_offset": runs_offset,
+            "run_ids": run_ids,
         },
     )
     object.__setattr__(session, "__pydantic_fields_set__", set(_SESSION_FIELDS))
     object.__setattr__(session, "__pydantic_extra__", None)
-    object.__setattr__(session, "__pydantic_private__", {"_runs_offset": runs_offset})
+    object.__setattr__(session, "__pydantic_private__", None)
     return session
 
 

@@ -60,9 +60,57 @@ class SessionStore(Protocol):
         *,
         user_id: str | None = None,
         session_data: dict[str, Any] | None = None,
+        state_patch: dict[str, Any] | None = None,
+        if_version: int | None = None,
+        run_ids: Sequence[str] | None = None,
     ) -> Session:
-        """Atomically append runs (and replace `session_data` when given), creating the session when
-        missing. Cost does not grow with the history. Returns the session with only these runs."""
+        """Atomically append runs and update the state (`session_data` replaces it, `state_patch`
+        merges into it in the database), creating the session when missing. Run ids already
+        stored are not appended again. Returns the session with only these runs."""
+        ...
+
+    async def get_run(
+        self, session_id: str, run_id: str, *, user_id: str | None = None
+    ) -> dict[str, Any] | None:
+        """One run by id, as written; None when absent."""
+        ...
+
+    async def pop_runs(
+        self, session_id: str, n: int = 1, *, user_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Remove and return the last `n` runs, atomically."""
+        ...
+
+    async def truncate_runs(
+        self, session_id: str, *, keep_last: int, user_id: str | None = None
+    ) -> int:
+        """Remove all runs but the last `keep_last`; returns how many were removed."""
+        ...
+
+    async def clear_runs(self, session_id: str, *, user_id: str | None = None) -> int:
+        """Remove every run, keeping the state; returns how many were removed."""
+        ...
+
+    async def fork_session(
+        self,
+        session_id: str,
+        new_session_id: str,
+        *,
+        at_run: str | None = None,
+        user_id: str | None = None,
+    ) -> Session | None:
+        """A copy of the session with its history up to `at_run`, made in the database."""
+        ...
+
+    async def count_sessions(
+        self,
+        *,
+        user_id: str | None = None,
+        session_type: str | None = None,
+        entity_id: str | None = None,
+        updated_after: datetime | None = None,
+    ) -> int:
+        """How many sessions match the filters of `list_sessions`."""
         ...
 
     async def get_all_session_ids(

@@ -34,8 +34,10 @@ _TOO_LARGE: Final = Rule(
 )
 _UNREACHABLE: Final = Rule(StorageUnavailableError, "MongoDB cannot be reached")
 _NO_ANSWER: Final = Rule(
-    StorageUnavailableError,
-    "MongoDB did not answer in the time allowed; a write may or may not have been applied",
+    StorageUnavailableError, "MongoDB did not answer in the time allowed", outcome_unknown=True
+)
+_LOST: Final = Rule(
+    StorageUnavailableError, "the connection to MongoDB broke", outcome_unknown=True
 )
 _CREDENTIALS: Final = Rule(
     ConfigurationError, "MongoDB refused the credentials or the rights of this user"
@@ -62,18 +64,18 @@ ERRORS: Final = ErrorTable(
         13: _CREDENTIALS,  # Unauthorized
         18: _CREDENTIALS,  # AuthenticationFailed
         50: _NO_ANSWER,  # MaxTimeMSExpired (operation_timeout)
-        91: _UNREACHABLE,  # ShutdownInProgress
-        189: _UNREACHABLE,  # PrimarySteppedDown
-        10107: _UNREACHABLE,  # NotWritablePrimary
+        91: _LOST,  # ShutdownInProgress
+        189: _LOST,  # PrimarySteppedDown
+        10107: _UNREACHABLE,  # NotWritablePrimary: refused before writing
         13435: _UNREACHABLE,  # NotPrimaryNoSecondaryOk
-        11602: _UNREACHABLE,  # InterruptedDueToReplStateChange
+        11602: _LOST,  # InterruptedDueToReplStateChange
     },
     code_of=_server_code,
     classes=[
         (DocumentTooLarge, _TOO_LARGE),
         (ServerSelectionTimeoutError, _UNREACHABLE),
         ((NetworkTimeout, ExecutionTimeout, WTimeoutError), _NO_ANSWER),
-        (ConnectionFailure, _UNREACHABLE),
+        (ConnectionFailure, _LOST),
         ((PyMongoConfigurationError, InvalidURI), Rule(ConfigurationError)),
         (
             InvalidOperation,

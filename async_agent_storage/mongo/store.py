@@ -102,7 +102,9 @@ class MongoStore(StoreBase):
       calls wait. A write that times out may or may not have been applied.
     - `auto_upgrade_schema`: upgrade an older schema at `open()`; without it `open()` raises
       `MigrationError` on an older schema. A missing schema is always created.
-    - `max_session_bytes`: the largest JSON payload one write may carry. One write is also one
+    - `max_session_bytes`: the largest JSON payload one write may carry.
+    - `require_user_id`: refuse every call made without a `user_id` (`InvalidInputError`), for
+      multi-tenant servers where no call may reach another user's sessions. One write is also one
       document update, so it must fit MongoDB's 16 MiB document limit.
     - `migration_lock_timeout`: seconds to wait for another process's migration lease.
     - `client_options`: more keyword arguments for `AsyncMongoClient` (TLS, auth...).
@@ -126,12 +128,14 @@ class MongoStore(StoreBase):
         operation_timeout: float | None = None,
         migration_lock_timeout: float = 120.0,
         client_options: Mapping[str, Any] | None = None,
+        require_user_id: bool = False,
         **unknown: Never,
     ) -> None:
         self._setup(
             migrations=MIGRATIONS,
             auto_upgrade_schema=auto_upgrade_schema,
             max_session_bytes=max_session_bytes,
+            require_user_id=require_user_id,
             unknown=unknown,
         )
         self.collection_name = check_name(collection_name, "collection_name")

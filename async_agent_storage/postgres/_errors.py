@@ -20,6 +20,8 @@ from ..errors import (
 __all__ = ["ERRORS"]
 
 _UNAVAILABLE: Final = Rule(StorageUnavailableError)
+# The connection broke or a timeout expired, possibly after the statement was sent.
+_LOST: Final = Rule(StorageUnavailableError, outcome_unknown=True)
 _CHECK_URL: Final = Rule(ConfigurationError, "check db_url")
 _NOT_AS_MADE: Final = Rule(
     MigrationError,
@@ -40,8 +42,8 @@ ERRORS: Final = ErrorTable(
         "25006": Rule(StorageUnavailableError, "the server is read-only; is db_url a standby?"),
         "28": _CHECK_URL,  # invalid authorization: user, password
         "3D": _CHECK_URL,  # invalid catalog name: no such database
-        "08": _UNAVAILABLE,  # connection exception
-        "57": _UNAVAILABLE,  # operator intervention: shutdown, terminated, cannot connect now
+        "08": _LOST,  # connection exception
+        "57": _LOST,  # operator intervention: shutdown, terminated, cannot connect now
         "53": _UNAVAILABLE,  # insufficient resources: too many connections, disk full
         "40": Rule(
             StorageUnavailableError, "nothing was written; retry"
@@ -58,12 +60,19 @@ ERRORS: Final = ErrorTable(
                 "the statement did not finish within command_timeout={store.command_timeout}; "
                 "it was cancelled",
                 show=False,
+                outcome_unknown=True,
             ),
         ),
         (asyncpg.ClientConfigurationError, _CHECK_URL),
         (ClientDataError, Rule(SerializationError, "asyncpg refused a value")),
-        (asyncpg.InternalClientError, Rule(StorageUnavailableError, "the connection broke")),
-        (asyncpg.InterfaceError, Rule(StorageUnavailableError, "the connection is not usable")),
-        (OSError, _UNAVAILABLE),  # refused, reset, unreachable
+        (
+            asyncpg.InternalClientError,
+            Rule(StorageUnavailableError, "the connection broke", outcome_unknown=True),
+        ),
+        (
+            asyncpg.InterfaceError,
+            Rule(StorageUnavailableError, "the connection is not usable", outcome_unknown=True),
+        ),
+        (OSError, _LOST),  # refused, reset, unreachable
     ],
 )

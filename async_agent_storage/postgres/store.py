@@ -74,6 +74,8 @@ class PostgresStore(StoreBase):
     - `auto_upgrade_schema`: upgrade an older schema at `open()`; without it `open()` raises
       `MigrationError` on an older schema. A missing schema is always created.
     - `max_session_bytes`: the largest JSON payload one write may carry.
+    - `require_user_id`: refuse every call made without a `user_id` (`InvalidInputError`), for
+      multi-tenant servers where no call may reach another user's sessions.
     """
 
     backend: ClassVar[str] = "postgresql"
@@ -94,12 +96,14 @@ class PostgresStore(StoreBase):
         auto_upgrade_schema: bool = False,
         pool: asyncpg.Pool | None = None,
         max_session_bytes: int = codec.DEFAULT_MAX_SESSION_BYTES,
+        require_user_id: bool = False,
         **unknown: Never,
     ) -> None:
         self._setup(
             migrations=MIGRATIONS,
             auto_upgrade_schema=auto_upgrade_schema,
             max_session_bytes=max_session_bytes,
+            require_user_id=require_user_id,
             unknown=unknown,
         )
         self.table_name = check_name(table_name)

@@ -116,6 +116,17 @@ MIGRATIONS: tuple[Migration, ...] = (
             'CREATE UNIQUE INDEX "{table}_runs_key" ON "{table}_runs" (session_id, seq)',
         ),
     ),
+    Migration(
+        version=4,
+        name="run ids and row incarnations",
+        steps=(
+            # A run is found by its id (get_run, and the retry check of append_runs).
+            'CREATE INDEX "{table}_runs_id" ON "{table}_runs" (session_id, run_id)',
+            # A new id each time a session row is created: a session deleted and created again
+            # is another incarnation, whose runs a copy read from the old one must not skip.
+            'ALTER TABLE "{table}" ADD COLUMN incarnation TEXT',
+        ),
+    ),
 )
 
 

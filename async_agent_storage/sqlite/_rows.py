@@ -7,14 +7,28 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import _codec as codec
-from .._encoding import EncodedSession, decode_runs, session_from_encoded
+from .._encoding import EncodedSession, RunSource, decode_runs, session_from_encoded
 from .._time import from_us
 from ..models import Session, trusted_session
-from ._sql import AGENT, CREATED, DATA, RUN_COUNT, SID, TEAM, TYPE, UPDATED, USER, VERSION, WORKFLOW
+from ._sql import (
+    AGENT,
+    CREATED,
+    DATA,
+    INCARNATION,
+    RUN_COUNT,
+    SID,
+    TEAM,
+    TYPE,
+    UPDATED,
+    USER,
+    VERSION,
+    WORKFLOW,
+)
 
 __all__ = ["StoredRow", "session_from_row", "stored_session"]
 
-StoredRow = tuple[int, int, int, int]  # created_at, updated_at, version, runs_offset
+StoredRow = tuple[int, int, int, int, str | None]
+"""What an upsert wrote: created_at, updated_at, version, runs_offset, incarnation."""
 
 
 def _loads(data: bytes | None) -> Any:
@@ -22,9 +36,16 @@ def _loads(data: bytes | None) -> Any:
 
 
 def session_from_row(
-    row: Sequence[Any], bodies: Sequence[str | bytes], runs_offset: int
+    row: Sequence[Any],
+    bodies: Sequence[str | bytes],
+    run_ids: list[str],
+    runs_offset: int,
+    store: str,
 ) -> Session:
-    """A row selected with `_sql.SELECT_COLUMNS`, and the bodies of its runs from `runs_offset`."""
+    """A row selected with `_sql.SELECT_COLUMNS`, and its runs from `runs_offset` (bodies and ids).
+    `store` is the token of the store that read it (see `RunSource`)."""
+    incarnation = row[INCARNATION]
+    source = None if incarnation is None else RunSource(store, row[SID], incarnation, row[VERSION])
     return trusted_session(
         session_id=row[SID],
         session_type=row[TYPE],
@@ -38,11 +59,12 @@ def session_from_row(
         workflow_data=_loads(row[9]),
         metadata=_loads(row[10]),
         summary=_loads(row[11]),
-        runs=decode_runs(bodies, marked=True),
+        runs=decode_runs(bodies, marked=True, source=source),
         runs_offset=runs_offset,
         created_at=from_us(row[CREATED]),
         updated_at=from_us(row[UPDATED]),
         version=row[VERSION],
+        run_ids=run_ids,
     )
 
 
@@ -51,13 +73,15 @@ def run_count(row: Sequence[Any]) -> int:
     return count
 
 
-def stored_session(enc: EncodedSession, row: StoredRow) -> Session:
+def stored_session(enc: EncodedSession, row: StoredRow, store: str) -> Session:
     """The session an upsert wrote, from what it sent and what the database assigned."""
-    created_us, updated_us, version, start = row
+    created_us, updated_us, version, start, incarnation = row
+    source = None if incarnation is None else RunSource(store, enc.session_id, incarnation, version)
     return session_from_encoded(
         enc,
         created_at=from_us(created_us),
         updated_at=from_us(updated_us),
         version=version,
         runs_offset=start,
+        source=source,
     )

@@ -13,7 +13,8 @@ from .._paging import ListQuery
 
 COLUMNS = (
     "session_id, session_type, user_id, agent_id, team_id, workflow_id, session_data, agent_data, "
-    "team_data, workflow_data, metadata, summary, created_at, updated_at, version, run_count"
+    "team_data, workflow_data, metadata, summary, created_at, updated_at, version, run_count, "
+    "incarnation"
 )
 # JSON comes back as bytes (CAST AS BLOB): orjson reads UTF-8 bytes directly, which saves making a
 # str of every document only to encode it again.
@@ -21,20 +22,40 @@ SELECT_COLUMNS = (
     "session_id, session_type, user_id, agent_id, team_id, workflow_id, "
     "CAST(session_data AS BLOB), CAST(agent_data AS BLOB), CAST(team_data AS BLOB), "
     "CAST(workflow_data AS BLOB), CAST(metadata AS BLOB), CAST(summary AS BLOB), "
-    "created_at, updated_at, version, run_count"
+    "created_at, updated_at, version, run_count, incarnation"
 )
 # Positions in a row selected with SELECT_COLUMNS.
 SID, TYPE, USER, AGENT, TEAM, WORKFLOW, DATA = 0, 1, 2, 3, 4, 5, 6
-CREATED, UPDATED, VERSION, RUN_COUNT = 12, 13, 14, 15
+CREATED, UPDATED, VERSION, RUN_COUNT, INCARNATION = 12, 13, 14, 15, 16
+
+# The session_data an append leaves: ?1 replaces it, ?2 (an RFC 7396 merge patch) is merged into
+# it by SQLite's json_patch, which keeps numbers and strings exactly as written. A document that
+# held (or receives) integers beyond 64 bits keeps the codec's leading-space mark, so that it is
+# read with the exact parser (see `_codec.loads`).
+_NEW_DATA = """CASE
+        WHEN ?1 IS NOT NULL THEN ?1
+        WHEN ?2 IS NOT NULL THEN
+            (CASE WHEN substr({old}, 1, 1) = ' ' OR substr(?2, 1, 1) = ' ' THEN ' ' ELSE '' END)
+            || json_patch({old}, ?2)
+        ELSE {old} END"""
 
 _SELECT_SESSION = 'SELECT {select} FROM "{t}" WHERE session_id = ?'
-_SELECT_OWNER = 'SELECT user_id, version, run_count, created_at FROM "{t}" WHERE session_id = ?'
-_SELECT_RUNS_FROM = (
-    'SELECT CAST(body AS BLOB) FROM "{t}_runs" WHERE session_id = ? AND seq >= ? ORDER BY seq'
-)
+_SELECT_OWNER = 'SELECT user_id, version, run_count, incarnation FROM "{t}" WHERE session_id = ?'
+_SELECT_RUNS_FROM = """
+    SELECT CAST(body AS BLOB), run_id FROM "{t}_runs" WHERE session_id = ? AND seq >= ? ORDER BY seq
+"""
+# The runs of a session whose ids are in ?2 (a JSON array): an append's retry check.
+_SELECT_RUN_IDS = """
+    SELECT run_id, seq, CAST(body AS BLOB) FROM "{t}_runs"
+    WHERE session_id = ?1 AND run_id IN (SELECT value FROM json_each(?2))
+"""
+_SELECT_RUN = """
+    SELECT CAST(r.body AS BLOB) FROM "{t}_runs" r JOIN "{t}" s ON s.session_id = r.session_id
+    WHERE r.session_id = ?1 AND r.run_id = ?2 AND (?3 IS NULL OR s.user_id = ?3)
+"""
 _INSERT_SESSION = """
     INSERT INTO "{t}" ({cols})
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 # Ownership and if_version are checked by the UPDATE itself; no row back means one of them failed
 # (or the session does not exist) and only then is the row read to say which. Runs before the
@@ -45,19 +66,44 @@ _UPDATE_SESSION = """
         session_data = ?, agent_data = ?, team_data = ?, workflow_data = ?, metadata = ?,
         summary = ?, updated_at = ?, version = version + 1, run_count = min(run_count, ?) + ?
     WHERE session_id = ? AND user_id IS ? AND (? IS NULL OR version = ?)
-    RETURNING created_at, version, run_count
+    RETURNING created_at, version, run_count, incarnation
 """
+# append_runs: ?1 session_data, ?2 state_patch, ?3 now, ?4 runs appended, ?5 session_id,
+# ?6 user_id (NULL: no owner check; the owner of a new session), ?7 if_version, ?8 incarnation.
 _APPEND_INSERT = """
     INSERT INTO "{t}" ({cols})
-    VALUES (?, 'agent', ?, NULL, NULL, NULL, coalesce(?, '{{}}'), NULL, NULL, NULL, NULL, NULL,
-            ?, ?, 1, ?)
+    VALUES (?5, 'agent', ?6, NULL, NULL, NULL, {new_data_insert}, NULL, NULL, NULL,
+            NULL, NULL, ?3, ?3, 1, ?4, ?8)
     RETURNING {select}
 """
 _APPEND_UPDATE = """
-    UPDATE "{t}" SET session_data = coalesce(?, session_data), updated_at = ?,
-        version = version + 1, run_count = run_count + ?
-    WHERE session_id = ? AND (? IS NULL OR user_id = ?)
+    UPDATE "{t}" SET session_data = {new_data}, updated_at = ?3,
+        version = version + 1, run_count = run_count + ?4
+    WHERE session_id = ?5 AND (?6 IS NULL OR user_id = ?6) AND (?7 IS NULL OR version = ?7)
     RETURNING {select}
+"""
+# pop_runs, truncate_runs, clear_runs: the history shrinks to ?2 runs.
+_SHRINK = """
+    UPDATE "{t}" SET run_count = ?2, version = version + 1, updated_at = ?3 WHERE session_id = ?1
+"""
+_DELETE_RUNS_BEFORE = 'DELETE FROM "{t}_runs" WHERE session_id = ? AND seq < ?'
+# Runs moved to the start of the history in two passes (negative seqs in between), so that no
+# two rows ever hold one (session_id, seq).
+_MOVE_RUNS_DOWN = """
+    UPDATE "{t}_runs" SET seq = -1 - (seq - ?2) WHERE session_id = ?1 AND seq >= ?2
+"""
+_MOVE_RUNS_BACK = 'UPDATE "{t}_runs" SET seq = -1 - seq WHERE session_id = ?1 AND seq < 0'
+# fork_session: ?1 the new id, ?2 the source id, ?3 now, ?4 runs copied, ?5 incarnation.
+_FORK_SESSION = """
+    INSERT INTO "{t}" ({cols})
+    SELECT ?1, session_type, user_id, agent_id, team_id, workflow_id, session_data, agent_data,
+        team_data, workflow_data, metadata, summary, ?3, ?3, 1, ?4, ?5
+    FROM "{t}" WHERE session_id = ?2
+    RETURNING {select}
+"""
+_FORK_RUNS = """
+    INSERT INTO "{t}_runs" (session_id, seq, run_id, body)
+    SELECT ?1, seq, run_id, body FROM "{t}_runs" WHERE session_id = ?2 AND seq < ?3
 """
 _INSERT_RUN = 'INSERT INTO "{t}_runs" (session_id, seq, run_id, body) VALUES (?, ?, ?, ?)'
 # Rewriting a run that did not change costs a lookup, not a page write.
@@ -96,10 +142,18 @@ class SQL:
     select_session: str
     select_owner: str
     select_runs_from: str
+    select_run_ids: str
+    select_run: str
     insert_session: str
     update_session: str
     append_insert: str
     append_update: str
+    shrink: str
+    delete_runs_before: str
+    move_runs_down: str
+    move_runs_back: str
+    fork_session: str
+    fork_runs: str
     insert_run: str
     upsert_run: str
     delete_runs_from: str
@@ -115,7 +169,13 @@ class SQL:
     @classmethod
     def for_table(cls, table: str) -> SQL:
         def f(template: str) -> str:
-            return template.format(t=table, cols=COLUMNS, select=SELECT_COLUMNS)
+            return template.format(
+                t=table,
+                cols=COLUMNS,
+                select=SELECT_COLUMNS,
+                new_data=_NEW_DATA.format(old="session_data"),
+                new_data_insert=_NEW_DATA.format(old="'{}'"),
+            )
 
         return cls(
             table=table,
@@ -123,10 +183,18 @@ class SQL:
             select_session=f(_SELECT_SESSION),
             select_owner=f(_SELECT_OWNER),
             select_runs_from=f(_SELECT_RUNS_FROM),
+            select_run_ids=f(_SELECT_RUN_IDS),
+            select_run=f(_SELECT_RUN),
             insert_session=f(_INSERT_SESSION),
             update_session=f(_UPDATE_SESSION),
             append_insert=f(_APPEND_INSERT),
             append_update=f(_APPEND_UPDATE),
+            shrink=f(_SHRINK),
+            delete_runs_before=f(_DELETE_RUNS_BEFORE),
+            move_runs_down=f(_MOVE_RUNS_DOWN),
+            move_runs_back=f(_MOVE_RUNS_BACK),
+            fork_session=f(_FORK_SESSION),
+            fork_runs=f(_FORK_RUNS),
             insert_run=f(_INSERT_RUN),
             upsert_run=f(_UPSERT_RUN),
             delete_runs_from=f(_DELETE_RUNS_FROM),
@@ -144,7 +212,9 @@ class SQL:
             ),
         )
 
-    def listing(self, query: ListQuery, *, ids_only: bool = False) -> tuple[str, list[Any]]:
+    def listing(
+        self, query: ListQuery, *, ids_only: bool = False, count: bool = False
+    ) -> tuple[str, list[Any]]:
         """A keyset listing: filters, then `(updated_at, session_id) < cursor`, newest first.
         Fetches one row more than the limit so the caller knows whether a next page exists."""
         where: list[str] = []
@@ -164,9 +234,12 @@ class SQL:
         if query.after is not None:
             where.append("(updated_at, session_id) < (?, ?)")
             params += list(query.after)
-        sql = f'SELECT {"session_id" if ids_only else SELECT_COLUMNS} FROM "{self.table}"'
+        columns = "count(*)" if count else "session_id" if ids_only else SELECT_COLUMNS
+        sql = f'SELECT {columns} FROM "{self.table}"'
         if where:
             sql += " WHERE " + " AND ".join(where)
+        if count:
+            return sql, params
         sql += " ORDER BY updated_at DESC, session_id DESC"
         if query.limit is not None:
             sql += " LIMIT ?"

@@ -8,43 +8,77 @@ Ownership and `if_version` are part of each write's conditions; when a write cha
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from .._encoding import EncodedSession
+import orjson
+
+from .._encoding import EncodedAppend, EncodedSession
 from .._paging import ListQuery
-from .._rules import RETRY, OwnerRule, Stored, Verdict, decide
+from .._rules import RETRY, OwnerRule, Stored, Verdict, conflict, decide
 from .._time import now_us
+from ..errors import InvalidInputError
 from ..models import Session
 from ._rows import StoredRow, run_count, session_from_row
-from ._sql import SID, SQL, USER
+from ._sql import SID, SQL, USER, VERSION
 
 __all__ = [
+    "Appended",
     "append",
+    "count",
     "delete",
     "drop",
+    "fork",
+    "get_run",
     "list_ids",
     "list_sessions",
+    "pop_runs",
     "read_session",
+    "truncate_runs",
     "upsert",
 ]
 
+Appended = tuple[Sequence[Any], int, list[bytes], list[str]]
+"""What an append returns: the session row, the position of the first run, the runs' bodies and
+ids (those appended, or on a retry those already stored)."""
+
+
+def _new_incarnation() -> str:
+    return uuid.uuid4().hex
+
+
+def _runs_from(
+    sql: SQL, session_id: str, start: int, db: sqlite3.Connection
+) -> tuple[list[bytes], list[str]]:
+    bodies: list[bytes] = []
+    ids: list[str] = []
+    for body, run_id in db.execute(sql.select_runs_from, (session_id, start)):
+        bodies.append(body)
+        ids.append(run_id)
+    return bodies, ids
+
 
 def read_session(
-    sql: SQL, session_id: str, user_id: str | None, last_runs: int | None, db: sqlite3.Connection
+    sql: SQL,
+    store: str,
+    session_id: str,
+    user_id: str | None,
+    last_runs: int | None,
+    db: sqlite3.Connection,
 ) -> Session | None:
     row = db.execute(sql.select_session, (session_id,)).fetchone()
     if row is None or (user_id is not None and row[USER] != user_id):
         return None
-    count = run_count(row)
-    start = 0 if last_runs is None else max(0, count - last_runs)
-    bodies = []
-    if start < count:
-        bodies = [r[0] for r in db.execute(sql.select_runs_from, (session_id, start))]
-    return session_from_row(row, bodies, start)
+    total = run_count(row)
+    start = 0 if last_runs is None else max(0, total - last_runs)
+    bodies, ids = _runs_from(sql, session_id, start, db) if start < total else ([], [])
+    return session_from_row(row, bodies, ids, start, store)
 
 
-def list_sessions(sql: SQL, query: ListQuery, db: sqlite3.Connection) -> tuple[list[Session], bool]:
+def list_sessions(
+    sql: SQL, store: str, query: ListQuery, db: sqlite3.Connection
+) -> tuple[list[Session], bool]:
     statement, params = sql.listing(query)
     rows = db.execute(statement, params).fetchall()
     more = query.limit is not None and len(rows) > query.limit
@@ -53,11 +87,17 @@ def list_sessions(sql: SQL, query: ListQuery, db: sqlite3.Connection) -> tuple[l
     sessions = []
     for row in rows:
         if query.include_runs:
-            bodies = [r[0] for r in db.execute(sql.select_runs_from, (row[SID], 0))]
-            sessions.append(session_from_row(row, bodies, 0))
+            bodies, ids = _runs_from(sql, row[SID], 0, db)
+            sessions.append(session_from_row(row, bodies, ids, 0, store))
         else:  # no runs loaded: an `upsert` of this session keeps its whole history
-            sessions.append(session_from_row(row, [], run_count(row)))
+            sessions.append(session_from_row(row, [], [], run_count(row), store))
     return sessions, more
+
+
+def count(sql: SQL, query: ListQuery, db: sqlite3.Connection) -> int:
+    statement, params = sql.listing(query, count=True)
+    total: int = db.execute(statement, params).fetchone()[0]
+    return total
 
 
 def list_ids(sql: SQL, query: ListQuery, db: sqlite3.Connection) -> list[str]:
@@ -73,17 +113,19 @@ def _stored(sql: SQL, session_id: str, db: sqlite3.Connection) -> Stored | None:
 def upsert(
     sql: SQL,
     label: str,
+    store: str,
     sessions: list[EncodedSession],
     if_version: int | None,
     db: sqlite3.Connection,
 ) -> list[StoredRow]:
     now = now_us()
-    return [_upsert_one(sql, label, enc, if_version, now, db) for enc in sessions]
+    return [_upsert_one(sql, label, store, enc, if_version, now, db) for enc in sessions]
 
 
 def _upsert_one(
     sql: SQL,
     label: str,
+    store: str,
     enc: EncodedSession,
     if_version: int | None,
     now: int,
@@ -113,11 +155,11 @@ def _upsert_one(
             ),
         ).fetchone()
         if updated is not None:
-            created, version, count = updated
-            start = count - len(enc.runs)
-            # Still at the version it was read at: the runs it holds unchanged are stored as they
-            # are, at their places, and need no write.
-            skip = version - 1 == enc.base_version
+            created, version, total, incarnation = updated
+            start = total - len(enc.runs)
+            # Read from this store, this incarnation of the row, at the version this write
+            # replaced: the runs it holds unchanged are stored as they are and need no write.
+            skip = enc.may_skip_unchanged(store, incarnation, version - 1)
             rows = [
                 (sid, start + i, r.run_id, r.body.decode())
                 for i, r in enumerate(enc.runs)
@@ -125,13 +167,14 @@ def _upsert_one(
             ]
             if rows:
                 db.executemany(sql.upsert_run, rows)
-            db.execute(sql.delete_runs_from, (sid, count))
-            return created, now, version, start
+            db.execute(sql.delete_runs_from, (sid, total))
+            return created, now, version, start, incarnation
         stored = _stored(sql, sid, db)
         verdict = decide(
             label, sid, stored, user_id=enc.user_id, if_version=if_version, rule=OwnerRule.EXACT
         )
         if verdict is Verdict.CREATE:
+            incarnation = _new_incarnation()
             db.execute(
                 sql.insert_session,
                 (
@@ -146,6 +189,7 @@ def _upsert_one(
                     now,
                     1,
                     len(enc.runs),
+                    incarnation,
                 ),
             )
             if enc.runs:
@@ -153,42 +197,154 @@ def _upsert_one(
                     sql.insert_run,
                     [(sid, i, r.run_id, r.body.decode()) for i, r in enumerate(enc.runs)],
                 )
-            return now, now, 1, 0
+            return now, now, 1, 0, incarnation
     raise RETRY.exhausted(label, sid)
 
 
-def append(
+def _stored_runs(
+    sql: SQL, append: EncodedAppend, db: sqlite3.Connection
+) -> dict[str, tuple[int, bytes]]:
+    """The runs of this append whose ids the session already holds: {id: (seq, body)}."""
+    given = append.given_ids
+    if not given:
+        return {}
+    rows = db.execute(sql.select_run_ids, (append.session_id, orjson.dumps(given).decode()))
+    return {run_id: (seq, body) for run_id, seq, body in rows}
+
+
+def append(sql: SQL, label: str, append: EncodedAppend, db: sqlite3.Connection) -> Appended:
+    """Append the runs whose ids are new, and update the state, in one write (under the write
+    lock, so the check of stored ids and the write see the same session). When every run was
+    already stored (a retry of an append that was applied), nothing is written."""
+    sid, uid = append.session_id, append.user_id
+    runs = append.runs
+    stored = _stored_runs(sql, append, db)
+    if stored:
+        fresh = [r for r in runs if r.run_id not in stored]
+        if not fresh:
+            row = db.execute(sql.select_session, (sid,)).fetchone()
+            stored_owner = Stored(row[USER], row[VERSION])
+            decide(label, sid, stored_owner, user_id=uid, if_version=None, rule=OwnerRule.IF_GIVEN)
+            found = [stored[r.run_id] for r in runs]
+            return (
+                row,
+                min(seq for seq, _ in found),
+                [body for _, body in found],
+                [r.run_id for r in runs],
+            )
+        runs = fresh
+    data = None if append.session_data is None else append.session_data.decode()
+    patch = None if append.state_patch is None else append.state_patch.decode()
+    now = now_us()
+    params = (data, patch, now, len(runs), sid, uid, append.if_version)
+    row = db.execute(sql.append_update, params).fetchone()
+    if row is None:
+        decide(
+            label,
+            sid,
+            _stored(sql, sid, db),
+            user_id=uid,
+            if_version=append.if_version,
+            rule=OwnerRule.IF_GIVEN,
+        )
+        # Under the write lock the row cannot have changed since the UPDATE: it is absent.
+        row = db.execute(sql.append_insert, (*params, _new_incarnation())).fetchone()
+    start = run_count(row) - len(runs)
+    if len(runs) == 1:
+        db.execute(sql.insert_run, (sid, start, runs[0].run_id, runs[0].body.decode()))
+    elif runs:
+        db.executemany(
+            sql.insert_run,
+            [(sid, start + i, r.run_id, r.body.decode()) for i, r in enumerate(runs)],
+        )
+    return row, start, [r.body for r in runs], [r.run_id for r in runs]
+
+
+def get_run(
+    sql: SQL, session_id: str, run_id: str, user_id: str | None, db: sqlite3.Connection
+) -> bytes | None:
+    row = db.execute(sql.select_run, (session_id, run_id, user_id)).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def _owned(
+    sql: SQL, label: str, session_id: str, user_id: str | None, db: sqlite3.Connection
+) -> int | None:
+    """The run count of a session the caller may write, or None when it is absent."""
+    row = db.execute(sql.select_owner, (session_id,)).fetchone()
+    if row is None:
+        return None
+    stored = Stored(row[0], row[1])
+    decide(label, session_id, stored, user_id=user_id, if_version=None, rule=OwnerRule.IF_GIVEN)
+    total: int = row[2]
+    return total
+
+
+def pop_runs(
+    sql: SQL, label: str, session_id: str, user_id: str | None, n: int, db: sqlite3.Connection
+) -> list[bytes]:
+    total = _owned(sql, label, session_id, user_id, db)
+    if not total:
+        return []
+    keep = max(total - n, 0)
+    bodies = [body for body, _ in db.execute(sql.select_runs_from, (session_id, keep))]
+    db.execute(sql.delete_runs_from, (session_id, keep))
+    db.execute(sql.shrink, (session_id, keep, now_us()))
+    return bodies
+
+
+def truncate_runs(
     sql: SQL,
     label: str,
     session_id: str,
     user_id: str | None,
-    runs: list[tuple[str, str]],
-    session_data: str | None,
+    keep_last: int,
     db: sqlite3.Connection,
-) -> tuple[Sequence[Any], int]:
-    """Returns the session row as written and the seq of the first appended run."""
+) -> int:
+    total = _owned(sql, label, session_id, user_id, db)
+    if not total or total <= keep_last:
+        return 0
+    removed = total - keep_last
+    db.execute(sql.delete_runs_before, (session_id, removed))
+    if keep_last:
+        db.execute(sql.move_runs_down, (session_id, removed))
+        db.execute(sql.move_runs_back, (session_id,))
+    db.execute(sql.shrink, (session_id, keep_last, now_us()))
+    return removed
+
+
+def fork(
+    sql: SQL,
+    label: str,
+    store: str,
+    session_id: str,
+    new_session_id: str,
+    at_run: str | None,
+    user_id: str | None,
+    db: sqlite3.Connection,
+) -> Session | None:
+    source = db.execute(sql.select_owner, (session_id,)).fetchone()
+    if source is None or (user_id is not None and source[0] != user_id):
+        return None
+    target = db.execute(sql.select_owner, (new_session_id,)).fetchone()
+    if target is not None:
+        raise conflict(label, new_session_id, 0, target[1])
+    copied = source[2]
+    if at_run is not None:
+        found = db.execute(
+            sql.select_run_ids, (session_id, orjson.dumps([at_run]).decode())
+        ).fetchone()
+        if found is None:
+            raise InvalidInputError(
+                f"{label}: run {at_run!r} is not in session {session_id!r}; nothing was written"
+            )
+        copied = found[1] + 1
     now = now_us()
     row = db.execute(
-        sql.append_update, (session_data, now, len(runs), session_id, user_id, user_id)
+        sql.fork_session, (new_session_id, session_id, now, copied, _new_incarnation())
     ).fetchone()
-    if row is not None:
-        start = run_count(row) - len(runs)
-    else:
-        stored = _stored(sql, session_id, db)
-        decide(label, session_id, stored, user_id=user_id, if_version=None, rule=OwnerRule.IF_GIVEN)
-        # Under the write lock the row cannot have changed since the UPDATE: it is absent.
-        start = 0
-        row = db.execute(
-            sql.append_insert, (session_id, user_id, session_data, now, now, len(runs))
-        ).fetchone()
-    if len(runs) == 1:
-        db.execute(sql.insert_run, (session_id, start, *runs[0]))
-    elif runs:
-        db.executemany(
-            sql.insert_run,
-            [(session_id, start + i, run_id, body) for i, (run_id, body) in enumerate(runs)],
-        )
-    return row, start
+    db.execute(sql.fork_runs, (new_session_id, session_id, copied))
+    return session_from_row(row, [], [], copied, store)
 
 
 def delete(sql: SQL, session_id: str, user_id: str | None, db: sqlite3.Connection) -> bool:

@@ -16,13 +16,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import ClassVar, Final, Literal, Never
+from typing import Any, ClassVar, Final, Literal, Never, TypeVar
 
 import aiosqlite
 
 from .. import _codec as codec
 from .._checks import DEFAULT_TABLE_NAME, check_int_option, check_name, check_seconds
-from .._encoding import EncodedAppend, EncodedSession
+from .._encoding import EncodedAppend, EncodedSession, decode_runs
 from .._paging import ListQuery, PageKey, page_key
 from .._store import StoreBase
 from ..errors import ConfigurationError
@@ -36,6 +36,7 @@ from ._sql import SQL
 
 __all__ = ["SqliteStore"]
 
+T = TypeVar("T")
 _MIN_SQLITE: Final = (3, 35, 0)  # RETURNING
 # Reads move to the separate reader connections once the writer's batch has run this long (it is
 # then waiting for another process's lock).
@@ -69,6 +70,8 @@ class SqliteStore(StoreBase):
     - `synchronous`: ``"NORMAL"`` (default) survives a crash of the process; ``"FULL"`` also a
       power loss, at the cost of one fsync per commit (group commit shares it between writes).
     - `max_session_bytes`: the largest JSON payload one write may carry.
+    - `require_user_id`: refuse every call made without a `user_id` (`InvalidInputError`), for
+      multi-tenant servers where no call may reach another user's sessions.
     - `max_batch`: the most writes committed in one transaction.
     """
 
@@ -86,12 +89,14 @@ class SqliteStore(StoreBase):
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
         max_session_bytes: int = codec.DEFAULT_MAX_SESSION_BYTES,
         max_batch: int = 256,
+        require_user_id: bool = False,
         **unknown: Never,
     ) -> None:
         self._setup(
             migrations=MIGRATIONS,
             auto_upgrade_schema=auto_upgrade_schema,
             max_session_bytes=max_session_bytes,
+            require_user_id=require_user_id,
             unknown=unknown,
         )
         self.table_name = check_name(table_name)
@@ -181,43 +186,78 @@ class SqliteStore(StoreBase):
         self, session_id: str, user_id: str | None, last_runs: int | None
     ) -> Session | None:
         return await self._live(self._io).readers.run(
-            partial(work.read_session, self._sql, session_id, user_id, last_runs)
+            partial(work.read_session, self._sql, self.token, session_id, user_id, last_runs)
         )
+
+    async def _write(self, call: conn.Work[T]) -> T:
+        return await self._live(self._io).writer.call(call)
 
     async def _upsert(self, session: EncodedSession, if_version: int | None) -> Session:
-        rows = await self._live(self._io).writer.call(
-            partial(work.upsert, self._sql, self.label, [session], if_version)
+        rows = await self._write(
+            partial(work.upsert, self._sql, self.label, self.token, [session], if_version)
         )
-        return stored_session(session, rows[0])
+        return stored_session(session, rows[0], self.token)
 
     async def _upsert_many(self, sessions: list[EncodedSession]) -> list[Session]:
-        rows = await self._live(self._io).writer.call(
-            partial(work.upsert, self._sql, self.label, sessions, None)
+        rows = await self._write(
+            partial(work.upsert, self._sql, self.label, self.token, sessions, None)
         )
-        return [stored_session(enc, row) for enc, row in zip(sessions, rows, strict=True)]
+        return [
+            stored_session(enc, row, self.token) for enc, row in zip(sessions, rows, strict=True)
+        ]
 
     async def _append(self, append: EncodedAppend) -> Session:
-        data = append.session_data
-        call = partial(
-            work.append,
-            self._sql,
-            self.label,
-            append.session_id,
-            append.user_id,
-            [(r.run_id, r.body.decode()) for r in append.runs],
-            None if data is None else data.decode(),
+        row, start, bodies, ids = await self._write(
+            partial(work.append, self._sql, self.label, append)
         )
-        row, start = await self._live(self._io).writer.call(call)
-        return session_from_row(row, [r.body for r in append.runs], start)
+        return session_from_row(row, bodies, ids, start, self.token)
 
     async def _delete(self, session_id: str, user_id: str | None) -> bool:
-        return await self._live(self._io).writer.call(
-            partial(work.delete, self._sql, session_id, user_id)
+        return await self._write(partial(work.delete, self._sql, session_id, user_id))
+
+    async def _get_run(
+        self, session_id: str, run_id: str, user_id: str | None
+    ) -> dict[str, Any] | None:
+        body = await self._live(self._io).readers.run(
+            partial(work.get_run, self._sql, session_id, run_id, user_id)
+        )
+        return None if body is None else decode_runs([body])[0]
+
+    async def _pop_runs(
+        self, session_id: str, user_id: str | None, count: int
+    ) -> list[dict[str, Any]]:
+        bodies = await self._write(
+            partial(work.pop_runs, self._sql, self.label, session_id, user_id, count)
+        )
+        return decode_runs(bodies) if bodies else []
+
+    async def _truncate_runs(self, session_id: str, user_id: str | None, keep_last: int) -> int:
+        return await self._write(
+            partial(work.truncate_runs, self._sql, self.label, session_id, user_id, keep_last)
+        )
+
+    async def _count(self, query: ListQuery) -> int:
+        return await self._live(self._io).readers.run(partial(work.count, self._sql, query))
+
+    async def _fork(
+        self, session_id: str, new_session_id: str, at_run: str | None, user_id: str | None
+    ) -> Session | None:
+        return await self._write(
+            partial(
+                work.fork,
+                self._sql,
+                self.label,
+                self.token,
+                session_id,
+                new_session_id,
+                at_run,
+                user_id,
+            )
         )
 
     async def _list_page(self, query: ListQuery) -> tuple[list[Session], PageKey | None]:
         sessions, more = await self._live(self._io).readers.run(
-            partial(work.list_sessions, self._sql, query)
+            partial(work.list_sessions, self._sql, self.token, query)
         )
         return sessions, page_key(sessions, more)
 
@@ -225,4 +265,4 @@ class SqliteStore(StoreBase):
         return await self._live(self._io).readers.run(partial(work.list_ids, self._sql, query))
 
     async def _drop(self) -> None:
-        await self._live(self._io).writer.call(partial(work.drop, self._sql))
+        await self._write(partial(work.drop, self._sql))

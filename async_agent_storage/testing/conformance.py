@@ -38,6 +38,7 @@ from ..errors import (
 )
 from ..models import Session
 from ..protocol import SessionStore
+from ._turns import TurnConformance
 from .strategies import json_objects, json_values
 
 __all__ = ["SessionStoreConformance", "StoreFactory"]
@@ -85,7 +86,7 @@ async def _snapshot(store: SessionStore, session_id: str) -> Session | None:
     return await store.read(session_id)
 
 
-class SessionStoreConformance:
+class SessionStoreConformance(TurnConformance):
     """Every rule every backend shares. Subclass it and provide a `store_factory` fixture."""
 
     pytestmark = pytest.mark.anyio
@@ -130,9 +131,10 @@ class SessionStoreConformance:
         read = await store.read(session.session_id)
         assert read is not None
         for field in Session.model_fields:
-            if field not in ("created_at", "updated_at", "version"):
+            if field not in ("created_at", "updated_at", "version", "run_ids"):
                 assert getattr(read, field) == getattr(session, field), field
         assert read.version == 1
+        assert read.run_ids == ["r0", "r1"]
         assert read == stored
         for stamp in (read.created_at, read.updated_at):
             assert stamp is not None
@@ -163,22 +165,37 @@ class SessionStoreConformance:
         assert session.runs == [{"input": "no id yet"}]
         assert session.created_at is None
 
-    async def test_run_ids_are_assigned_when_missing_and_kept_when_given(
+    async def test_runs_come_back_exactly_as_written_with_their_ids_beside_them(
         self, store: SessionStore
     ) -> None:
         sid = _sid()
-        stored = await store.upsert(
-            Session(session_id=sid, runs=[{"input": "a"}, {"input": "b", "run_id": "mine"}])
-        )
-        assigned = stored.runs[0]["run_id"]
+        runs = [{"input": "a"}, {"input": "b", "run_id": "mine"}]
+        stored = await store.upsert(Session(session_id=sid, runs=runs))
+        assert stored.runs == runs  # no id injected into a run
+        assigned, own = stored.run_ids
         assert isinstance(assigned, str)
         assert assigned
-        assert stored.runs[1]["run_id"] == "mine"
-        appended = await store.append_runs(sid, [{"input": "c"}])
-        assert appended.runs[0]["run_id"] not in (assigned, "mine")
+        assert own == "mine"
+        appended = await store.append_runs(sid, [{"input": "c"}, {"input": "d"}], run_ids=["c1"])
+        assert appended.runs == [{"input": "c"}, {"input": "d"}]
+        assert appended.run_ids[0] == "c1"
+        assert appended.run_ids[1] not in (assigned, "mine", "c1")
         read = await store.read(sid)
         assert read is not None
-        assert [r["run_id"] for r in read.runs] == [assigned, "mine", appended.runs[0]["run_id"]]
+        assert read.runs == [*runs, {"input": "c"}, {"input": "d"}]
+        assert read.run_ids == [assigned, "mine", "c1", appended.run_ids[1]]
+        tail = await store.read(sid, last_runs=1)
+        assert tail is not None
+        assert tail.run_ids == [appended.run_ids[1]]
+        # Written back, a session keeps its ids.
+        await store.upsert(read)
+        again = await store.read(sid)
+        assert again is not None
+        assert again.run_ids == read.run_ids
+        with pytest.raises(InvalidInputError, match="two runs"):
+            await store.append_runs(sid, [{"run_id": "x"}, {"run_id": "x"}])
+        with pytest.raises(InvalidInputError, match="two runs"):
+            await store.upsert(Session(session_id=sid, runs=[{"run_id": "x"}, {"run_id": "x"}]))
 
     # --- append_runs and partial reads -----------------------------------------------------------
 

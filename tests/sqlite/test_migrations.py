@@ -115,7 +115,7 @@ async def test_upgrade_from_version_1_keeps_the_data(tmp_path: Path) -> None:
             "SELECT seq, run_id FROM agent_sessions_runs ORDER BY seq"
         ).fetchall() == [
             (0, "r0"),
-            (1, appended.runs[0]["run_id"]),
+            (1, appended.run_ids[0]),
         ]
 
 

@@ -1,0 +1,533 @@
+"""The turn API in the conformance suite: state patches, exactly-once appends, `if_version` on
+appends, run-level calls, counting, forking, strict tenancy, and the defects found under attack.
+
+Mixed into `SessionStoreConformance`; every driver runs it unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import uuid
+from typing import Any, cast
+
+import pytest
+
+from .._encoding import merge_patch
+from ..errors import (
+    InvalidInputError,
+    SerializationError,
+    SessionConflictError,
+    SessionOwnershipError,
+)
+from ..models import Session
+from ..protocol import SessionStore
+
+StoreFactory = Any
+
+
+def _sid() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+def _typed(value: Any) -> Any:
+    if isinstance(value, dict):
+        return ("dict", sorted((k, _typed(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return ("list", [_typed(v) for v in value])
+    if isinstance(value, float):
+        return ("float", repr(value))
+    return (type(value).__name__, value)
+
+
+class TurnConformance:
+    """The turn API on one backend; see the module docstring."""
+
+    # --- state patches --------------------------------------------------------------------------
+
+    async def test_state_patch_merges_into_the_stored_state(self, store: SessionStore) -> None:
+        sid = _sid()
+        first = {"session_state": {"city": "Paris", "cart": ["apple"], "n": 1}, "name": "x"}
+        await store.append_runs(sid, [{"i": 0}], session_data=first)
+        patch = {
+            "session_state": {"city": None, "cart": ["pear"], "deep": {"a": {"b": 1}}},
+            "name": None,
+            "new": [1, {"k": None}],
+        }
+        patched = await store.append_runs(sid, [{"i": 1}], state_patch=patch)
+        expected = merge_patch(first, patch)
+        assert expected == {
+            "session_state": {"cart": ["pear"], "n": 1, "deep": {"a": {"b": 1}}},
+            "new": [1, {"k": None}],  # arrays are values: a null inside one is kept
+        }
+        assert patched.session_data == expected
+        read = await store.read(sid)
+        assert read is not None
+        assert read.session_data == expected
+        assert len(read.runs) == 2
+        # A patch object over a value that is not an object replaces it; runs are optional.
+        await store.append_runs(sid, [], state_patch={"new": {"x": 1}, "session_state": {"n": 2}})
+        again = await store.read(sid)
+        assert again is not None
+        assert again.session_data["new"] == {"x": 1}
+        assert again.session_data["session_state"]["n"] == 2
+        assert again.version == 3
+
+    async def test_state_patch_creates_a_missing_session(self, store: SessionStore) -> None:
+        sid = _sid()
+        created = await store.append_runs(
+            sid, [{"i": 0}], user_id="u", state_patch={"a": 1, "b": None}
+        )
+        assert created.session_data == {"a": 1}
+        read = await store.read(sid, user_id="u")
+        assert read is not None
+        assert read.session_data == {"a": 1}
+
+    async def test_patched_values_round_trip_exactly(self, store: SessionStore) -> None:
+        sid = _sid()
+        tricky = {
+            "nul": "a\x00b",
+            "mark": "\uffffs",
+            "big": 2**70,
+            "neg_zero": -0.0,
+            "float": 1e16,
+            "tiny": 5e-324,
+            "emoji": "\U0001f600",
+            "key\x00with.dots$": {"$x": 1},
+            "nested": {"big": -(2**80), "f": 1.5e300},
+        }
+        await store.append_runs(sid, [], session_data={"keep": {"big": 2**65}})
+        patched = await store.append_runs(sid, [], state_patch=tricky)
+        expected = merge_patch({"keep": {"big": 2**65}}, tricky)
+        assert _typed(patched.session_data) == _typed(expected)
+        read = await store.read(sid)
+        assert read is not None
+        assert _typed(read.session_data) == _typed(expected)
+        # Deleting a key that holds NUL, and patching below it again.
+        await store.append_runs(sid, [], state_patch={"key\x00with.dots$": None, "nul": "c"})
+        read = await store.read(sid)
+        assert read is not None
+        assert "key\x00with.dots$" not in read.session_data
+        assert read.session_data["nul"] == "c"
+
+    async def test_bad_patches_are_refused_and_nothing_is_written(
+        self, store: SessionStore
+    ) -> None:
+        sid = _sid()
+        await store.append_runs(sid, [{"i": 0}], session_data={"a": 1})
+        bad: list[Any] = [
+            lambda: store.append_runs(sid, [{"i": 1}], state_patch={"x": float("nan")}),
+            lambda: store.append_runs(sid, [{"i": 1}], state_patch=cast(Any, [1])),
+            lambda: store.append_runs(sid, [{"i": 1}], state_patch=cast(Any, "x")),
+            lambda: store.append_runs(sid, [{"i": 1}], state_patch={}, session_data={}),
+        ]
+        for call in bad:
+            with pytest.raises((InvalidInputError, SerializationError)):
+                await call()
+        read = await store.read(sid)
+        assert read is not None
+        assert (read.version, len(read.runs), read.session_data) == (1, 1, {"a": 1})
+
+    async def test_two_hundred_concurrent_turns_each_patching_its_own_key_keep_every_key(
+        self, store: SessionStore
+    ) -> None:
+        sid = _sid()
+        await store.append_runs(sid, [], user_id="u", session_data={"session_state": {}})
+
+        async def turn(i: int) -> None:
+            await store.append_runs(
+                sid, [{"i": i}], user_id="u", state_patch={"session_state": {f"k{i}": i}}
+            )
+
+        await asyncio.gather(*(turn(i) for i in range(200)))
+        read = await store.read(sid, user_id="u")
+        assert read is not None
+        assert len(read.runs) == 200
+        assert sorted(r["i"] for r in read.runs) == list(range(200))
+        assert read.session_data["session_state"] == {f"k{i}": i for i in range(200)}
+        assert read.version == 201
+
+    # --- if_version on appends ------------------------------------------------------------------
+
+    async def test_append_with_if_version_writes_only_at_that_version(
+        self, store: SessionStore
+    ) -> None:
+        sid = _sid()
+        created = await store.append_runs(sid, [{"i": 0}], user_id="u", if_version=0)
+        assert created.version == 1
+        with pytest.raises(SessionConflictError) as info:
+            await store.append_runs(sid, [{"i": 1}], user_id="u", if_version=0)
+        assert (info.value.expected, info.value.actual) == (0, 1)
+        with pytest.raises(SessionConflictError):
+            await store.append_runs(sid, [{"i": 1}], user_id="u", if_version=5)
+        second = await store.append_runs(
+            sid, [{"i": 1}], user_id="u", if_version=1, state_patch={"turn": 2}
+        )
+        assert second.version == 2
+        with pytest.raises(SessionConflictError) as missing:
+            await store.append_runs(_sid(), [{"i": 0}], if_version=3)
+        assert missing.value.actual == 0
+        read = await store.read(sid)
+        assert read is not None
+        assert (read.version, [r["i"] for r in read.runs], read.session_data) == (
+            2,
+            [0, 1],
+            {"turn": 2},
+        )
+        with pytest.raises(SessionOwnershipError):
+            await store.append_runs(sid, [{"i": 2}], user_id="other", if_version=2)
+
+    async def test_concurrent_conditional_appends_exactly_one_wins(
+        self, store: SessionStore
+    ) -> None:
+        sid = _sid()
+        await store.append_runs(sid, [{"i": 0}])
+
+        async def attempt(i: int) -> bool:
+            try:
+                await store.append_runs(sid, [{"i": i}], if_version=1)
+            except SessionConflictError:
+                return False
+            return True
+
+        results = await asyncio.gather(*(attempt(i) for i in range(1, 11)))
+        assert sum(results) == 1
+        read = await store.read(sid)
+        assert read is not None
+        assert (read.version, len(read.runs)) == (2, 2)
+
+    # --- exactly-once appends -------------------------------------------------------------------
+
+    async def test_an_append_retried_with_the_same_run_ids_adds_nothing(
+        self, store: SessionStore
+    ) -> None:
+        sid = _sid()
+        await store.append_runs(sid, [{"run_id": "r0"}], user_id="u")
+        runs = [{"run_id": "r1", "q": "hi"}, {"run_id": "r2", "a": "hello"}]
+        first = await store.append_runs(sid, runs, user_id="u", state_patch={"turn": 1})
+        retry = await store.append_runs(sid, runs, user_id="u", state_patch={"turn": 1})
+        assert retry.runs == first.runs == runs
+        assert retry.run_ids == first.run_ids == ["r1", "r2"]
+        assert retry.runs_offset == first.runs_offset == 1
+        assert retry.version == first.version == 2  # nothing was written
+        # By `run_ids` too, for runs that carry no id of their own.
+        items = [{"role": "user", "content": "x"}]
+        by_ids = await store.append_runs(sid, items, user_id="u", run_ids=["item-1"])
+        again = await store.append_runs(sid, items, user_id="u", run_ids=["item-1"])
+        assert (again.version, again.runs_offset, again.runs) == (by_ids.version, 3, items)
+        # A retry that brings a new run appends only that one.
+        more = await store.append_runs(sid, [*runs, {"run_id": "r3"}], user_id="u")
+        assert (more.run_ids, more.runs_offset) == (["r3"], 4)
+        read = await store.read(sid)
+        assert read is not None
+        assert read.run_ids == ["r0", "r1", "r2", "item-1", "r3"]
+        assert read.session_data == {"turn": 1}
+        assert read.version == 4
+
+    async def test_concurrent_retries_of_one_append_store_it_once(
+        self, store: SessionStore
+    ) -> None:
+        sid = _sid()
+        await store.append_runs(sid, [{"i": -1}])
+        run = {"run_id": "once", "text": "only one of me"}
+        results = await asyncio.gather(*(store.append_runs(sid, [run]) for _ in range(20)))
+        assert {tuple(r.run_ids) for r in results} == {("once",)}
+        read = await store.read(sid)
+        assert read is not None
+        assert read.run_ids.count("once") == 1
+        assert len(read.runs) == 2
+
+    async def test_a_deleted_sessions_run_ids_do_not_count_as_stored(
+        self, store: SessionStore
+    ) -> None:
+        sid = _sid()
+        await store.append_runs(sid, [{"run_id": "a"}, {"run_id": "b"}])
+        assert await store.delete_session(sid)
+        again = await store.append_runs(sid, [{"run_id": "a"}])
+        assert (again.version, again.run_ids) == (1, ["a"])
+        await store.pop_runs(sid)
+        back = await store.append_runs(sid, [{"run_id": "a"}])
+        assert back.run_ids == ["a"]
+        read = await store.read(sid)
+        assert read is not None
+        assert read.run_ids == ["a"]
+
+    # --- run-level calls ------------------------------------------------------------------------
+
+    async def test_get_run_finds_a_run_by_its_id(self, store: SessionStore) -> None:
+        sid = _sid()
+        stored = await store.append_runs(
+            sid, [{"q": 1}, {"run_id": "own", "q": 2}], user_id="u", run_ids=["given"]
+        )
+        assert await store.get_run(sid, "given") == {"q": 1}
+        assert await store.get_run(sid, "own", user_id="u") == {"run_id": "own", "q": 2}
+        assert await store.get_run(sid, "nope") is None
+        assert await store.get_run(sid, "own", user_id="intruder") is None
+        assert await store.get_run(_sid(), "own") is None
+        assert stored.run_ids == ["given", "own"]
+        await store.pop_runs(sid)
+        assert await store.get_run(sid, "own") is None  # a popped run is gone
+
+    async def test_pop_runs_removes_the_last_runs_atomically(self, store: SessionStore) -> None:
+        sid = _sid()
+        await store.append_runs(sid, [{"i": i} for i in range(5)], user_id="u")
+        assert await store.pop_runs(sid, user_id="u") == [{"i": 4}]
+        assert await store.pop_runs(sid, 2) == [{"i": 2}, {"i": 3}]
+        read = await store.read(sid)
+        assert read is not None
+        assert (read.runs, read.version) == ([{"i": 0}, {"i": 1}], 3)
+        assert await store.pop_runs(sid, 10) == [{"i": 0}, {"i": 1}]
+        assert await store.pop_runs(sid) == []
+        assert await store.pop_runs(_sid()) == []
+        empty = await store.read(sid)
+        assert empty is not None
+        assert (empty.runs, empty.version, empty.run_count) == ([], 4, 0)
+        appended = await store.append_runs(sid, [{"i": 9}])
+        assert appended.runs_offset == 0
+        with pytest.raises(SessionOwnershipError):
+            await store.pop_runs(sid, user_id="intruder")
+        with pytest.raises(InvalidInputError):
+            await store.pop_runs(sid, 0)
+
+    async def test_concurrent_pops_and_appends_lose_and_repeat_nothing(
+        self, store: SessionStore
+    ) -> None:
+        sid = _sid()
+        await store.append_runs(sid, [{"i": i} for i in range(40)])
+
+        async def pop() -> list[dict[str, Any]]:
+            return await store.pop_runs(sid)
+
+        async def append(i: int) -> None:
+            await store.append_runs(sid, [{"i": 100 + i}])
+
+        results = await asyncio.gather(*(pop() for _ in range(20)), *(append(i) for i in range(20)))
+        popped = [run["i"] for result in results[:20] for run in cast(list[Any], result)]
+        read = await store.read(sid)
+        assert read is not None
+        remaining = [r["i"] for r in read.runs]
+        assert len(popped) == 20
+        assert sorted(popped + remaining) == sorted([*range(40), *range(100, 120)])
+
+    async def test_truncate_and_clear_keep_the_state_and_the_last_runs(
+        self, store: SessionStore
+    ) -> None:
+        sid = _sid()
+        await store.append_runs(
+            sid, [{"i": i} for i in range(10)], user_id="u", session_data={"s": 1}
+        )
+        assert await store.truncate_runs(sid, keep_last=3, user_id="u") == 7
+        read = await store.read(sid)
+        assert read is not None
+        assert ([r["i"] for r in read.runs], read.runs_offset, read.run_count) == ([7, 8, 9], 0, 3)
+        assert read.session_data == {"s": 1}
+        assert read.version == 2
+        assert await store.truncate_runs(sid, keep_last=5) == 0  # nothing to remove: no write
+        tail = await store.read(sid, last_runs=1)
+        assert tail is not None
+        assert (tail.runs_offset, tail.runs, tail.version) == (2, [{"i": 9}], 2)
+        appended = await store.append_runs(sid, [{"i": 10}])
+        assert appended.runs_offset == 3
+        assert await store.clear_runs(sid) == 4
+        cleared = await store.read(sid)
+        assert cleared is not None
+        assert (cleared.runs, cleared.session_data, cleared.version) == ([], {"s": 1}, 4)
+        assert await store.clear_runs(sid) == 0
+        assert await store.clear_runs(_sid()) == 0
+        with pytest.raises(SessionOwnershipError):
+            await store.clear_runs(sid, user_id="intruder")
+        with pytest.raises(InvalidInputError):
+            await store.truncate_runs(sid, keep_last=-1)
+
+    # --- counting and forking -------------------------------------------------------------------
+
+    async def test_count_sessions_counts_what_list_sessions_lists(
+        self, store: SessionStore
+    ) -> None:
+        for i in range(7):
+            await store.upsert(
+                Session(
+                    session_id=_sid(),
+                    user_id="counted" if i < 5 else "other",
+                    agent_id="a" if i % 2 else "b",
+                    session_type="team" if i == 0 else "agent",
+                )
+            )
+        assert await store.count_sessions(user_id="counted") == 5
+        assert await store.count_sessions(user_id="counted", entity_id="a") == 2
+        assert await store.count_sessions(user_id="counted", session_type="team") == 1
+        assert await store.count_sessions(user_id="nobody") == 0
+        total = await store.count_sessions()
+        assert total == len(await store.get_all_session_ids())
+        page = await store.list_sessions(user_id="counted", entity_id="b", limit=100)
+        assert await store.count_sessions(user_id="counted", entity_id="b") == len(page.items)
+
+    async def test_fork_copies_the_session_up_to_a_run(self, store: SessionStore) -> None:
+        sid, fork, whole = _sid(), _sid(), _sid()
+        await store.append_runs(
+            sid,
+            [{"run_id": f"r{i}", "i": i} for i in range(6)],
+            user_id="u",
+            session_data={"state": {"n": 1}},
+        )
+        forked = await store.fork_session(sid, fork, at_run="r2", user_id="u")
+        assert forked is not None
+        assert (forked.session_id, forked.user_id, forked.run_count, forked.version) == (
+            fork,
+            "u",
+            3,
+            1,
+        )
+        assert forked.session_data == {"state": {"n": 1}}
+        read = await store.read(fork)
+        assert read is not None
+        assert read.runs == [{"run_id": f"r{i}", "i": i} for i in range(3)]
+        assert read.run_ids == ["r0", "r1", "r2"]
+        # The fork lives on its own.
+        await store.append_runs(fork, [{"run_id": "r3", "branch": True}], user_id="u")
+        source = await store.read(sid)
+        assert source is not None
+        assert [r["i"] for r in source.runs] == list(range(6))
+        all_of_it = await store.fork_session(sid, whole)
+        assert all_of_it is not None
+        assert all_of_it.run_count == 6
+        with pytest.raises(SessionConflictError):
+            await store.fork_session(sid, fork)
+        with pytest.raises(InvalidInputError, match="r99"):
+            await store.fork_session(sid, _sid(), at_run="r99")
+        assert await store.fork_session(sid, _sid(), user_id="intruder") is None
+        assert await store.fork_session(_sid(), _sid()) is None
+
+    # --- strict tenancy -------------------------------------------------------------------------
+
+    async def test_require_user_id_refuses_calls_without_one(
+        self, store_factory: StoreFactory
+    ) -> None:
+        async with store_factory(require_user_id=True) as strict:
+            sid = _sid()
+            await strict.append_runs(sid, [{"i": 0}], user_id="u")
+            refused: list[Any] = [
+                lambda: strict.read(sid),
+                lambda: strict.append_runs(sid, [{"i": 1}]),
+                lambda: strict.upsert(Session(session_id=sid)),
+                lambda: strict.upsert_many([Session(session_id=sid)]),
+                lambda: strict.delete_session(sid),
+                lambda: strict.list_sessions(),
+                lambda: strict.get_all_session_ids(),
+                lambda: strict.get_recent_sessions(),
+                lambda: strict.count_sessions(),
+                lambda: strict.get_run(sid, "x"),
+                lambda: strict.pop_runs(sid),
+                lambda: strict.clear_runs(sid),
+                lambda: strict.fork_session(sid, _sid()),
+            ]
+            for call in refused:
+                with pytest.raises(InvalidInputError, match="require_user_id"):
+                    await call()
+            read = await strict.read(sid, user_id="u")
+            assert read is not None
+            assert (read.version, len(read.runs)) == (1, 1)
+            assert await strict.count_sessions(user_id="u") == 1
+
+    # --- defects found under attack -------------------------------------------------------------
+
+    async def test_upsert_under_another_id_stores_the_callers_runs(
+        self, store: SessionStore
+    ) -> None:
+        x, y = _sid(), _sid()
+        await store.append_runs(x, [{"from": "x", "i": i} for i in range(3)])
+        await store.append_runs(y, [{"from": "y", "i": i} for i in range(3)])
+        read = await store.read(x)
+        assert read is not None
+        moved = read.model_copy(update={"session_id": y})  # y is at the same version
+        stored = await store.upsert(moved)
+        assert [r["from"] for r in stored.runs] == ["x"] * 3
+        again = await store.read(y)
+        assert again is not None
+        assert [r["from"] for r in again.runs] == ["x"] * 3
+
+    async def test_upsert_after_the_session_was_deleted_and_recreated_stores_the_callers_runs(
+        self, store: SessionStore
+    ) -> None:
+        sid = _sid()
+        await store.append_runs(sid, [{"by": "me", "i": i} for i in range(3)])
+        mine = await store.read(sid)
+        assert mine is not None
+        assert await store.delete_session(sid)
+        await store.append_runs(sid, [{"by": "other", "i": i} for i in range(3)])  # version 1
+        await store.upsert(mine.model_copy(update={"session_data": {"mine": True}}))
+        read = await store.read(sid)
+        assert read is not None
+        assert [r["by"] for r in read.runs] == ["me"] * 3
+        assert read.session_data == {"mine": True}
+
+    async def test_a_session_copied_from_another_store_is_written_whole(
+        self, store: SessionStore, store_factory: StoreFactory
+    ) -> None:
+        # Another store object: on the same table, or on a database of its own (in memory).
+        sid = _sid()
+        async with store_factory() as other:
+            await other.append_runs(sid, [{"v": 1, "i": i} for i in range(3)])
+            copy = await other.read(sid)
+            assert copy is not None
+        if await store.read(sid) is not None:  # one table: make it another incarnation
+            await store.delete_session(sid)
+        await store.append_runs(sid, [{"v": 2, "i": i} for i in range(3)])  # version 1 too
+        await store.upsert(copy)
+        read = await store.read(sid)
+        assert read is not None
+        assert [r["v"] for r in read.runs] == [1, 1, 1]
+
+    async def test_a_partial_history_survives_a_json_round_trip(self, store: SessionStore) -> None:
+        sid = _sid()
+        await store.append_runs(sid, [{"i": i} for i in range(6)])
+        tail = await store.read(sid, last_runs=2)
+        assert tail is not None
+        through_api = Session.model_validate_json(tail.model_dump_json())
+        assert through_api.runs_offset == 4
+        through_api.runs.append({"i": 6})
+        await store.upsert(through_api)
+        read = await store.read(sid)
+        assert read is not None
+        assert [r["i"] for r in read.runs] == list(range(7))
+
+    async def test_unencodable_ids_versions_and_cursors_are_invalid_input(
+        self, store: SessionStore
+    ) -> None:
+        sid = _sid()
+        await store.append_runs(sid, [{"i": 0}], user_id="u")
+        surrogate = "s\ud800"
+
+        def cursor(*fields: Any) -> str:
+            raw = json.dumps(list(fields)).encode()
+            return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+        page = await store.list_sessions(limit=1)
+        good = page.next_cursor
+        fingerprint = None
+        if good is not None:
+            fingerprint = json.loads(base64.urlsafe_b64decode(good + "=" * (-len(good) % 4)))[3]
+        bad: list[Any] = [
+            lambda: store.read(surrogate),
+            lambda: store.read(sid, user_id=surrogate),
+            lambda: store.append_runs(surrogate, [{"i": 1}]),
+            lambda: store.append_runs(sid, [{"run_id": surrogate}]),
+            lambda: store.upsert(Session.model_construct(session_id=surrogate)),
+            lambda: store.list_sessions(entity_id=surrogate),
+            lambda: store.upsert(Session(session_id=sid, user_id="u"), if_version=2**63),
+            lambda: store.append_runs(sid, [], user_id="u", if_version=2**64),
+            lambda: store.list_sessions(cursor=cursor(1, 10**30, "s", fingerprint)),
+            lambda: store.list_sessions(cursor=cursor(1, 2**62, "s", fingerprint)),
+            lambda: store.list_sessions(cursor=cursor(1, -(2**62), "s", fingerprint)),
+            lambda: store.list_sessions(cursor=cursor(1, 5, surrogate, fingerprint)),
+            lambda: store.list_sessions(cursor=cursor(1, 5.5, "s", fingerprint)),
+            lambda: store.list_sessions(cursor=cursor(1, 5, None, fingerprint)),
+            lambda: store.list_sessions(cursor="!!not base64!!"),
+        ]
+        for call in bad:
+            with pytest.raises(InvalidInputError):
+                await call()
+        read = await store.read(sid)
+        assert read is not None
+        assert read.version == 1
