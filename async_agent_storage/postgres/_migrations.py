@@ -3,7 +3,7 @@
 `MIGRATIONS` is append only: a released migration never changes (its checksum is recorded), a new
 schema change is a new entry at the end. Placeholders: ``{table}`` and ``{runs}`` are the quoted,
 schema-qualified sessions and runs tables; ``{name}`` is the bare table name, for index names (an
-index lives in its table's schema).
+index lives in its table's schema); ``{merge_patch}`` the store's merge-patch function.
 
 The migration lock is ``pg_advisory_xact_lock`` on a hash of the store's history table, taken
 at the start of each step's transaction (`MigrationTarget.transaction`).
@@ -86,6 +86,59 @@ MIGRATIONS: tuple[Migration, ...] = (
             CREATE INDEX "{name}_workflow_idx"
                 ON {table} (workflow_id, updated_at DESC, session_id DESC)
                 WHERE workflow_id IS NOT NULL
+            """,
+        ),
+    ),
+    Migration(
+        version=3,
+        name="merge patches and run ids",
+        steps=(
+            # RFC 7396 JSON merge patch, applied inside the database by append_runs(state_patch=).
+            # Objects merge key by key, a null removes the key, anything else replaces.
+            """
+            CREATE FUNCTION {merge_patch}(target jsonb, patch jsonb) RETURNS jsonb
+            LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+            DECLARE
+                result jsonb;
+                key text;
+                value jsonb;
+            BEGIN
+                IF patch IS NULL OR jsonb_typeof(patch) <> 'object' THEN
+                    RETURN patch;
+                END IF;
+                IF target IS NULL OR jsonb_typeof(target) <> 'object' THEN
+                    result := '{{}}'::jsonb;
+                ELSE
+                    result := target;
+                END IF;
+                FOR key, value IN SELECT * FROM jsonb_each(patch) LOOP
+                    IF jsonb_typeof(value) = 'null' THEN
+                        result := result - key;
+                    ELSE
+                        result := jsonb_set(
+                            result, ARRAY[key], {merge_patch}(result -> key, value)
+                        );
+                    END IF;
+                END LOOP;
+                RETURN result;
+            END
+            $$
+            """,
+            # One id per run in a session. Ids written twice by earlier releases (a caller's
+            # duplicates) keep the first; later ones get their position appended.
+            """
+            UPDATE {runs} r SET run_id = r.run_id || '~' || r.seq
+            FROM (
+                SELECT session_id, seq,
+                       row_number() OVER (PARTITION BY session_id, run_id ORDER BY seq) AS n
+                FROM {runs}
+            ) d
+            WHERE d.session_id = r.session_id AND d.seq = r.seq AND d.n > 1
+            """,
+            # Checked at the end of each statement (an upsert may move ids between positions).
+            """
+            ALTER TABLE {runs} ADD CONSTRAINT "{name}_runs_run_id"
+                UNIQUE (session_id, run_id) DEFERRABLE INITIALLY IMMEDIATE
             """,
         ),
     ),

@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from .. import _codec as codec
-from .._encoding import EncodedAppend, EncodedSession, decode_runs
+from .._encoding import EncodedAppend, EncodedRun, EncodedSession, decode_runs
 from ..models import Session, trusted_session
 from . import _sql as q
 from ._jsonb import from_db, to_db
 
-__all__ = ["appended_session", "session_columns", "session_from_row"]
+__all__ = ["appended_session", "retried_session", "session_columns", "session_from_row"]
 
 
 def _optional_db(data: bytes | None) -> str | None:
@@ -36,7 +36,9 @@ def _optional(text: str | None) -> Any:
     return None if text is None else from_db(text)
 
 
-def _session(row: Any, session_data: Any, runs: list[Any], runs_offset: int) -> Session:
+def _session(
+    row: Any, session_data: Any, runs: list[Any], run_ids: list[str], runs_offset: int
+) -> Session:
     return trusted_session(
         session_id=row[q.SID],
         session_type=row[q.TYPE],
@@ -55,19 +57,30 @@ def _session(row: Any, session_data: Any, runs: list[Any], runs_offset: int) -> 
         created_at=row[q.CREATED],
         updated_at=row[q.UPDATED],
         version=row[q.VERSION],
+        run_ids=run_ids,
     )
 
 
-def session_from_row(row: Any, runs: str | None, runs_offset: int) -> Session:
-    """A row selected with `_sql`'s session columns and the aggregated text of its runs."""
+def session_from_row(
+    row: Any, runs: str | None, run_ids: list[str] | None, runs_offset: int
+) -> Session:
+    """A row selected with `_sql`'s session columns, the aggregated text of its runs and their
+    ids."""
     decoded = [] if runs is None else from_db("[" + runs + "]")
-    return _session(row, from_db(row[q.DATA]), decoded, runs_offset)
+    return _session(row, from_db(row[q.DATA]), decoded, list(run_ids or ()), runs_offset)
 
 
-def appended_session(row: Any, append: EncodedAppend) -> Session:
+def appended_session(row: Any, append: EncodedAppend, runs: list[EncodedRun]) -> Session:
     """The session an append wrote: the row it returned (its `session_data` only when the append
-    kept the stored one) and the runs it sent."""
+    replaced it: the caller has the one it passed) and the runs it appended."""
     data = append.session_data
     session_data = codec.loads(data) if data is not None else from_db(row[q.DATA])
-    runs = decode_runs([r.body for r in append.runs])
-    return _session(row, session_data, runs, row[q.RUN_COUNT] - len(append.runs))
+    decoded = decode_runs([r.body for r in runs])
+    ids = [r.run_id for r in runs]
+    return _session(row, session_data, decoded, ids, row[q.RUN_COUNT] - len(runs))
+
+
+def retried_session(row: Any, bodies: list[str], run_ids: list[str], start: int) -> Session:
+    """The session as stored, with the runs an append had already written (found by id)."""
+    decoded = from_db("[" + ",".join(bodies) + "]")
+    return _session(row, from_db(row[q.DATA]), decoded, run_ids, start)

@@ -28,10 +28,11 @@ from typing import Any
 from .._paging import ListQuery
 from .._time import from_us
 
-# Positions in a row selected with `_COLUMNS`; `RUNS` is the aggregated runs, when selected.
+# Positions in a row selected with `_COLUMNS`; `RUNS` and `RUN_IDS` are the aggregated runs and
+# their ids, when selected.
 SID, TYPE, USER, AGENT, TEAM, WORKFLOW, DATA = 0, 1, 2, 3, 4, 5, 6
 AGENT_DATA, TEAM_DATA, WORKFLOW_DATA, METADATA, SUMMARY = 7, 8, 9, 10, 11
-CREATED, UPDATED, VERSION, RUN_COUNT, RUNS = 12, 13, 14, 15, 16
+CREATED, UPDATED, VERSION, RUN_COUNT, RUNS, RUN_IDS = 12, 13, 14, 15, 16, 17
 
 MAX_INT4 = 2**31 - 1
 
@@ -41,16 +42,19 @@ _COLUMNS = (
     "s.metadata::text, s.summary::text, s.created_at, s.updated_at, s.version, s.run_count"
 )
 
-# The runs of session `s` from seq `{first}`, as one text: JSON objects joined by commas.
-_RUNS_OF = """(
-    SELECT string_agg(r.body::text, ',' ORDER BY r.seq) FROM {runs} r
+# The runs of session `s` from seq `{first}`: one text (JSON objects joined by commas) and their
+# ids, in order.
+_RUNS_OF = """LEFT JOIN LATERAL (
+    SELECT string_agg(r.body::text, ',' ORDER BY r.seq) AS bodies,
+           array_agg(r.run_id ORDER BY r.seq) AS ids
+    FROM {runs} r
     WHERE r.session_id = s.session_id AND r.seq >= {first} AND r.seq < s.run_count
-)"""
+) runs ON true"""
 
 # $1 session_id, $2 user_id filter (NULL: none), $3 last_runs (NULL: all).
 _READ = """
-SELECT {cols}, {runs_of}
-FROM {t} s
+SELECT {cols}, runs.bodies, runs.ids
+FROM {t} s {runs_of}
 WHERE s.session_id = $1 AND ($2::text IS NULL OR s.user_id = $2::text)
 """
 
@@ -122,20 +126,29 @@ SELECT created_at, updated_at, version, run_count FROM up
 """
 
 # append_runs: $1 session_id, $2 user_id (NULL: no owner check; the owner of a new session),
-# $3 session_data (NULL: keep), $4 run ids, $5 run bodies. Returns the session without runs
-# (session_data only when it was kept: the caller has the one it passed).
+# $3 session_data (NULL: keep), $4 run ids, $5 run bodies, $6 state_patch (NULL: none; an RFC 7396
+# merge patch applied by the store's merge-patch function), $7 if_version (NULL: any; 0: the
+# session must not exist). Returns the session without runs (session_data only when it was not
+# replaced: the caller has the one it passed). A run id the session holds already fails the
+# statement on the runs' unique (session_id, run_id) constraint, checked at its end: the driver
+# then appends only the new ones (see `PostgresStore._append_row`).
 _APPEND = """
 WITH up AS (
     INSERT INTO {t} AS s (session_id, session_type, user_id, session_data,
         created_at, updated_at, version, run_count)
-    VALUES ($1, 'agent', $2, coalesce($3::text::jsonb, '{{}}'::jsonb), now(), now(), 1,
-        cardinality($4::text[]))
+    SELECT $1, 'agent', $2,
+        coalesce($3::text::jsonb, {merge_patch}('{{}}'::jsonb, $6::text::jsonb), '{{}}'::jsonb),
+        now(), now(), 1, cardinality($4::text[])
+    WHERE $7::bigint IS NULL OR $7::bigint = 0
     ON CONFLICT (session_id) DO UPDATE SET
-        session_data = CASE WHEN $3::text IS NULL THEN s.session_data
-                            ELSE excluded.session_data END,
+        session_data = CASE WHEN $3::text IS NOT NULL THEN excluded.session_data
+                            WHEN $6::text IS NOT NULL
+                                THEN {merge_patch}(s.session_data, $6::text::jsonb)
+                            ELSE s.session_data END,
         updated_at = excluded.updated_at, version = s.version + 1,
         run_count = s.run_count + cardinality($4::text[])
-    WHERE $2::text IS NULL OR s.user_id = $2::text
+    WHERE ($2::text IS NULL OR s.user_id = $2::text)
+      AND ($7::bigint IS NULL OR s.version = $7::bigint)
     RETURNING s.session_id, s.session_type, s.user_id, s.agent_id, s.team_id, s.workflow_id,
         CASE WHEN $3::text IS NULL THEN s.session_data::text END,
         s.agent_data::text, s.team_data::text, s.workflow_data::text, s.metadata::text,
@@ -143,6 +156,101 @@ WITH up AS (
 ),
 {write_runs}
 SELECT * FROM up
+"""
+# With if_version >= 1 the session must exist: the append is an UPDATE.
+_APPEND_UPDATE = """
+WITH up AS (
+    UPDATE {t} AS s SET
+        session_data = CASE WHEN $3::text IS NOT NULL THEN $3::text::jsonb
+                            WHEN $6::text IS NOT NULL
+                                THEN {merge_patch}(s.session_data, $6::text::jsonb)
+                            ELSE s.session_data END,
+        updated_at = now(), version = s.version + 1,
+        run_count = s.run_count + cardinality($4::text[])
+    WHERE s.session_id = $1 AND ($2::text IS NULL OR s.user_id = $2::text)
+      AND s.version = $7::bigint
+    RETURNING s.session_id, s.session_type, s.user_id, s.agent_id, s.team_id, s.workflow_id,
+        CASE WHEN $3::text IS NULL THEN s.session_data::text END,
+        s.agent_data::text, s.team_data::text, s.workflow_data::text, s.metadata::text,
+        s.summary::text, s.created_at, s.updated_at, s.version, s.run_count
+),
+{write_runs}
+SELECT * FROM up
+"""
+
+# The runs of a session whose ids are in $2, with the session's run_count (runs at seq >=
+# run_count are leftovers, not part of the history): an append's retry check.
+_SELECT_RUN_IDS = """
+SELECT r.run_id, r.seq, r.body::text, s.run_count
+FROM {runs} r JOIN {t} s ON s.session_id = r.session_id
+WHERE r.session_id = $1 AND r.run_id = ANY($2::text[])
+"""
+_SELECT_SESSION = "SELECT {cols} FROM {t} s WHERE s.session_id = $1"
+_DELETE_LEFTOVERS = """
+DELETE FROM {runs} r USING {t} s
+WHERE s.session_id = $1 AND r.session_id = $1 AND r.seq >= s.run_count
+"""
+
+# get_run: $1 session_id, $2 run_id, $3 user_id filter (NULL: none).
+_GET_RUN = """
+SELECT r.body::text FROM {runs} r JOIN {t} s ON s.session_id = r.session_id
+WHERE r.session_id = $1 AND r.run_id = $2 AND r.seq < s.run_count
+  AND ($3::text IS NULL OR s.user_id = $3::text)
+"""
+
+# pop_runs, truncate_runs, clear_runs: in a transaction that first locks the session row.
+_LOCK = "SELECT user_id, version, run_count FROM {t} WHERE session_id = $1 FOR UPDATE"
+# The runs from seq $2 removed ($3: the run_count before; later seqs are leftovers), the history
+# cut to $2 runs. Returns the removed runs of the history, oldest first.
+_POP = """
+WITH gone AS (
+    DELETE FROM {runs} WHERE session_id = $1 AND seq >= $2 RETURNING seq, body
+),
+up AS (
+    UPDATE {t} SET run_count = $2, version = version + 1, updated_at = now()
+    WHERE session_id = $1
+)
+SELECT body::text FROM gone WHERE seq < $3 ORDER BY seq
+"""
+# truncate: $2 runs removed from the start, $3 the run_count before. The kept runs move to seq 0
+# in two passes (negative seqs in between), so no two rows ever hold one (session_id, seq).
+_TRUNCATE = """
+WITH gone AS (
+    DELETE FROM {runs} WHERE session_id = $1 AND (seq < $2 OR seq >= $3)
+),
+up AS (
+    UPDATE {t} SET run_count = $3 - $2, version = version + 1, updated_at = now()
+    WHERE session_id = $1
+)
+UPDATE {runs} SET seq = -1 - (seq - $2) WHERE session_id = $1 AND seq >= $2 AND seq < $3
+"""
+_MOVE_BACK = "UPDATE {runs} SET seq = -1 - seq WHERE session_id = $1 AND seq < 0"
+
+# fork_session, in a transaction: $1 source, the source row locked for share (no write changes it
+# while it is copied).
+_FORK_SOURCE = "SELECT user_id, run_count FROM {t} WHERE session_id = $1 FOR SHARE"
+_RUN_SEQ = """
+SELECT r.seq FROM {runs} r JOIN {t} s ON s.session_id = r.session_id
+WHERE r.session_id = $1 AND r.run_id = $2 AND r.seq < s.run_count
+"""
+# $1 source, $2 new id, $3 runs copied. Nothing when the new id exists.
+_FORK = """
+WITH new AS (
+    INSERT INTO {t} AS s (session_id, session_type, user_id, agent_id, team_id, workflow_id,
+        session_data, agent_data, team_data, workflow_data, metadata, summary,
+        created_at, updated_at, version, run_count)
+    SELECT $2, session_type, user_id, agent_id, team_id, workflow_id, session_data, agent_data,
+        team_data, workflow_data, metadata, summary, now(), now(), 1, $3
+    FROM {t} WHERE session_id = $1
+    ON CONFLICT (session_id) DO NOTHING
+    RETURNING {cols}
+),
+runs AS (
+    INSERT INTO {runs} (session_id, seq, run_id, body)
+    SELECT $2, r.seq, r.run_id, r.body FROM {runs} r, new
+    WHERE r.session_id = $1 AND r.seq < $3
+)
+SELECT * FROM new
 """
 
 # delete_session: $1 session_id, $2 user_id filter (NULL: none).
@@ -246,10 +354,23 @@ class SQL:
     table: str
     runs_table: str
     history_table: str
+    merge_patch: str
     read: str
     upsert: str
     update: str
     append: str
+    append_update: str
+    select_run_ids: str
+    select_session: str
+    delete_leftovers: str
+    get_run: str
+    lock: str
+    pop: str
+    truncate: str
+    move_back: str
+    fork_source: str
+    run_seq: str
+    fork: str
     delete: str
     select_owner: str
     lock_many: str
@@ -266,11 +387,15 @@ class SQL:
         t = f"{quote(schema)}.{quote(name)}"
         runs = f"{quote(schema)}.{quote(name + '_runs')}"
         history = f"{quote(schema)}.{quote(name + '_migrations')}"
+        merge_patch = f"{quote(schema)}.{quote(name + '_merge_patch')}"
 
         def f(template: str, **extra: str) -> str:
-            return template.format(t=t, runs=runs, history=history, cols=_COLUMNS, **extra)
+            return template.format(
+                t=t, runs=runs, history=history, cols=_COLUMNS, merge_patch=merge_patch, **extra
+            )
 
         write_runs = f(_WRITE_RUNS, sid="$1", ids="$14", bodies="$15")
+        append_runs = f(_WRITE_RUNS, sid="$1", ids="$4", bodies="$5")
         tail = f(_DROP_TAIL)
         return cls(
             schema=schema,
@@ -278,10 +403,23 @@ class SQL:
             table=t,
             runs_table=runs,
             history_table=history,
+            merge_patch=merge_patch,
             read=f(_READ, runs_of=f(_RUNS_OF, first="greatest(s.run_count - $3::integer, 0)")),
             upsert=f(_UPSERT, tail=tail, write_runs=write_runs),
             update=f(_UPDATE, tail=tail, write_runs=write_runs),
-            append=f(_APPEND, write_runs=f(_WRITE_RUNS, sid="$1", ids="$4", bodies="$5")),
+            append=f(_APPEND, write_runs=append_runs),
+            append_update=f(_APPEND_UPDATE, write_runs=append_runs),
+            select_run_ids=f(_SELECT_RUN_IDS),
+            select_session=f(_SELECT_SESSION),
+            delete_leftovers=f(_DELETE_LEFTOVERS),
+            get_run=f(_GET_RUN),
+            lock=f(_LOCK),
+            pop=f(_POP),
+            truncate=f(_TRUNCATE),
+            move_back=f(_MOVE_BACK),
+            fork_source=f(_FORK_SOURCE),
+            run_seq=f(_RUN_SEQ),
+            fork=f(_FORK),
             delete=f(_DELETE),
             select_owner=f(_SELECT_OWNER),
             lock_many=f(_LOCK_MANY),
@@ -295,14 +433,22 @@ class SQL:
                 f"DROP TABLE IF EXISTS {runs}",
                 f"DROP TABLE IF EXISTS {t}",
                 f"DROP TABLE IF EXISTS {history}",
+                f"DROP FUNCTION IF EXISTS {merge_patch}(jsonb, jsonb)",
             ),
         )
 
     def migration_names(self) -> dict[str, str]:
         """What the ``{placeholders}`` of a migration step stand for."""
-        return {"table": self.table, "runs": self.runs_table, "name": self.name}
+        return {
+            "table": self.table,
+            "runs": self.runs_table,
+            "name": self.name,
+            "merge_patch": self.merge_patch,
+        }
 
-    def listing(self, query: ListQuery, *, ids_only: bool = False) -> tuple[str, list[Any]]:
+    def listing(
+        self, query: ListQuery, *, ids_only: bool = False, count: bool = False
+    ) -> tuple[str, list[Any]]:
         """A keyset listing: filters, then ``(updated_at, session_id) < cursor``, newest first.
         Fetches one row more than the limit so the caller knows whether a next page exists."""
         where: list[str] = []
@@ -328,15 +474,21 @@ class SQL:
             where.append(
                 f"(s.updated_at, s.session_id) < ({bind(from_us(updated_us))}, {bind(session_id)})"
             )
-        if ids_only:
+        source = f"{self.table} s"
+        if count:
+            columns = "count(*)"
+        elif ids_only:
             columns = "s.session_id"
         elif query.include_runs:
-            columns = f"{_COLUMNS}, {_RUNS_OF.format(runs=self.runs_table, first='0')}"
+            columns = f"{_COLUMNS}, runs.bodies, runs.ids"
+            source += " " + _RUNS_OF.format(runs=self.runs_table, first="0")
         else:
             columns = _COLUMNS
-        sql = f"SELECT {columns} FROM {self.table} s"
+        sql = f"SELECT {columns} FROM {source}"
         if where:
             sql += " WHERE " + " AND ".join(where)
+        if count:
+            return sql, params
         sql += " ORDER BY s.updated_at DESC, s.session_id DESC"
         if query.limit is not None:
             sql += f" LIMIT {bind(query.limit + 1)}"

@@ -28,17 +28,16 @@ from .._checks import (
 )
 from .._encoding import EncodedAppend, EncodedSession, session_from_encoded
 from .._paging import ListQuery, PageKey, page_key
-from .._rules import RETRY, OwnerRule, Stored, decide, not_owner, owns
 from .._store import StoreBase
 from ..errors import ConfigurationError
 from ..models import Session
-from . import _pool
+from . import _pool, _writes
 from . import _sql as q
 from ._errors import ERRORS
-from ._jsonb import to_db
+from ._jsonb import from_db, to_db
 from ._migrations import MIGRATIONS, MigrationTarget
 from ._pool import Connection, GatedPool
-from ._rows import appended_session, session_columns, session_from_row
+from ._rows import appended_session, retried_session, session_columns, session_from_row
 from ._sql import SQL
 from ._url import normalize_url, where
 
@@ -246,7 +245,7 @@ class PostgresStore(StoreBase):
         if row is None:
             return None
         start = 0 if tail is None else max(0, row[q.RUN_COUNT] - tail)
-        return session_from_row(row, row[q.RUNS], start)
+        return session_from_row(row, row[q.RUNS], row[q.RUN_IDS], start)
 
     async def _upsert(self, session: EncodedSession, if_version: int | None) -> Session:
         sql = self._statements()
@@ -259,7 +258,7 @@ class PostgresStore(StoreBase):
         )
         statement = sql.update if if_version else sql.upsert
         row = await self._live(self._pool).run(
-            self._write_session, statement, args, session, if_version
+            _writes.write_session, sql, self.label, statement, args, session, if_version
         )
         created, updated, version, run_count = row
         return session_from_encoded(
@@ -270,37 +269,11 @@ class PostgresStore(StoreBase):
             runs_offset=run_count - len(session.runs),
         )
 
-    async def _write_session(
-        self,
-        connection: Connection,
-        statement: str,
-        args: tuple[Any, ...],
-        enc: EncodedSession,
-        if_version: int | None,
-    ) -> Any:
-        for _ in range(RETRY.attempts):
-            row = await connection.fetchrow(statement, *args)
-            if row is not None:
-                return row
-            # Not written: find out why (the only second round trip, on the error path). The
-            # statement creates a missing session itself: CREATE and RETRY both run it again.
-            decide(
-                self.label,
-                enc.session_id,
-                await self._stored(connection, enc.session_id),
-                user_id=enc.user_id,
-                if_version=if_version,
-                rule=OwnerRule.EXACT,
-            )
-        raise RETRY.exhausted(self.label, enc.session_id)
-
-    async def _stored(self, connection: Connection, session_id: str) -> Stored | None:
-        row = await connection.fetchrow(self._statements().select_owner, session_id)
-        return None if row is None else Stored(row[0], row[1])
-
     async def _upsert_many(self, sessions: list[EncodedSession]) -> list[Session]:
         ordered = sorted(sessions, key=lambda e: e.session_id)  # one lock order for every batch
-        rows = await self._live(self._pool).run(self._write_many, ordered)
+        rows = await self._live(self._pool).run(
+            _writes.write_many, self._statements(), self.label, ordered
+        )
         stored = {row[0]: row for row in rows}
         result = []
         for enc in sessions:
@@ -316,69 +289,58 @@ class PostgresStore(StoreBase):
             )
         return result
 
-    async def _write_many(self, connection: Connection, encoded: list[EncodedSession]) -> list[Any]:
-        """One transaction: lock the sessions that exist (in session_id order, so two batches
-        never deadlock), check their owners, then write them all in one statement."""
-        sql = self._statements()
-        sids = [enc.session_id for enc in encoded]
-        async with connection.transaction():
-            existing = {
-                row[0]: (row[1], row[2]) for row in await connection.fetch(sql.lock_many, sids)
-            }
-            columns: list[list[Any]] = [[] for _ in range(12)]
-            run_counts: list[int] = []
-            runs: tuple[list[Any], ...] = ([], [], [], [])  # session ids, seqs, run ids, bodies
-            for enc in encoded:
-                start = 0
-                if enc.session_id in existing:
-                    owner, stored_count = existing[enc.session_id]
-                    if not owns(owner, enc.user_id, OwnerRule.EXACT):
-                        raise not_owner(self.label, enc.session_id, enc.user_id)
-                    start = min(enc.runs_offset, stored_count)
-                for column, value in zip(columns, session_columns(enc), strict=True):
-                    column.append(value)
-                run_counts.append(start + len(enc.runs))
-                for i, run in enumerate(enc.runs):
-                    for column, value in zip(
-                        runs, (enc.session_id, start + i, run.run_id, to_db(run.body)), strict=True
-                    ):
-                        column.append(value)
-            rows: list[Any] = await connection.fetch(sql.upsert_many, *columns, run_counts, *runs)
-            if len(rows) != len(encoded):
-                # A session created by another user since the lock: nothing is kept.
-                written = {row[0] for row in rows}
-                missing = next(enc for enc in encoded if enc.session_id not in written)
-                raise not_owner(self.label, missing.session_id, missing.user_id)
-        return rows
-
     async def _append(self, append: EncodedAppend) -> Session:
-        data = append.session_data
-        args = (
-            append.session_id,
-            append.user_id,
-            None if data is None else to_db(data),
-            [r.run_id for r in append.runs],
-            [to_db(r.body) for r in append.runs],
+        done = await self._live(self._pool).run(
+            _writes.append, self._statements(), self.label, append
         )
-        row = await self._live(self._pool).run(self._append_row, args)
-        return appended_session(row, append)
+        if done.retried is not None:
+            return retried_session(done.row, *done.retried)
+        return appended_session(done.row, append, done.runs)
 
-    async def _append_row(self, connection: Connection, args: tuple[Any, ...]) -> Any:
-        session_id, user_id = args[0], args[1]
-        for _ in range(RETRY.attempts):
-            row = await connection.fetchrow(self._statements().append, *args)
-            if row is not None:
-                return row
-            decide(
-                self.label,
-                session_id,
-                await self._stored(connection, session_id),
-                user_id=user_id,
-                if_version=None,
-                rule=OwnerRule.IF_GIVEN,
-            )
-            # Deleted between the two statements: the next attempt creates it.
-        raise RETRY.exhausted(self.label, session_id)
+    async def _get_run(
+        self, session_id: str, run_id: str, user_id: str | None
+    ) -> dict[str, Any] | None:
+        body = await self._live(self._pool).run(
+            _fetchval, self._statements().get_run, session_id, run_id, user_id, idempotent=True
+        )
+        return None if body is None else from_db(body)
+
+    async def _pop_runs(
+        self, session_id: str, user_id: str | None, count: int
+    ) -> list[dict[str, Any]]:
+        bodies = await self._live(self._pool).run(
+            _writes.pop, self._statements(), self.label, session_id, user_id, count
+        )
+        return from_db("[" + ",".join(bodies) + "]") if bodies else []
+
+    async def _truncate_runs(self, session_id: str, user_id: str | None, keep_last: int) -> int:
+        return await self._live(self._pool).run(
+            _writes.truncate, self._statements(), self.label, session_id, user_id, keep_last
+        )
+
+    async def _count(self, query: ListQuery) -> int:
+        statement, params = self._statements().listing(query, count=True)
+        total: int = await self._live(self._pool).run(
+            _fetchval, statement, *params, idempotent=True
+        )
+        return total
+
+    async def _fork(
+        self, session_id: str, new_session_id: str, at_run: str | None, user_id: str | None
+    ) -> Session | None:
+        done = await self._live(self._pool).run(
+            _writes.fork,
+            self._statements(),
+            self.label,
+            session_id,
+            new_session_id,
+            at_run,
+            user_id,
+        )
+        if done is None:
+            return None
+        row, copied = done
+        return session_from_row(row, None, None, copied)
 
     async def _delete(self, session_id: str, user_id: str | None) -> bool:
         deleted = await self._live(self._pool).run(
@@ -393,9 +355,9 @@ class PostgresStore(StoreBase):
         if more:
             del rows[query.limit :]
         if query.include_runs:
-            sessions = [session_from_row(row, row[q.RUNS], 0) for row in rows]
+            sessions = [session_from_row(row, row[q.RUNS], row[q.RUN_IDS], 0) for row in rows]
         else:  # no runs loaded: an `upsert` of such a session keeps its whole history
-            sessions = [session_from_row(row, None, row[q.RUN_COUNT]) for row in rows]
+            sessions = [session_from_row(row, None, None, row[q.RUN_COUNT]) for row in rows]
         return sessions, page_key(sessions, more)
 
     async def _list_ids(self, query: ListQuery) -> list[str]:

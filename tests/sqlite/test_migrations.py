@@ -41,6 +41,7 @@ class TestSqliteMigrations(MigrationConformance):
             1: "8b0c6ebd8e3580cfa4f3da6ba7ffc18990c9f00ce458db07473f5ebe9d4728d7",
             2: "46969d969c24a79795a8178c9940541ad4fa2fa0e157054052baa53ace21c638",
             3: "d6ed372a291073032934caad0888ae8f6ce0dc53c7530540845468406e7efb4a",
+            4: "94550f3ca16196b7b43b525cb5cd278330cc1a0aeb0d09798066a0e8137e8221",
         }
 
 

@@ -1,0 +1,266 @@
+"""The PostgreSQL driver's writes: functions of a pooled connection, run by `GatedPool.run`.
+
+Each hot write is one statement whose conditions carry the owner and the version; when it changes
+nothing, `_rules.decide` says why from what is stored (the only second round trip, on the error
+path). The calls that remove runs or copy a session take the session's row lock first, in a
+transaction, so that what they read and what they write are one state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from .._encoding import EncodedAppend, EncodedRun, EncodedSession
+from .._rules import RETRY, OwnerRule, Stored, conflict, decide, not_owner, owns
+from ..errors import InvalidInputError
+from ._jsonb import to_db
+from ._pool import Connection
+from ._rows import session_columns
+from ._sql import SQL
+
+__all__ = ["Appended", "append", "fork", "pop", "truncate", "write_many", "write_session"]
+
+
+async def _stored(connection: Connection, sql: SQL, session_id: str) -> Stored | None:
+    row = await connection.fetchrow(sql.select_owner, session_id)
+    return None if row is None else Stored(row[0], row[1])
+
+
+def _duplicate_run_id(exc: asyncpg.UniqueViolationError, sql: SQL) -> bool:
+    return getattr(exc, "constraint_name", None) == f"{sql.name}_runs_run_id"
+
+
+async def write_session(
+    connection: Connection,
+    sql: SQL,
+    label: str,
+    statement: str,
+    args: tuple[Any, ...],
+    enc: EncodedSession,
+    if_version: int | None,
+) -> Any:
+    """One upsert statement (which creates a missing session itself), retried when the session
+    changed between it and the check of why it wrote nothing."""
+    for _ in range(RETRY.attempts):
+        try:
+            row = await connection.fetchrow(statement, *args)
+        except asyncpg.UniqueViolationError as exc:
+            if not _duplicate_run_id(exc, sql):
+                raise
+            raise InvalidInputError(
+                f"{label}: session {enc.session_id!r}: a run id of this write is already held by "
+                "a run before the ones it replaces (runs_offset); each run id appears once in a "
+                "session"
+            ) from exc
+        if row is not None:
+            return row
+        decide(
+            label,
+            enc.session_id,
+            await _stored(connection, sql, enc.session_id),
+            user_id=enc.user_id,
+            if_version=if_version,
+            rule=OwnerRule.EXACT,
+        )
+    raise RETRY.exhausted(label, enc.session_id)
+
+
+async def write_many(
+    connection: Connection, sql: SQL, label: str, encoded: list[EncodedSession]
+) -> list[Any]:
+    """One transaction: lock the sessions that exist (in session_id order, so two batches never
+    deadlock), check their owners, then write them all in one statement."""
+    sids = [enc.session_id for enc in encoded]
+    async with connection.transaction():
+        existing = {row[0]: (row[1], row[2]) for row in await connection.fetch(sql.lock_many, sids)}
+        columns: list[list[Any]] = [[] for _ in range(12)]
+        run_counts: list[int] = []
+        runs: tuple[list[Any], ...] = ([], [], [], [])  # session ids, seqs, run ids, bodies
+        for enc in encoded:
+            start = 0
+            if enc.session_id in existing:
+                owner, stored_count = existing[enc.session_id]
+                if not owns(owner, enc.user_id, OwnerRule.EXACT):
+                    raise not_owner(label, enc.session_id, enc.user_id)
+                start = min(enc.runs_offset, stored_count)
+            for column, value in zip(columns, session_columns(enc), strict=True):
+                column.append(value)
+            run_counts.append(start + len(enc.runs))
+            for i, run in enumerate(enc.runs):
+                for column, value in zip(
+                    runs, (enc.session_id, start + i, run.run_id, to_db(run.body)), strict=True
+                ):
+                    column.append(value)
+        rows: list[Any] = await connection.fetch(sql.upsert_many, *columns, run_counts, *runs)
+        if len(rows) != len(encoded):
+            # A session created by another user since the lock: nothing is kept.
+            written = {row[0] for row in rows}
+            missing = next(enc for enc in encoded if enc.session_id not in written)
+            raise not_owner(label, missing.session_id, missing.user_id)
+    return rows
+
+
+@dataclass(slots=True)
+class Appended:
+    """What an append did: the session row it returned, and the runs it appended; or, for a
+    retry of an append already applied, the row as stored and those runs as stored."""
+
+    row: Any
+    runs: list[EncodedRun]
+    retried: tuple[list[str], list[str], int] | None = None  # bodies, ids, start
+
+
+async def append(connection: Connection, sql: SQL, label: str, append: EncodedAppend) -> Appended:
+    """The append statement; when a run id is already stored (the runs' unique constraint,
+    checked at the end of the statement, rolls the whole statement back), append only the new
+    runs, or nothing when every run is there."""
+    runs = append.runs
+    data = None if append.session_data is None else to_db(append.session_data)
+    patch = None if append.state_patch is None else to_db(append.state_patch)
+    statement = sql.append_update if append.if_version else sql.append
+    for _ in range(RETRY.attempts):
+        args = (
+            append.session_id,
+            append.user_id,
+            data,
+            [r.run_id for r in runs],
+            [to_db(r.body) for r in runs],
+            patch,
+            append.if_version,
+        )
+        try:
+            row = await connection.fetchrow(statement, *args)
+        except asyncpg.UniqueViolationError as exc:
+            if not _duplicate_run_id(exc, sql):
+                raise
+            found = await _stored_runs(connection, sql, append.session_id, runs)
+            if found is None:
+                continue  # only runs left behind past the history's end: removed, try again
+            fresh = [r for r in runs if r.run_id not in found]
+            if not fresh:
+                return await _retried(connection, sql, label, append, runs, found)
+            runs = fresh
+            continue
+        if row is not None:
+            return Appended(row, runs)
+        decide(
+            label,
+            append.session_id,
+            await _stored(connection, sql, append.session_id),
+            user_id=append.user_id,
+            if_version=append.if_version,
+            rule=OwnerRule.IF_GIVEN,
+        )
+        # Deleted between the two statements: the next attempt creates it.
+    raise RETRY.exhausted(label, append.session_id)
+
+
+async def _stored_runs(
+    connection: Connection, sql: SQL, session_id: str, runs: list[EncodedRun]
+) -> dict[str, tuple[int, str]] | None:
+    """{id: (seq, body)} of the runs whose ids the session holds; None after removing runs left
+    past the history's end by a delete that raced an append (their ids do not count)."""
+    rows = await connection.fetch(sql.select_run_ids, session_id, [r.run_id for r in runs])
+    if any(seq >= count for _, seq, _, count in rows):
+        await connection.execute(sql.delete_leftovers, session_id)
+        return None
+    return {run_id: (seq, body) for run_id, seq, body, _ in rows}
+
+
+async def _retried(
+    connection: Connection,
+    sql: SQL,
+    label: str,
+    append: EncodedAppend,
+    runs: list[EncodedRun],
+    found: dict[str, tuple[int, str]],
+) -> Appended:
+    row = await connection.fetchrow(sql.select_session, append.session_id)
+    decide(
+        label,
+        append.session_id,
+        None if row is None else Stored(row[2], row[14]),
+        user_id=append.user_id,
+        if_version=None,
+        rule=OwnerRule.IF_GIVEN,
+    )
+    stored = [found[r.run_id] for r in runs]
+    bodies = [body for _, body in stored]
+    return Appended(row, runs, (bodies, [r.run_id for r in runs], min(s for s, _ in stored)))
+
+
+async def _locked(
+    connection: Connection, sql: SQL, label: str, session_id: str, user_id: str | None
+) -> int | None:
+    """Lock the session row (inside a transaction); its run count, or None when absent."""
+    row = await connection.fetchrow(sql.lock, session_id)
+    if row is None:
+        return None
+    decide(
+        label, session_id, Stored(row[0], row[1]), user_id=user_id, if_version=None,
+        rule=OwnerRule.IF_GIVEN,
+    )  # fmt: skip
+    count: int = row[2]
+    return count
+
+
+async def pop(
+    connection: Connection, sql: SQL, label: str, session_id: str, user_id: str | None, n: int
+) -> list[str]:
+    async with connection.transaction():
+        total = await _locked(connection, sql, label, session_id, user_id)
+        if not total:
+            return []
+        rows = await connection.fetch(sql.pop, session_id, max(total - n, 0), total)
+    return [row[0] for row in rows]
+
+
+async def truncate(
+    connection: Connection,
+    sql: SQL,
+    label: str,
+    session_id: str,
+    user_id: str | None,
+    keep_last: int,
+) -> int:
+    async with connection.transaction():
+        total = await _locked(connection, sql, label, session_id, user_id)
+        if not total or total <= keep_last:
+            return 0
+        removed = total - keep_last
+        await connection.execute(sql.truncate, session_id, removed, total)
+        await connection.execute(sql.move_back, session_id)
+    return removed
+
+
+async def fork(
+    connection: Connection,
+    sql: SQL,
+    label: str,
+    session_id: str,
+    new_session_id: str,
+    at_run: str | None,
+    user_id: str | None,
+) -> tuple[Any, int] | None:
+    """The new session's row and its run count; None when the source is absent or another
+    user's."""
+    async with connection.transaction():
+        source = await connection.fetchrow(sql.fork_source, session_id)
+        if source is None or (user_id is not None and source[0] != user_id):
+            return None
+        copied: int = source[1]
+        if at_run is not None:
+            seq = await connection.fetchval(sql.run_seq, session_id, at_run)
+            if seq is None:
+                raise InvalidInputError(
+                    f"{label}: run {at_run!r} is not in session {session_id!r}; nothing was written"
+                )
+            copied = seq + 1
+        row = await connection.fetchrow(sql.fork, session_id, new_session_id, copied)
+        if row is None:
+            target = await _stored(connection, sql, new_session_id)
+            raise conflict(label, new_session_id, 0, 0 if target is None else target.version)
+    return row, copied
