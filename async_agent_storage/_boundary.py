@@ -18,7 +18,17 @@ from typing import Any
 
 from .errors import StorageError, StorageUnavailableError
 
-__all__ = ["ErrorTable", "Rule"]
+__all__ = ["ErrorTable", "NotSent", "Rule"]
+
+
+class NotSent(Exception):
+    """Raised by a driver around an exception that struck before the call reached the database
+    (while opening or taking a connection): whatever the exception, nothing was written, so the
+    error it becomes never says `maybe_committed`."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,13 +71,18 @@ class ErrorTable:
         call was a write (whose outcome a lost answer leaves unknown)."""
         if isinstance(exc, StorageError):
             return exc
+        sent = True
+        if isinstance(exc, NotSent):
+            exc, sent = exc.cause, False
+            if isinstance(exc, StorageError):
+                return exc
         rule = self.rule(exc)
         text = str(exc).strip()
         detail = text[:500] if rule.error is not StorageError else f"{type(exc).__name__}: {text}"
         parts = [p for p in (detail if rule.show else "", rule.hint.format(store=store)) if p]
         message = f"{store.label}: " + "; ".join(parts or [type(exc).__name__])
         if issubclass(rule.error, StorageUnavailableError):
-            unknown = write and rule.outcome_unknown
+            unknown = write and sent and rule.outcome_unknown
             if unknown:
                 message += "; the write may or may not have been applied"
             return rule.error(message, maybe_committed=unknown)

@@ -6,9 +6,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
 
-from async_agent_storage import MigrationReport, MigrationStep, Session
+from async_agent_storage import MigrationReport, MigrationStep, Session, SessionValidationError
 from async_agent_storage.models import trusted_session as build_session
 
 
@@ -31,10 +30,11 @@ def test_fast_constructor_builds_what_model_construct_builds() -> None:
         "created_at": now,
         "updated_at": now,
         "version": 3,
+        "runs_offset": 7,
+        "run_ids": ["r"],
     }
-    fast = build_session(**fields, runs_offset=7)
+    fast = build_session(**fields)
     slow = Session.model_construct(**fields)
-    slow._runs_offset = 7
     assert fast == slow
     assert repr(fast) == repr(slow)
     assert fast.model_fields_set == slow.model_fields_set
@@ -63,7 +63,7 @@ def test_fast_constructor_builds_what_model_construct_builds() -> None:
     ],
 )
 def test_invalid_sessions_are_refused_when_built(fields: dict[str, object]) -> None:
-    with pytest.raises(ValidationError):
+    with pytest.raises(SessionValidationError):
         Session(**fields)  # type: ignore[arg-type]
 
 
@@ -80,3 +80,20 @@ def test_migration_report_text() -> None:
     done = MigrationReport(store="db", dry_run=False, from_version=2, to_version=2)
     assert done.up_to_date
     assert str(done) == "db: schema at version 2, nothing to do"
+
+
+def test_an_invalid_session_is_invalid_input_and_pydantic_says_why() -> None:
+    from async_agent_storage import InvalidInputError
+
+    with pytest.raises(InvalidInputError) as info:
+        Session(session_id="", version=-1)
+    assert isinstance(info.value, SessionValidationError)
+    assert isinstance(info.value, ValueError)
+    fields = {error["loc"][0] for error in info.value.errors()}
+    assert fields == {"session_id", "version"}
+
+
+def test_runs_offset_and_run_ids_are_fields_that_survive_json() -> None:
+    session = Session(session_id="s", runs=[{"a": 1}], runs_offset=4, run_ids=["r4"])
+    again = Session.model_validate_json(session.model_dump_json())
+    assert (again.runs_offset, again.run_ids, again.run_count) == (4, ["r4"], 5)

@@ -16,7 +16,12 @@ from typing import Any
 
 import asyncpg
 import pytest
-from pymongo.errors import BulkWriteError, NetworkTimeout, OperationFailure
+from pymongo.errors import (
+    BulkWriteError,
+    NetworkTimeout,
+    OperationFailure,
+    ServerSelectionTimeoutError,
+)
 
 from async_agent_storage import (
     ConfigurationError,
@@ -30,7 +35,7 @@ from async_agent_storage import (
     StorageError,
     StorageUnavailableError,
 )
-from async_agent_storage._boundary import ErrorTable, Rule
+from async_agent_storage._boundary import ErrorTable, NotSent, Rule
 from async_agent_storage._rules import OwnerRule, Stored, Verdict, decide
 from async_agent_storage._store import StoreBase
 from async_agent_storage.mongo._errors import ERRORS as MONGO_ERRORS
@@ -214,7 +219,8 @@ def _sqlite_error(code: int) -> sqlite3.Error:
         (POSTGRES_ERRORS, asyncpg.InterfaceError("y"), StorageUnavailableError, "y"),
         (MONGO_ERRORS, OperationFailure("x", code=18), ConfigurationError, "credentials"),
         (MONGO_ERRORS, OperationFailure("x", code=10334), SerializationError, "16 MiB"),
-        (MONGO_ERRORS, NetworkTimeout("x"), StorageUnavailableError, "may or may not"),
+        (MONGO_ERRORS, NetworkTimeout("x"), StorageUnavailableError, "did not answer"),
+        (POSTGRES_ERRORS, asyncpg.UndefinedObjectError("x"), ConfigurationError, "db_url"),
         (
             MONGO_ERRORS,
             BulkWriteError({"writeErrors": [{"code": 17419, "errmsg": "big"}]}),
@@ -230,6 +236,33 @@ def test_error_tables_classify_by_class_and_code(
     assert type(error) is expected
     assert str(error).startswith("test store: ")
     assert hint in str(error)
+
+
+@pytest.mark.parametrize(
+    ("table", "exc", "maybe"),
+    [
+        (POSTGRES_ERRORS, asyncpg.AdminShutdownError("x"), True),
+        (POSTGRES_ERRORS, asyncpg.InternalClientError("x"), True),
+        (POSTGRES_ERRORS, ConnectionResetError("x"), True),
+        (POSTGRES_ERRORS, TimeoutError(), True),
+        (POSTGRES_ERRORS, ConnectionRefusedError("x"), False),
+        (POSTGRES_ERRORS, NotSent(asyncpg.AdminShutdownError("x")), False),
+        (POSTGRES_ERRORS, asyncpg.SerializationError("x"), False),  # rolled back
+        (MONGO_ERRORS, NetworkTimeout("x"), True),
+        (MONGO_ERRORS, ServerSelectionTimeoutError("x"), False),
+        (SQLITE_ERRORS, _sqlite_error(sqlite3.SQLITE_BUSY), False),
+    ],
+)
+def test_a_write_whose_answer_was_lost_may_have_been_committed(
+    table: ErrorTable, exc: BaseException, maybe: bool
+) -> None:
+    written = table.translate(exc, _Store(), write=True)
+    assert isinstance(written, StorageUnavailableError)
+    assert written.maybe_committed is maybe
+    assert ("may or may not have been applied" in str(written)) is maybe
+    read = table.translate(exc, _Store(), write=False)
+    assert isinstance(read, StorageUnavailableError)
+    assert read.maybe_committed is False
 
 
 def test_a_message_alone_never_changes_the_class() -> None:

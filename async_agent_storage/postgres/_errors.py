@@ -39,6 +39,8 @@ ERRORS: Final = ErrorTable(
         "42P01": _NOT_AS_MADE,  # undefined_table
         "42703": _NOT_AS_MADE,  # undefined_column
         "42501": Rule(ConfigurationError, "the database user lacks a right the store needs"),
+        # undefined_object: an unknown query parameter of db_url is sent as a server setting.
+        "42704": Rule(ConfigurationError, "check the query parameters of db_url"),
         "25006": Rule(StorageUnavailableError, "the server is read-only; is db_url a standby?"),
         "28": _CHECK_URL,  # invalid authorization: user, password
         "3D": _CHECK_URL,  # invalid catalog name: no such database
@@ -73,6 +75,7 @@ ERRORS: Final = ErrorTable(
             asyncpg.InterfaceError,
             Rule(StorageUnavailableError, "the connection is not usable", outcome_unknown=True),
         ),
-        (OSError, _LOST),  # refused, reset, unreachable
+        (ConnectionRefusedError, _UNAVAILABLE),  # nothing was sent
+        (OSError, _LOST),  # reset, unreachable
     ],
 )

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from .._boundary import NotSent
 from ..errors import StorageUnavailableError
 
 __all__ = [
@@ -232,6 +233,8 @@ class GatedPool:
             gate.release()
             if isinstance(exc, TimeoutError):
                 raise self.connect_timed_out() from exc
+            if isinstance(exc, Exception) and not isinstance(exc, StorageUnavailableError):
+                raise NotSent(exc) from exc  # taking or opening a connection: nothing was sent
             raise
 
     async def _acquire_shared(self, budget: float) -> Connection:

@@ -168,6 +168,44 @@ class Batcher:
         self._started = 0.0
         self.batches = 0  # batches started: one thread hop (and one transaction) each
         self.calls = 0  # calls they carried
+        # Another batcher on the same thread whose batches this one waits for (the reads on the
+        # writer's connection wait for the write batch in flight), and the batcher that waits
+        # for this one, kicked when a batch ends.
+        self._blocker: Batcher | None = None
+        self._blocked: Batcher | None = None
+        # Called (once) when a batch has been running for `stall_after` seconds.
+        self._on_stall: Callable[[], None] | None = None
+        self._stall_after = 0.0
+        self._stall_timer: asyncio.TimerHandle | None = None
+
+    def wait_for(self, blocker: Batcher) -> None:
+        """Start no batch while `blocker` runs one (both share one thread: a batch queued behind
+        `blocker`'s could not be taken back)."""
+        self._blocker = blocker
+        blocker._blocked = self
+
+    def on_stall(self, after: float, callback: Callable[[], None]) -> None:
+        """Call `callback` when a batch has run for `after` seconds (it then waits for another
+        process's lock, most likely)."""
+        self._stall_after = after
+        self._on_stall = callback
+
+    def take_queued(self) -> list[Call]:
+        """Every queued call that has not started, for another batcher to run."""
+        calls = _take(self._queue, len(self._queue))
+        if not self._busy:
+            self._wake_idle()
+        return calls
+
+    def enqueue(self, call: Call) -> None:
+        """A call taken from another batcher (its caller still waits on its future)."""
+        self._queue.append(call)
+        if self._can_start():
+            self._start()
+
+    def _can_start(self) -> bool:
+        blocker = self._blocker
+        return not self._busy and not self._paused and (blocker is None or not blocker._busy)
 
     @property
     def load(self) -> int:
@@ -181,7 +219,7 @@ class Batcher:
     async def call(self, work: Work[T]) -> T:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.append((work, future))
-        if not self._busy and not self._paused:
+        if self._can_start():
             self._start()
         return await future
 
@@ -200,20 +238,29 @@ class Batcher:
                 self._start()
             return
         self._busy = True
-        self._started = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        self._started = loop.time()
+        if self._on_stall is not None:
+            self._stall_timer = loop.call_later(self._stall_after, self._on_stall)
         done.add_done_callback(partial(self._finished, batch))
 
     def _finished(self, batch: list[Call], done: asyncio.Future[list[Outcome]]) -> None:
         self._busy = False
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         exc = None if done.cancelled() else done.exception()
         if done.cancelled() or exc is not None:  # not expected: the runners catch what they can
             failure = exc or StoreClosedError("the SQLite connection was closed")
             self._settle(batch, [(False, failure)] * len(batch))
         else:
             self._settle(batch, done.result())
-        if self._queue and not self._paused:
+        blocked = self._blocked
+        if blocked is not None and blocked._queue and blocked._can_start():
+            blocked._start()  # the reads that waited for this batch go first
+        if self._queue and self._can_start():
             self._start()
-        else:
+        elif not self._busy:
             self._wake_idle()
 
     @staticmethod
@@ -251,7 +298,7 @@ class Batcher:
             yield self.connection
         finally:
             self._paused -= 1
-            if self._queue and not self._busy and not self._paused:
+            if self._queue and self._can_start():
                 self._start()
 
 
@@ -264,7 +311,10 @@ class ReaderPool:
 
     Separate reader connections (WAL lets them read while a write is in progress) take the reads
     when the writer's batch has been running longer than `stall`: in practice when the writer is
-    waiting for another process's write lock, which can last up to `busy_timeout`."""
+    waiting for another process's write lock, which can last up to `busy_timeout`. Reads for the
+    writer's connection wait in their own queue while a write batch runs (never in the thread's,
+    where they could not be taken back), and move to the reader connections the moment that
+    batch has run for `stall`, whenever they arrived."""
 
     def __init__(
         self,
@@ -276,9 +326,18 @@ class ReaderPool:
     ) -> None:
         self._writer = writer
         self._primary = Batcher(writer.connection, run_reads, max_batch=max_batch)
+        self._primary.wait_for(writer)
         self._readers = [Batcher(c, run_reads, max_batch=max_batch) for c in readers]
         self._stall = stall
         self.connections = list(readers)
+        if self._readers:
+            writer.on_stall(stall, self._move_waiting_reads)
+
+    def _move_waiting_reads(self) -> None:
+        """The write batch has run for `stall`: the reads waiting for it go to the reader
+        connections, which WAL lets read meanwhile."""
+        for call in self._primary.take_queued():
+            min(self._readers, key=lambda b: b.load).enqueue(call)
 
     @property
     def primary(self) -> Batcher:

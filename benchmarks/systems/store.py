@@ -1,7 +1,7 @@
 """The store under test, on any backend, through the public protocol only (`open_store`).
 
 Two systems share one store's data: "store append" does the turn as `read(last_runs=N)` +
-`append_runs(..., session_data=...)`, "store upsert" as `read(last_runs=N)` + `upsert(session)`.
+`append_runs(..., state_patch=...)`, "store upsert" as `read(last_runs=N)` + `upsert(session)`.
 """
 
 from __future__ import annotations
@@ -175,7 +175,10 @@ class StoreSystem(System):
         run = picker.new_run(ref)
         state = next_state(session.session_data, picker.rng)
         if self.variant == "append":
-            await store.append_runs(ref.session_id, [run], user_id=ref.user_id, session_data=state)
+            # The turn's state update as a merge patch of the keys it changed, applied in the
+            # database: concurrent turns on one session keep each other's updates.
+            patch = {"session_state": state["session_state"]}
+            await store.append_runs(ref.session_id, [run], user_id=ref.user_id, state_patch=patch)
         else:
             session.runs.append(run)
             session.session_data = state

@@ -87,6 +87,10 @@ async def test_a_server_that_goes_away_mid_call_and_comes_back(
             with pytest.raises(StorageUnavailableError) as info:
                 await blocked
             assert store.table_name in str(info.value)
+            assert info.value.maybe_committed  # the statement was sent: its outcome is unknown
+            with pytest.raises(StorageUnavailableError) as refused:
+                await store.append_runs("s", [{"i": 2}])
+            assert not refused.value.maybe_committed  # no connection: never sent
             for call in (
                 lambda: store.read("s"),
                 lambda: store.append_runs("s", [{"i": 2}]),
@@ -110,8 +114,9 @@ async def test_a_real_server_restart(own_cluster: Cluster) -> None:
     async with store:
         await store.append_runs("s", [{"i": 0}])
         lock = await hold_row_lock(own_cluster.url, store, "s")
+        turn = [{"run_id": "turn-1", "i": 1}]
         try:
-            blocked = asyncio.create_task(store.append_runs("s", [{"i": 1}]))
+            blocked = asyncio.create_task(store.append_runs("s", turn))
             await until_blocked(blocked)
             await asyncio.to_thread(own_cluster.pause)  # fast shutdown: sessions terminated
             # Usually the call fails; but the lock holder may die first, and the append then
@@ -126,6 +131,13 @@ async def test_a_real_server_restart(own_cluster: Cluster) -> None:
         read = await eventually(lambda: store.read("s"))
         assert read is not None
         assert [r["i"] for r in read.runs] == ([0] if isinstance(outcome, Exception) else [0, 1])
+        if isinstance(outcome, StorageUnavailableError):
+            assert outcome.maybe_committed
+        # Whatever happened, the caller's retry stores the turn once.
+        await store.append_runs("s", turn)
+        again = await store.read("s")
+        assert again is not None
+        assert [r["i"] for r in again.runs] == [0, 1]
         await store.append_runs("s", [{"i": 2}])
         await store.drop()
 
@@ -162,8 +174,9 @@ async def test_terminated_backends_are_replaced(
                 "WHERE application_name = $1 AND wait_event_type = 'Lock'",
                 app,
             )
-            with pytest.raises(StorageUnavailableError, match="terminat"):
+            with pytest.raises(StorageUnavailableError, match="terminat") as info:
                 await blocked
+            assert info.value.maybe_committed
         finally:
             await release(lock)
         read = await eventually(lambda: store.read("s0"))

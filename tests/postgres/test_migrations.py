@@ -139,3 +139,13 @@ def test_the_lock_is_per_table() -> None:
     alpha_elsewhere = PostgresStore("alpha", "postgresql://h/d", schema="t")
     keys = {advisory_key(s._statements()) for s in (alpha, beta, alpha_elsewhere)}
     assert len(keys) == 3
+
+
+async def test_a_malformed_history_table_is_a_migration_error(
+    make_store: StoreMaker, admin: asyncpg.Connection, pg_schema: str
+) -> None:
+    store = make_store()
+    history_table = f'"{pg_schema}"."{store.table_name}_migrations"'
+    await admin.execute(f"CREATE TABLE {history_table} (version integer, note text)")
+    with pytest.raises(MigrationError):
+        await store.open()

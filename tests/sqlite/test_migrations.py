@@ -140,3 +140,12 @@ async def test_tables_of_one_file_have_their_own_histories(tmp_path: Path) -> No
         await alpha.append_runs("s", [{"in": "alpha"}])
         assert await beta.read("s") is None
     assert len(history(db_file, "alpha")) == len(history(db_file, "beta")) == LATEST
+
+
+async def test_a_malformed_history_table_is_a_migration_error(tmp_path: Path) -> None:
+    db_file = tmp_path / "malformed.db"
+    with sqlite3.connect(db_file) as db:
+        db.execute('CREATE TABLE "agent_sessions_migrations" (version INTEGER, note TEXT)')
+        db.execute("INSERT INTO agent_sessions_migrations VALUES (1, 'not ours')")
+    with pytest.raises(MigrationError):
+        await SqliteStore(db_file=db_file).open()

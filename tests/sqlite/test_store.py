@@ -163,6 +163,30 @@ async def test_reads_go_on_while_the_writer_waits_for_another_process(tmp_path: 
         assert (await waiting).version == 2
 
 
+@pytest.mark.parametrize("trial", range(3))
+async def test_a_read_issued_just_after_a_write_that_waits_for_a_lock_does_not_wait_with_it(
+    tmp_path: Path, trial: int
+) -> None:
+    # The read arrives while the write batch has run for less than the stall delay: it must not
+    # end up behind that batch on the writer's thread for the whole busy_timeout.
+    db_file = tmp_path / "stall.db"
+    async with SqliteStore(db_file=db_file, busy_timeout=5) as store:
+        await store.append_runs("s", [{"i": 0}])
+        holder = sqlite3.connect(db_file, isolation_level=None, check_same_thread=False)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            waiting = asyncio.create_task(store.append_runs("s", [{"i": 1}]))
+            await asyncio.sleep(0)  # the write batch starts and blocks on the lock
+            reads = [asyncio.create_task(store.read("s")) for _ in range(3)]
+            done = await asyncio.wait_for(asyncio.gather(*reads), timeout=1)
+            assert all(r is not None and r.version == 1 for r in done)
+            assert not waiting.done()
+        finally:
+            holder.execute("COMMIT")
+            holder.close()
+        assert (await waiting).version == 2
+
+
 async def test_a_write_waits_for_a_short_lock_instead_of_failing(tmp_path: Path) -> None:
     db_file = tmp_path / "wait.db"
     async with SqliteStore(db_file=db_file, busy_timeout=10) as store:
