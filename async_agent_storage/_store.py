@@ -25,6 +25,7 @@ hook                                  what the driver does
 `_delete`                             delete one session and its runs
 `_list_page`, `_list_ids`             one listing (`ListQuery`): sessions and next key, or ids
 `_drop`                               drop the store's tables
+`_ping`, `_stats`                     one cheap round trip; the pool or batching figures
 ====================================  ===========================================================
 
 A hook gets checked, encoded arguments and raises its driver's own exceptions (or an error of the
@@ -54,9 +55,11 @@ from ._checks import (
     check_last_runs,
     check_max_bytes,
     check_optional_id,
+    check_optional_seconds,
 )
 from ._encoding import EncodedAppend, EncodedSession, encode_append, encode_session, encode_sessions
 from ._migrations import Migration, MigrationTarget
+from ._observe import Observer, logger_for
 from ._paging import ListQuery, PageKey, list_query
 from .errors import (
     ConfigurationError,
@@ -108,7 +111,9 @@ class StoreBase(abc.ABC):
     auto_upgrade_schema: bool
     max_session_bytes: int
     require_user_id: bool
+    slow_call_threshold: float | None
     token: str
+    table_name: str
     _state: StoreState = StoreState.NEW
     _dropped: bool = False
 
@@ -133,6 +138,7 @@ class StoreBase(abc.ABC):
         auto_upgrade_schema: object,
         max_session_bytes: object,
         require_user_id: object,
+        slow_call_threshold: object,
         unknown: Mapping[str, object],
     ) -> None:
         """Check the options every store has; called first by each driver's `__init__`."""
@@ -149,7 +155,11 @@ class StoreBase(abc.ABC):
                 f"require_user_id must be True or False, got {require_user_id!r}"
             )
         self.require_user_id = require_user_id
+        self.slow_call_threshold = check_optional_seconds(
+            "slow_call_threshold", slow_call_threshold, allow_zero=True
+        )
         self.token = uuid.uuid4().hex  # this store object, for `RunSource`
+        self._observer: Observer | None = None
         self.migrations = migrations
         self._state = StoreState.NEW
         self._dropped = False
@@ -251,6 +261,14 @@ class StoreBase(abc.ABC):
     @abc.abstractmethod
     async def _drop(self) -> None: ...
 
+    @abc.abstractmethod
+    async def _ping(self) -> None:
+        """One cheap round trip to the database."""
+
+    @abc.abstractmethod
+    def _stats(self) -> dict[str, Any]:
+        """The driver's figures: its pool (in use, idle, waiting) or its batching."""
+
     # --- the boundary -----------------------------------------------------------------------------
 
     def _translate(self, exc: BaseException, *, write: bool = False) -> StorageError:
@@ -310,15 +328,27 @@ class StoreBase(abc.ABC):
         *args: P.args,
         **kwargs: P.kwargs,
     ) -> T:
-        """The one path of every data call: the store must be open, and whatever the hook
-        raises leaves as an error of the tree. `operation` names the public call."""
+        """The one path of every data call: the store must be open, whatever the hook raises
+        leaves as an error of the tree, and the call is reported (`_observe`). `operation` names
+        the public call."""
         self._check_usable()
+        observer = self._observer
+        assert observer is not None  # made by open()
+        call = observer.start(operation)
         try:
-            return await hook(*args, **kwargs)
-        except StorageError:
+            result = await hook(*args, **kwargs)
+        except StorageError as exc:
+            observer.end(call, exc)
             raise
         except Exception as exc:
-            raise self._translate(exc, write=operation in _WRITES) from exc
+            error = self._translate(exc, write=operation in _WRITES)
+            observer.end(call, error)
+            raise error from exc
+        except BaseException as exc:  # cancelled
+            observer.end(call, exc)
+            raise
+        observer.end(call)
+        return result
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -331,18 +361,26 @@ class StoreBase(abc.ABC):
                 return
             if self._state is StoreState.CLOSED:
                 raise StoreClosedError(f"{self.label}: a closed store cannot be reopened")
+            self._observer = Observer(
+                backend=self.backend,
+                table=self.table_name,
+                describe=lambda: self.label,
+                slow_call_threshold=self.slow_call_threshold,
+            )
             with self._mapped():
                 await self._open_resources()
             try:
                 with self._mapped():
                     async with self._migration_target() as target:
-                        await migration_runner.ensure_schema(
+                        report = await migration_runner.ensure_schema(
                             target, self.migrations, auto_upgrade=self.auto_upgrade_schema
                         )
             except BaseException:
                 await asyncio.shield(self._close_resources())
                 raise
+            self._log_applied(report)
             self._state = StoreState.OPEN
+            logger_for(self.backend).info("%s: open", self.label)
 
     async def close(self) -> None:
         """Wait for the calls in progress, then close the store's connections (never a pool or
@@ -622,7 +660,35 @@ class StoreBase(abc.ABC):
                 report = await migration_runner.upgrade(target, self.migrations, dry_run=dry_run)
         if not dry_run:
             self._dropped = False
+            self._log_applied(report)
         return report
+
+    def _log_applied(self, report: MigrationReport | None) -> None:
+        if report is None:
+            return
+        log = logger_for(self.backend)
+        for step in report.applied:
+            log.info("%s: applied migration %d (%s)", self.label, step.version, step.name)
+
+    # --- health ---------------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        """One cheap round trip to the database; returns when it answered, else raises
+        (`StorageUnavailableError` when it cannot be reached, `StoreClosedError` when the store
+        is not open). For `/healthz` handlers."""
+        await self._call("ping", self._ping)
+
+    def stats(self) -> dict[str, Any]:
+        """Figures for monitoring, without I/O: the store's state, its calls and errors per
+        operation since `open()`, and its driver's pool or batching figures."""
+        observer = self._observer
+        return {
+            "backend": self.backend,
+            "state": self._state.value,
+            "calls": dict(observer.calls) if observer else {},
+            "errors": dict(observer.errors) if observer else {},
+            **(self._stats() if self._state is StoreState.OPEN else {}),
+        }
 
     async def schema_version(self) -> int:
         """The schema version recorded in the database (0 when there is none). Works on a store

@@ -210,7 +210,6 @@ class _Transaction:
                     "different checksums"
                 ) from None
             return from_us(int(existing["applied_at"]))
-        _log.info("%s: applied migration %d (%s)", target.label, migration.version, migration.name)
         return from_us(now)
 
 

@@ -102,10 +102,11 @@ class MongoStore(StoreBase):
       calls wait. A write that times out may or may not have been applied.
     - `auto_upgrade_schema`: upgrade an older schema at `open()`; without it `open()` raises
       `MigrationError` on an older schema. A missing schema is always created.
-    - `max_session_bytes`: the largest JSON payload one write may carry.
-    - `require_user_id`: refuse every call made without a `user_id` (`InvalidInputError`), for
-      multi-tenant servers where no call may reach another user's sessions. One write is also one
+    - `max_session_bytes`: the largest JSON payload one write may carry. One write is also one
       document update, so it must fit MongoDB's 16 MiB document limit.
+    - `require_user_id`: refuse every call made without a `user_id` (`InvalidInputError`), for
+      multi-tenant servers where no call may reach another user's sessions.
+    - `slow_call_threshold`: seconds; a call that takes longer is logged at WARNING (None: off).
     - `migration_lock_timeout`: seconds to wait for another process's migration lease.
     - `client_options`: more keyword arguments for `AsyncMongoClient` (TLS, auth...).
     """
@@ -129,6 +130,7 @@ class MongoStore(StoreBase):
         migration_lock_timeout: float = 120.0,
         client_options: Mapping[str, Any] | None = None,
         require_user_id: bool = False,
+        slow_call_threshold: float | None = None,
         **unknown: Never,
     ) -> None:
         self._setup(
@@ -136,6 +138,7 @@ class MongoStore(StoreBase):
             auto_upgrade_schema=auto_upgrade_schema,
             max_session_bytes=max_session_bytes,
             require_user_id=require_user_id,
+            slow_call_threshold=slow_call_threshold,
             unknown=unknown,
         )
         self.collection_name = check_name(collection_name, "collection_name")
@@ -187,6 +190,11 @@ class MongoStore(StoreBase):
     @property
     def label(self) -> str:
         return self._label
+
+    @property
+    def table_name(self) -> str:
+        """The sessions collection's name (the other stores' table name)."""
+        return self.collection_name
 
     # --- connections ----------------------------------------------------------------------------
 
@@ -304,6 +312,12 @@ class MongoStore(StoreBase):
 
     async def _list_ids(self, query: ListQuery) -> list[str]:
         return await self._shielded(_reads.list_ids(self._live(self._writer).parts, query))
+
+    async def _ping(self) -> None:
+        await self._shielded(self._live(self._writer).parts.database.command("ping"))
+
+    def _stats(self) -> dict[str, Any]:
+        return {"calls_in_flight": len(self._calls), "pool_max_size": self.pool_max_size}
 
     async def _drop(self) -> None:
         database = self._live(self._writer).parts.database

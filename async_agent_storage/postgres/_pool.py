@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from .._boundary import NotSent
+from .._observe import logger_for
 from ..errors import StorageUnavailableError
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+_log = logger_for("postgresql")
 Connection = Any  # asyncpg.Connection or a pool's proxy of one (asyncpg ships no type hints)
 
 
@@ -181,6 +183,7 @@ class GatedPool:
         self._gate = asyncio.Semaphore(self.max_size)
         self._acquire_timeout = acquire_timeout
         self._describe = describe
+        self.replaced = 0  # connections found broken and closed (the pool opens new ones)
 
     @property
     def waiting(self) -> int:
@@ -264,7 +267,15 @@ class GatedPool:
                 if not _broken(connection, exc):
                     raise
                 _terminate(connection)
-                if attempt == 2 or not (idempotent or _never_sent(exc)):
+                self.replaced += 1
+                retry = attempt == 1 and (idempotent or _never_sent(exc))
+                _log.info(
+                    "%s: a connection broke (%s); it is replaced%s",
+                    self._describe(),
+                    type(exc).__name__,
+                    ", and the call tried again" if retry else "",
+                )
+                if not retry:
                     raise
             finally:
                 try:

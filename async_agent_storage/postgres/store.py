@@ -75,6 +75,7 @@ class PostgresStore(StoreBase):
     - `max_session_bytes`: the largest JSON payload one write may carry.
     - `require_user_id`: refuse every call made without a `user_id` (`InvalidInputError`), for
       multi-tenant servers where no call may reach another user's sessions.
+    - `slow_call_threshold`: seconds; a call that takes longer is logged at WARNING (None: off).
     """
 
     backend: ClassVar[str] = "postgresql"
@@ -96,6 +97,7 @@ class PostgresStore(StoreBase):
         pool: asyncpg.Pool | None = None,
         max_session_bytes: int = codec.DEFAULT_MAX_SESSION_BYTES,
         require_user_id: bool = False,
+        slow_call_threshold: float | None = None,
         **unknown: Never,
     ) -> None:
         self._setup(
@@ -103,6 +105,7 @@ class PostgresStore(StoreBase):
             auto_upgrade_schema=auto_upgrade_schema,
             max_session_bytes=max_session_bytes,
             require_user_id=require_user_id,
+            slow_call_threshold=slow_call_threshold,
             unknown=unknown,
         )
         self.table_name = check_name(table_name)
@@ -364,6 +367,22 @@ class PostgresStore(StoreBase):
         statement, params = self._statements().listing(query, ids_only=True)
         rows = await self._live(self._pool).run(_fetch, statement, *params, idempotent=True)
         return [row[0] for row in rows]
+
+    async def _ping(self) -> None:
+        await self._live(self._pool).run(_fetchval, "SELECT 1", idempotent=True)
+
+    def _stats(self) -> dict[str, Any]:
+        gated = self._live(self._pool)
+        pool = gated.pool
+        size, idle = pool.get_size(), pool.get_idle_size()
+        return {
+            "pool_max_size": gated.max_size,
+            "pool_size": size,
+            "pool_idle": idle,
+            "pool_in_use": size - idle,
+            "pool_waiting": gated.waiting,
+            "connections_replaced": gated.replaced,
+        }
 
     async def _drop(self) -> None:
         await self._live(self._pool).run(self._drop_tables)

@@ -34,8 +34,21 @@ BatchRunner = Callable[[Sequence[Work[Any]], sqlite3.Connection], list[Outcome]]
 Call = tuple[Work[Any], "asyncio.Future[Any]"]
 
 
-def _with_sqlite(connection: aiosqlite.Connection, work: Work[T]) -> T:
-    return work(connection._conn)
+class _OnThread:
+    """`work(sqlite3_connection)` as aiosqlite's thread runs it. aiosqlite logs what it runs at
+    DEBUG with its repr: this one names no argument, so no session payload reaches a log."""
+
+    __slots__ = ("_connection", "_work")
+
+    def __init__(self, connection: aiosqlite.Connection, work: Work[Any]) -> None:
+        self._connection = connection
+        self._work = work
+
+    def __call__(self) -> Any:
+        return self._work(self._connection._conn)
+
+    def __repr__(self) -> str:
+        return "<async_agent_storage call>"
 
 
 def submit(connection: aiosqlite.Connection, work: Work[T]) -> asyncio.Future[T]:
@@ -43,7 +56,7 @@ def submit(connection: aiosqlite.Connection, work: Work[T]) -> asyncio.Future[T]
     if not connection._running or connection._connection is None:
         raise StoreClosedError("the SQLite connection is closed")
     future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-    connection._tx.put_nowait((future, partial(_with_sqlite, connection, work)))
+    connection._tx.put_nowait((future, _OnThread(connection, work)))
     return future
 
 

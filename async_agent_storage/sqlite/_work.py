@@ -33,6 +33,7 @@ __all__ = [
     "get_run",
     "list_ids",
     "list_sessions",
+    "ping",
     "pop_runs",
     "read_session",
     "truncate_runs",
@@ -355,6 +356,10 @@ def delete(sql: SQL, session_id: str, user_id: str | None, db: sqlite3.Connectio
     if deleted:
         db.execute(sql.delete_runs_from, (session_id, 0))
     return bool(deleted)
+
+
+def ping(db: sqlite3.Connection) -> None:
+    db.execute("SELECT 1").fetchone()
 
 
 def drop(sql: SQL, db: sqlite3.Connection) -> None:

@@ -72,6 +72,7 @@ class SqliteStore(StoreBase):
     - `max_session_bytes`: the largest JSON payload one write may carry.
     - `require_user_id`: refuse every call made without a `user_id` (`InvalidInputError`), for
       multi-tenant servers where no call may reach another user's sessions.
+    - `slow_call_threshold`: seconds; a call that takes longer is logged at WARNING (None: off).
     - `max_batch`: the most writes committed in one transaction.
     """
 
@@ -90,6 +91,7 @@ class SqliteStore(StoreBase):
         max_session_bytes: int = codec.DEFAULT_MAX_SESSION_BYTES,
         max_batch: int = 256,
         require_user_id: bool = False,
+        slow_call_threshold: float | None = None,
         **unknown: Never,
     ) -> None:
         self._setup(
@@ -97,6 +99,7 @@ class SqliteStore(StoreBase):
             auto_upgrade_schema=auto_upgrade_schema,
             max_session_bytes=max_session_bytes,
             require_user_id=require_user_id,
+            slow_call_threshold=slow_call_threshold,
             unknown=unknown,
         )
         self.table_name = check_name(table_name)
@@ -266,3 +269,19 @@ class SqliteStore(StoreBase):
 
     async def _drop(self) -> None:
         await self._write(partial(work.drop, self._sql))
+
+    async def _ping(self) -> None:
+        await self._live(self._io).readers.run(work.ping)
+
+    def _stats(self) -> dict[str, Any]:
+        io = self._live(self._io)
+        return {
+            "write_batches": io.writer.batches,
+            "writes": io.writer.calls,
+            "writes_in_flight": io.writer.load,
+            "read_batches": io.readers.batches,
+            "reads": io.readers.reads,
+            "reads_beside_writer": io.readers.reads_beside_writer,
+            "reads_in_flight": io.readers.in_flight,
+            "reader_connections": len(io.readers.connections),
+        }

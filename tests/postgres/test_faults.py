@@ -6,6 +6,7 @@ error, a hang or `None`, and the store recovers by itself."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 import uuid
@@ -367,3 +368,31 @@ async def test_a_pool_passed_in_and_busy_elsewhere_times_out_and_gives_back_late
             assert await store.read("s") is not None
     finally:
         await pool.close()
+
+
+async def test_ping_and_stats_say_when_the_server_is_gone(
+    make_store: StoreMaker, proxy: Proxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    password_url = proxy.url.replace("://postgres@", "://postgres:SECRET-PASSWORD-1@")
+    store = make_store(db_url=password_url, pool_min_size=2, pool_max_size=2)
+    async with store:
+        await store.ping()
+        await store.append_runs("s", [{"i": 0}])
+        stats = store.stats()
+        assert stats["backend"] == "postgresql"
+        assert (stats["pool_max_size"], stats["pool_in_use"], stats["pool_waiting"]) == (2, 0, 0)
+        assert stats["pool_size"] == stats["pool_idle"] == 2
+        assert stats["calls"] == {"ping": 1, "append_runs": 1}
+        await proxy.cut()
+        with pytest.raises(StorageUnavailableError) as info:
+            await store.ping()
+        assert not info.value.maybe_committed
+        assert store.stats()["errors"] == {"ping": 1}
+        await proxy.restore()
+        await eventually(store.ping)
+    assert "SECRET-PASSWORD-1" not in repr(store)
+    for record in caplog.records:
+        assert "SECRET-PASSWORD-1" not in record.getMessage()
+    replaced = [r for r in caplog.records if "a connection broke" in r.getMessage()]
+    assert all(r.name == "async_agent_storage.postgres" for r in replaced)
