@@ -5,7 +5,6 @@ payload, id or password ever appears in what is reported."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ SECRETS = ("SECRET-PAYLOAD-7731", "SECRET-SESSION-4410", "SECRET-USER-9925", "SE
 
 
 @pytest.fixture(scope="module")
-def telemetry() -> Iterator[tuple[InMemorySpanExporter, InMemoryMetricReader]]:
+def telemetry() -> tuple[InMemorySpanExporter, InMemoryMetricReader]:
     """The SDK's in-memory exporters, installed once for the process (OpenTelemetry's providers
     can be set only once)."""
     exporter = InMemorySpanExporter()
@@ -39,7 +38,7 @@ def telemetry() -> Iterator[tuple[InMemorySpanExporter, InMemoryMetricReader]]:
     tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
-    yield exporter, reader
+    return exporter, reader
 
 
 async def secret_turns(store: Any) -> None:
