@@ -21,6 +21,8 @@ PEERS_VENV := .venv-peers
 # tests are reported NOT RUN.
 INTEGRATIONS     := openai-agents agno adk
 INTEGRATION_ENVS := $(foreach extra,$(INTEGRATIONS),.venv-$(extra)/.installed)
+# What the tests and the comparison (make bench-integrations) add: the frameworks' own storage.
+TEST_DEPS_agno := 'sqlalchemy[asyncio]>=2' 'psycopg[binary]>=3.2'
 
 .PHONY: bench bench-peers bench-integrations test lint typecheck pytest mongoeco integrations clean
 
@@ -84,7 +86,7 @@ $(INTEGRATION_ENVS): .venv-%/.installed: pyproject.toml
 	@mkdir -p .venv-$* && rm -f .venv-$*/NOT_BUILT; \
 	if $(PYTHON) -m venv .venv-$* > .venv-$*/build.log 2>&1 && \
 	   .venv-$*/bin/python -m pip install --quiet --disable-pip-version-check \
-	     -e '.[$*,dev]' >> .venv-$*/build.log 2>&1; then \
+	     -e '.[$*,dev]' $(TEST_DEPS_$*) >> .venv-$*/build.log 2>&1; then \
 	  touch $@; \
 	else \
 	  echo "pip could not install '.[$*,dev]': $$(grep -E 'ERROR|error:' .venv-$*/build.log | tail -n 2 | tr '\n' ' ')(log: .venv-$*/build.log)" \
