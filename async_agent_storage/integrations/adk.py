@@ -39,6 +39,7 @@ from async_agent_storage import (
     InvalidInputError,
     Session,
     SessionConflictError,
+    SessionOwnershipError,
     SessionStore,
 )
 
@@ -217,7 +218,8 @@ class StoreSessionService(BaseSessionService):
                 ),
                 if_version=0,
             )
-        except SessionConflictError:
+        except (SessionConflictError, SessionOwnershipError):
+            # taken in this app, by this user or by another one
             raise AlreadyExistsError(f"Session with id {session_id} already exists.") from None
         await self._patch_shared(self._app_key(app_name), None, app_delta)
         await self._patch_shared(self._user_key(app_name, user_id), user_id, user_delta)
