@@ -22,7 +22,9 @@ PEERS_VENV := .venv-peers
 INTEGRATIONS     := openai-agents agno adk
 INTEGRATION_ENVS := $(foreach extra,$(INTEGRATIONS),.venv-$(extra)/.installed)
 # What the tests and the comparison (make bench-integrations) add: the frameworks' own storage.
-TEST_DEPS_agno := 'sqlalchemy[asyncio]>=2' 'psycopg[binary]>=3.2'
+TEST_DEPS_openai-agents := 'sqlalchemy[asyncio]>=2'
+TEST_DEPS_agno          := 'sqlalchemy[asyncio]>=2' 'psycopg[binary]>=3.2'
+TEST_DEPS_adk           := 'sqlalchemy[asyncio]>=2'
 
 .PHONY: bench bench-peers bench-integrations test lint typecheck pytest mongoeco integrations clean
 
@@ -95,6 +97,14 @@ $(INTEGRATION_ENVS): .venv-%/.installed: pyproject.toml
 	fi
 
 integrations: $(INTEGRATION_ENVS)
+
+# One framework turn through each adapter against the framework's own storage (docs/integrations.md).
+#   make bench-integrations ARGS="--postgres-url postgresql://postgres@127.0.0.1:5432/test --rounds 5"
+bench-integrations: $(INTEGRATION_ENVS)
+	@for extra in $(INTEGRATIONS); do \
+	  if [ -f .venv-$$extra/NOT_BUILT ]; then echo "$$extra: NOT RUN: $$(cat .venv-$$extra/NOT_BUILT)"; \
+	  else .venv-$$extra/bin/python -m benchmarks.integrations $$extra $(ARGS) || exit 1; fi; \
+	done
 
 pytest: $(VENV)/.dev-installed $(MONGOECO_VENV)/.installed $(INTEGRATION_ENVS)
 	$(BIN)/pytest $(PYTEST_ARGS)
