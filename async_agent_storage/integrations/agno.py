@@ -25,6 +25,7 @@ and they go there; without it, the abstract ones raise `AgnoDomainNotStoredError
 from __future__ import annotations
 
 import abc
+import importlib.metadata
 import inspect
 from collections.abc import Callable
 from datetime import datetime
@@ -49,6 +50,13 @@ AgnoSession: TypeAlias = AgentSession | TeamSession | WorkflowSession
 
 # How often a write that lost a race with another writer of the same session is tried again.
 _RETRIES = 8
+
+# Agno 3.x writes each run with `upsert_run` after `upsert_session`; Agno 2.x only calls
+# `upsert_session`, with the whole history in `session.runs`.
+_AGNO_WRITES_RUNS = int(importlib.metadata.version("agno").split(".")[0]) >= 3
+
+# How many of the stored runs `upsert_session` compares with the session's (Agno 2.x).
+_TAIL = 8
 
 _SORT_FIELDS = ("created_at", "updated_at", "session_id")
 
@@ -94,21 +102,24 @@ def _session_name(session: Session) -> str | None:
 def to_store_session(session: AgnoSession, *, include_runs: bool = True) -> Session:
     """The `Session` holding an Agno session (its runs as ``run.to_dict()``)."""
     session_type = _type_of(session)
-    data = session.to_dict(include_runs=False)
-    summary = data.get("summary")
+    # Read the dataclass's fields (Agno 2.x's `to_dict` has no `include_runs` and would encode
+    # every run just to drop them).
+    summary = getattr(session, "summary", None)
+    if summary is not None and not isinstance(summary, dict):
+        summary = summary.to_dict()
     return Session(
         session_id=session.session_id,
         session_type=session_type,  # type: ignore[arg-type]
-        user_id=data.get("user_id"),
-        agent_id=data.get("agent_id"),
-        team_id=data.get("team_id"),
-        workflow_id=data.get("workflow_id"),
-        session_data=data.get("session_data") or {},
-        agent_data=data.get("agent_data"),
-        team_data=data.get("team_data"),
-        workflow_data=data.get("workflow_data"),
-        metadata=data.get("metadata"),
-        summary=summary if isinstance(summary, dict) else None,
+        user_id=getattr(session, "user_id", None),
+        agent_id=getattr(session, "agent_id", None),
+        team_id=getattr(session, "team_id", None),
+        workflow_id=getattr(session, "workflow_id", None),
+        session_data=getattr(session, "session_data", None) or {},
+        agent_data=getattr(session, "agent_data", None),
+        team_data=getattr(session, "team_data", None),
+        workflow_data=getattr(session, "workflow_data", None),
+        metadata=getattr(session, "metadata", None),
+        summary=summary,
         runs=[_run_dict(run) for run in (session.runs or [])] if include_runs else [],
     )
 
@@ -241,6 +252,8 @@ class AgnoStoreDb(AsyncBaseDb):
         history; a session written for the first time is stored with the runs it holds.
         """
         row = to_store_session(session, include_runs=False)
+        if not _AGNO_WRITES_RUNS and session.runs:
+            await self._append_new_runs(row.session_id, row.user_id, session.runs)
         for _ in range(_RETRIES):
             stored = await self.store.read(row.session_id, user_id=row.user_id, last_runs=0)
             try:
@@ -284,6 +297,24 @@ class AgnoStoreDb(AsyncBaseDb):
             expected=-1,
             actual=-1,
         )
+
+    async def _append_new_runs(self, session_id: str, user_id: str | None, runs: Any) -> None:
+        """Append the runs of `runs` that follow the last one already stored (Agno 2.x hands
+        the whole history to every `upsert_session`). Appends are exactly-once by run id."""
+        tail = await self.store.read(session_id, user_id=user_id, last_runs=_TAIL)
+        if tail is None:
+            return  # created below, with its runs
+        data = [_run_dict(r) for r in runs]
+        known = {r.get("run_id") for r in tail.runs}
+        last_known = max((i for i, r in enumerate(data) if r.get("run_id") in known), default=-1)
+        if last_known < 0 and tail.runs:
+            full = await self.store.read(session_id, user_id=user_id)
+            known = {r.get("run_id") for r in (full.runs if full else [])}
+            new = [r for r in data if r.get("run_id") not in known]
+        else:
+            new = data[last_known + 1 :]
+        if new:
+            await turns(self.store).append_runs(session_id, new, user_id=user_id)
 
     async def upsert_sessions(
         self,
