@@ -14,7 +14,19 @@ MONGOECO      := mongoeco[wire]==4.11.0
 # The peers the benchmarks compare with (Agno, LangGraph): never installed into .venv.
 PEERS_VENV := .venv-peers
 
-.PHONY: bench bench-peers test lint typecheck pytest mongoeco clean
+# The framework integrations (async_agent_storage.integrations): each framework in a virtualenv of
+# its own, .venv-<extra>, with the project installed as '.[<extra>,dev]'. The main test session runs
+# each one's tests with its interpreter (tests/integrations/test_framework_envs.py). An environment
+# that cannot be built does not stop the build: its reason goes to .venv-<extra>/NOT_BUILT and its
+# tests are reported NOT RUN.
+INTEGRATIONS     := openai-agents agno adk
+INTEGRATION_ENVS := $(foreach extra,$(INTEGRATIONS),.venv-$(extra)/.installed)
+# What the tests and the comparison (make bench-integrations) add: the frameworks' own storage.
+TEST_DEPS_openai-agents := 'sqlalchemy[asyncio]>=2'
+TEST_DEPS_agno          := 'sqlalchemy[asyncio]>=2' 'psycopg[binary]>=3.2'
+TEST_DEPS_adk           := 'sqlalchemy[asyncio]>=2'
+
+.PHONY: bench bench-peers bench-integrations test lint typecheck pytest mongoeco integrations clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -72,10 +84,32 @@ $(MONGOECO_VENV)/.installed:
 
 mongoeco: $(MONGOECO_VENV)/.installed
 
-pytest: $(VENV)/.dev-installed $(MONGOECO_VENV)/.installed
+$(INTEGRATION_ENVS): .venv-%/.installed: pyproject.toml
+	@mkdir -p .venv-$* && rm -f .venv-$*/NOT_BUILT; \
+	if $(PYTHON) -m venv .venv-$* > .venv-$*/build.log 2>&1 && \
+	   .venv-$*/bin/python -m pip install --quiet --disable-pip-version-check \
+	     -e '.[$*,dev]' $(TEST_DEPS_$*) >> .venv-$*/build.log 2>&1; then \
+	  touch $@; \
+	else \
+	  echo "pip could not install '.[$*,dev]': $$(grep -E 'ERROR|error:' .venv-$*/build.log | tail -n 2 | tr '\n' ' ')(log: .venv-$*/build.log)" \
+	    > .venv-$*/NOT_BUILT; \
+	  echo "$*: environment not built, its tests will be reported NOT RUN (see .venv-$*/build.log)"; \
+	fi
+
+integrations: $(INTEGRATION_ENVS)
+
+# One framework turn through each adapter against the framework's own storage (docs/integrations.md).
+#   make bench-integrations ARGS="--postgres-url postgresql://postgres@127.0.0.1:5432/test --rounds 5"
+bench-integrations: $(INTEGRATION_ENVS)
+	@for extra in $(INTEGRATIONS); do \
+	  if [ -f .venv-$$extra/NOT_BUILT ]; then echo "$$extra: NOT RUN: $$(cat .venv-$$extra/NOT_BUILT)"; \
+	  else .venv-$$extra/bin/python -m benchmarks.integrations $$extra $(ARGS) || exit 1; fi; \
+	done
+
+pytest: $(VENV)/.dev-installed $(MONGOECO_VENV)/.installed $(INTEGRATION_ENVS)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 
 clean:
-	rm -rf $(VENV) $(MONGOECO_VENV) $(PEERS_VENV) tmp .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(MONGOECO_VENV) $(PEERS_VENV) $(foreach extra,$(INTEGRATIONS),.venv-$(extra)) tmp .mypy_cache .ruff_cache .hypothesis
