@@ -24,7 +24,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -105,8 +105,7 @@ async def post_message(session_id: str, body: Message, request: Request) -> dict
     history = session.runs if session is not None else []
     reply = answer(body.message, history)
     run = {"run_id": body.run_id or uuid.uuid4().hex, "input": body.message, "output": reply}
-    # (cast: `state_patch` is issue 9's; the protocol declares it once that lands on main)
-    written: Session = await cast(Any, store).append_runs(
+    written: Session = await store.append_runs(
         session_id,
         [run],
         user_id=body.user_id,

@@ -43,8 +43,6 @@ from async_agent_storage import (
     SessionStore,
 )
 
-from ._turns import turns
-
 __all__ = ["StoreSessionService"]
 
 # How often a write of shared (app: or user:) state that lost a race is tried again.
@@ -150,15 +148,13 @@ class StoreSessionService(BaseSessionService):
         if not delta:
             return
         if all(not isinstance(v, dict) and v is not None for v in delta.values()):
-            await turns(self.store).append_runs(
-                key, [], user_id=user_id, state_patch={"state": delta}
-            )
+            await self.store.append_runs(key, [], user_id=user_id, state_patch={"state": delta})
             return
         for _ in range(_RETRIES):
             stored = await self.store.read(key, user_id=user_id, last_runs=0)
             state = {**_state_of(stored), **delta}
             try:
-                await turns(self.store).append_runs(
+                await self.store.append_runs(
                     key,
                     [],
                     user_id=user_id,
@@ -329,7 +325,7 @@ class StoreSessionService(BaseSessionService):
         }
         session_state.update(session_delta)
         try:
-            written = await turns(self.store).append_runs(
+            written = await self.store.append_runs(
                 key,
                 [_event_run(event)],
                 user_id=session.user_id,

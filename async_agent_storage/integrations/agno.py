@@ -42,8 +42,6 @@ from async_agent_storage import (
     SessionStore,
 )
 
-from ._turns import turns
-
 __all__ = ["AgnoDomainNotStoredError", "AgnoStoreDb"]
 
 AgnoSession: TypeAlias = AgentSession | TeamSession | WorkflowSession
@@ -314,7 +312,7 @@ class AgnoStoreDb(AsyncBaseDb):
         else:
             new = data[last_known + 1 :]
         if new:
-            await turns(self.store).append_runs(session_id, new, user_id=user_id)
+            await self.store.append_runs(session_id, new, user_id=user_id)
 
     async def upsert_sessions(
         self,
@@ -374,7 +372,7 @@ class AgnoStoreDb(AsyncBaseDb):
             items = await self._list(
                 user_id, wanted, component_id, include_runs, skip=skip, take=limit
             )
-            total = await turns(self.store).count_sessions(
+            total = await self.store.count_sessions(
                 user_id=user_id, session_type=wanted, entity_id=component_id
             )
         else:
@@ -486,7 +484,7 @@ class AgnoStoreDb(AsyncBaseDb):
         retry; a replacement rewrites the session under a version check."""
         data = _run_dict(run)
         run_id = data.get("run_id")
-        store = turns(self.store)
+        store = self.store
         if isinstance(run_id, str) and run_id:
             existing = await store.get_run(session_id, run_id, user_id=user_id)
             if existing is not None:
@@ -501,7 +499,7 @@ class AgnoStoreDb(AsyncBaseDb):
         for _ in range(_RETRIES):
             stored = await self.store.read(session_id, user_id=user_id)
             if stored is None:
-                await turns(self.store).append_runs(session_id, [data], user_id=user_id)
+                await self.store.append_runs(session_id, [data], user_id=user_id)
                 return
             runs = [data if r.get("run_id") == run_id else r for r in stored.runs]
             if runs == stored.runs:

@@ -25,8 +25,6 @@ from agents.memory import SessionSettings
 
 from async_agent_storage import InvalidInputError, SessionStore
 
-from ._turns import turns
-
 if TYPE_CHECKING:
     from agents.items import TResponseInputItem
 
@@ -88,14 +86,14 @@ class StoreSession:
 
     async def pop_item(self) -> TResponseInputItem | None:
         """Remove and return the most recent item (None when the conversation is empty)."""
-        popped = await turns(self.store).pop_runs(self.session_id, 1, user_id=self.user_id)
+        popped = await self.store.pop_runs(self.session_id, 1, user_id=self.user_id)
         if not popped:
             return None
         return cast("TResponseInputItem", popped[-1])
 
     async def clear_session(self) -> None:
         """Remove every item; the session itself (its state and metadata) stays."""
-        await turns(self.store).clear_runs(self.session_id, user_id=self.user_id)
+        await self.store.clear_runs(self.session_id, user_id=self.user_id)
 
     def __repr__(self) -> str:
         return f"StoreSession({self.session_id!r}, user_id={self.user_id!r})"
