@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
@@ -69,11 +69,13 @@ class Session(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    def __init__(self, /, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            raise SessionValidationError(exc) from exc
+    if not TYPE_CHECKING:  # type checkers keep pydantic's signature, with every field typed
+
+        def __init__(self, /, **data: Any) -> None:
+            try:
+                super().__init__(**data)
+            except ValidationError as exc:
+                raise SessionValidationError(exc) from exc
 
     session_id: Identifier
     session_type: SessionType = "agent"
