@@ -8,7 +8,7 @@ import typer
 
 from async_agent_storage import __version__
 
-from . import schema
+from . import schema, sessions
 from .common import console, guarded, text
 
 HELP: Final = """Look after the sessions that AI agents keep in an async-agent-storage store.
@@ -62,6 +62,7 @@ app.command("status", short_help="Show the schema version and pending migrations
     guarded(schema.status)
 )
 app.command("migrate", short_help="Create or upgrade the store's tables.")(guarded(schema.migrate))
+app.add_typer(sessions.app, name="sessions", short_help="List, show and delete sessions.")
 
 
 def main() -> None:
