@@ -8,7 +8,7 @@ import typer
 
 from async_agent_storage import __version__
 
-from . import schema, sessions
+from . import export, schema, sessions
 from .common import console, guarded, text
 
 HELP: Final = """Look after the sessions that AI agents keep in an async-agent-storage store.
@@ -63,6 +63,9 @@ app.command("status", short_help="Show the schema version and pending migrations
 )
 app.command("migrate", short_help="Create or upgrade the store's tables.")(guarded(schema.migrate))
 app.add_typer(sessions.app, name="sessions", short_help="List, show and delete sessions.")
+app.command(
+    "export", help=export.HELP, short_help="Write sessions out as JSON lines or chat examples."
+)(guarded(export.export))
 
 
 def main() -> None:
