@@ -8,7 +8,7 @@ import typer
 
 from async_agent_storage import __version__
 
-from . import export, schema, sessions
+from . import agno, export, schema, sessions
 from .common import console, guarded, text
 
 HELP: Final = """Look after the sessions that AI agents keep in an async-agent-storage store.
@@ -66,6 +66,7 @@ app.add_typer(sessions.app, name="sessions", short_help="List, show and delete s
 app.command(
     "export", help=export.HELP, short_help="Write sessions out as JSON lines or chat examples."
 )(guarded(export.export))
+app.add_typer(agno.app, name="import", short_help="Copy sessions from Agno's storage.")
 
 
 def main() -> None:
