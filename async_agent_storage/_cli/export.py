@@ -45,7 +45,7 @@ CHAT_ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool
 # Agno's from_history...) are left out.
 MESSAGE_FIELDS: Final = ("role", "content", "name", "tool_calls", "tool_call_id")
 
-SKIP_NO_SHAPE: Final = "neither a messages list nor text input and output"
+SKIP_NO_SHAPE: Final = "neither a messages list nor text input and output/content"
 SKIP_BAD_MESSAGE: Final = "a message without a known role or with non-text content"
 SKIP_NO_ANSWER: Final = "no assistant message"
 
@@ -66,7 +66,8 @@ def chat_example(run_: dict[str, Any]) -> tuple[dict[str, Any] | None, str | Non
         if not any(m["role"] == "assistant" for m in kept):
             return None, SKIP_NO_ANSWER
         return {"messages": kept}, None
-    question, answer = run_.get("input"), run_.get("output")
+    question = run_.get("input")
+    answer = run_.get("output", run_.get("content"))
     if isinstance(question, str) and isinstance(answer, str):
         return {
             "messages": [
@@ -232,9 +233,10 @@ reads back with Session.model_validate_json.
 --format chat: one {"messages": [...]} line per run, the chat fine-tuning format, for few-shot
 and evaluation sets. A run that holds a "messages" list (role and content, as Agno and the
 OpenAI-style SDKs store them) is used as it is, keeping only role, content, name, tool_calls
-and tool_call_id; a run shaped {"input": "...", "output": "..."} (text) becomes a user and an
-assistant message. Other runs are skipped (so is a run whose messages have an unknown role,
-non-text content, or no assistant message) and counted on stderr.
+and tool_call_id. A run shaped {"input": "...", "output": "..."} (text; "content" in place of
+"output" too, as in Agno's workflow runs) becomes a user and an assistant message. Other runs
+are skipped (so is a run whose messages have an unknown role, non-text content, or no assistant
+message) and counted on stderr.
 
 Sessions come newest first. The filters combine; --where-state compares the session state
 (session_data["session_state"]) in this program, after the store's filters.

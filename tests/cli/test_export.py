@@ -82,7 +82,7 @@ def test_chat_is_one_example_per_usable_run(store: tuple[str, str]) -> None:
     ]
     assert result.stderr.splitlines() == [
         "wrote 5 chat example(s) from 5 session(s) to stdout",
-        "skipped 1 run(s): 1 with neither a messages list nor text input and output",
+        "skipped 1 run(s): 1 with neither a messages list nor text input and output/content",
     ]
 
 

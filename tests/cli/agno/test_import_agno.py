@@ -95,6 +95,17 @@ def test_import_from_sqlite(agno_sqlite: AgnoTables, tmp_path: Path) -> None:
             {"role": "assistant", "content": "echo: hello"},
         ]
     }
+    workflow = invoke(["export", "--format", "chat", "--type", "workflow"], AAS_URL=url)
+    if agno_sqlite.major > 1:  # Agno 2.x/3.x workflow runs: text input and content
+        assert orjson.loads(workflow.stdout) == {
+            "messages": [
+                {"role": "user", "content": "go"},
+                {"role": "assistant", "content": "echo: go"},
+            ]
+        }
+    else:  # Agno 1.x workflow runs keep no input
+        assert workflow.stdout == ""
+        assert "skipped 1 run(s)" in workflow.stderr
     again = import_all(agno_sqlite, url, "agent_sessions")
     assert sum(r["skipped"] for r in again) == 4
     assert sum(r["imported"] + r["refused"] for r in again) == 0
