@@ -605,7 +605,8 @@ def import_from_agno(
         ),
     ] = None,
     batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, max=10_000, help="Sessions per batch.")
+        int,
+        typer.Option("--batch-size", metavar="N", min=1, max=10_000, help="Sessions per batch."),
     ] = 100,
     progress: Annotated[
         bool | None,

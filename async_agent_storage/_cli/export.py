@@ -269,17 +269,22 @@ def export(
         typer.Option(
             "--output",
             "-o",
+            metavar="FILE",
             help="Write to this file (replaced only when the export succeeds); default stdout.",
             dir_okay=False,
         ),
     ] = None,
     limit: Annotated[
-        int | None, typer.Option("--limit", "-n", min=1, help="Export at most this many sessions.")
+        int | None,
+        typer.Option(
+            "--limit", "-n", metavar="N", min=1, help="Export at most this many sessions."
+        ),
     ] = None,
     page_size: Annotated[
         int,
         typer.Option(
             "--page-size",
+            metavar="N",
             min=1,
             max=10_000,
             help="Sessions read per query (memory vs round trips).",

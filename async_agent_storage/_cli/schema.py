@@ -26,6 +26,7 @@ from .common import (
 PositionalUrl = Annotated[
     str | None,
     typer.Argument(
+        metavar="URL",
         help="The store's URL, instead of --url (kept for scripts written for 0.1).",
         show_default=False,
     ),

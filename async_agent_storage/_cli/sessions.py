@@ -43,7 +43,7 @@ app = typer.Typer(
 )
 
 SessionId = Annotated[
-    str, typer.Argument(help="The session's id (session_id).", show_default=False)
+    str, typer.Argument(metavar="SESSION_ID", help="The session's id.", show_default=False)
 ]
 
 
@@ -66,12 +66,16 @@ def list_sessions(
     session_type: TypeOption = None,
     since: SinceOption = None,
     limit: Annotated[
-        int, typer.Option("--limit", "-n", min=1, max=10_000, help="Show at most this many.")
+        int,
+        typer.Option(
+            "--limit", "-n", metavar="N", min=1, max=10_000, help="Show at most this many."
+        ),
     ] = 20,
     cursor: Annotated[
         str | None,
         typer.Option(
             "--cursor",
+            metavar="CURSOR",
             help="Continue a listing where the previous one stopped (it prints the cursor).",
         ),
     ] = None,
@@ -175,11 +179,17 @@ def show(
     table: TableOption = DEFAULT_TABLE,
     user: Annotated[
         str | None,
-        typer.Option("--user", help="The owner's user_id: a session of another user is not shown."),
+        typer.Option(
+            "--user",
+            metavar="USER_ID",
+            help="The owner's user_id: a session of another user is not shown.",
+        ),
     ] = None,
     runs: Annotated[
         str,
-        typer.Option("--runs", help="How many of the latest runs to show: a number, or 'all'."),
+        typer.Option(
+            "--runs", metavar="N|all", help="How many of the latest runs to show, or all."
+        ),
     ] = "10",
     as_json: JsonOption = False,
 ) -> None:
@@ -251,7 +261,9 @@ def remove(
     user: Annotated[
         str | None,
         typer.Option(
-            "--user", help="The owner's user_id: a session of another user is not deleted."
+            "--user",
+            metavar="USER_ID",
+            help="The owner's user_id: a session of another user is not deleted.",
         ),
     ] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Delete without asking.")] = False,
