@@ -84,7 +84,8 @@ def list_sessions(
     """List sessions, most recently updated first.
 
     Shows one page of --limit sessions; when more follow, prints the --cursor that continues
-    the listing (with the same filters). Runs are not loaded, only counted.
+    the listing (with the same filters). Runs are not loaded, only counted. The agent column
+    holds the agent, team or workflow id.
     """
 
     async def main() -> SessionPage:
@@ -111,8 +112,14 @@ def list_sessions(
     if not page.items:
         print_note("no sessions")
         return
-    listing = Table("updated (UTC)", "session_id", "type", "user", "agent/team/workflow", "runs")
-    listing.add_column("name")
+    listing = Table()
+    listing.add_column("updated (UTC)", no_wrap=True)
+    listing.add_column("session_id", overflow="fold")
+    listing.add_column("type")
+    listing.add_column("user", overflow="fold")
+    listing.add_column("agent", overflow="fold")  # or team, or workflow
+    listing.add_column("runs", justify="right")
+    listing.add_column("name", overflow="fold")
     for s in page.items:
         listing.add_row(
             text(when(s.updated_at)),
