@@ -32,6 +32,7 @@ from .common import (
     print_note,
     run,
     session_json,
+    stderr,
     text,
     when,
 )
@@ -295,7 +296,12 @@ def remove(
             fail_missing(session_id, user)
         owner = "" if found.user_id is None else f" of user {found.user_id!r}"
         question = f"Delete session {session_id!r}{owner} and its {found.run_count} run(s)?"
-        if not typer.confirm(question, default=False, err=True):
+        try:
+            confirmed = typer.confirm(question, default=False, err=True)
+        except typer.Abort:  # no answer: stdin closed, or not a terminal
+            stderr.print()
+            fail("nothing deleted: no answer to the question (--yes deletes without asking)")
+        if not confirmed:
             print_note("nothing deleted")
             raise typer.Exit(1)
     if not run(delete()):

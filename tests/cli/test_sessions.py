@@ -149,6 +149,11 @@ def test_rm_asks_then_deletes(store: tuple[str, str]) -> None:
     assert "Delete session 'alice-1' of user 'alice' and its 2 run(s)?" in kept.stderr
     assert "nothing deleted" in kept.stderr
     assert "alice-1" in remaining(url, table)
+    unanswered = invoke(["sessions", "rm", "alice-1"], input="", **env)
+    assert unanswered.exit_code == 1
+    assert unanswered.stderr.endswith(
+        "\nerror: nothing deleted: no answer to the question (--yes deletes without asking)\n"
+    )
     gone = invoke(["sessions", "rm", "alice-1"], input="y\n", **env)
     assert gone.exit_code == 0, gone.output
     assert "deleted session 'alice-1'" in gone.stderr
