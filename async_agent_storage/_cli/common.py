@@ -30,7 +30,7 @@ TABLE_ENV: Final = "AAS_TABLE"
 
 # Tables go to stdout, messages and progress to stderr. `highlight=False`: no colouring of
 # numbers or paths guessed from the text; user text is always passed as `Text`, never as markup.
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 

@@ -20,6 +20,7 @@ from .common import (
     run,
     store_for,
     text,
+    when,
 )
 
 # The URL may also come first, as in 0.1 (`aas status sqlite:///data.db`).
@@ -44,10 +45,14 @@ def _steps_json(steps: list[MigrationStep]) -> list[dict[str, Any]]:
 
 
 def _steps_table(steps: list[MigrationStep], title: str) -> Table:
-    table = Table("version", "name", "checksum", "applied at", title=title, title_justify="left")
+    applied = any(step.applied_at is not None for step in steps)
+    columns = ["version", "name", "checksum"] + (["applied at (UTC)"] if applied else [])
+    table = Table(*columns, title=title, title_justify="left")
     for step in steps:
-        applied = "" if step.applied_at is None else step.applied_at.isoformat(" ", "seconds")
-        table.add_row(text(step.version), text(step.name), text(step.checksum[:12]), text(applied))
+        cells = [text(step.version), text(step.name), text(step.checksum[:12])]
+        if step.applied_at is not None:
+            cells.append(text(when(step.applied_at)))
+        table.add_row(*cells)
     return table
 
 
@@ -85,13 +90,14 @@ def status(
     if as_json:
         print_json(facts)
         return
-    grid = Table.grid(padding=(0, 2))
-    grid.add_row("store", text(plan.store))
-    grid.add_row("schema version", text(version))
-    grid.add_row("latest version", text(f"{plan.to_version} (this version of async-agent-storage)"))
-    pending = "none" if plan.up_to_date else _plural(len(plan.pending), "migration")
-    grid.add_row("pending", text(pending))
-    console.print(grid)
+    # "label: value" lines; "schema version: N (this code: M)" is the line 0.1 printed.
+    pending = "none" if plan.up_to_date else str(len(plan.pending))
+    for line in (
+        f"store: {plan.store}",
+        f"schema version: {version} (this code: {plan.to_version})",
+        f"pending migrations: {pending}",
+    ):
+        console.print(text(line))
     if plan.pending:
         console.print(_steps_table(plan.pending, "pending migrations"))
         console.print(text("apply them with: aas migrate"))

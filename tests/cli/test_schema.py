@@ -32,9 +32,8 @@ def test_status_then_migrate_then_nothing_to_do(tmp_path: Path) -> None:
     latest = latest_version(url)
     status = invoke(["status", "--url", url])
     assert status.exit_code == 0, status.output
-    assert "schema version  0" in status.stdout
-    assert f"latest version  {latest}" in status.stdout
-    assert f"{latest} migrations" in status.stdout
+    assert f"\nschema version: 0 (this code: {latest})\n" in status.stdout
+    assert f"\npending migrations: {latest}\n" in status.stdout
     plan = invoke(["migrate", "--dry-run"], AAS_URL=url)
     assert plan.exit_code == 0
     assert "would apply" in plan.stdout
@@ -63,7 +62,7 @@ def test_the_url_may_still_come_first(tmp_path: Path) -> None:
     assert invoke(["migrate", url]).exit_code == 0
     status = invoke(["status", url])
     assert status.exit_code == 0, status.output
-    assert "pending         none" in status.stdout
+    assert "\npending migrations: none\n" in status.stdout
     clash = invoke(["status", url, "--url", f"sqlite:///{tmp_path / 'other.db'}"])
     assert clash.exit_code == 1
     assert "two different store URLs" in clash.stderr
