@@ -19,6 +19,7 @@ from typer.testing import CliRunner, Result
 from async_agent_storage import Session, open_store
 from async_agent_storage.cli import app
 from tests.conftest import NOT_RUN
+from tests.mongo._server import MongoecoServer, mongoeco_python
 from tests.postgres._server import ENV_URL, LOCAL_URL, Cluster, answers, find_binaries
 
 TABLE = "agent_sessions"
@@ -138,12 +139,42 @@ def pg_url() -> Iterator[str]:
         cluster.stop()
 
 
+@pytest.fixture(scope="session")
+def mongo_url() -> Iterator[str]:
+    """A MongoDB server (AAS_TEST_MONGO_URL, else mongoeco's, started here) and a database of
+    these tests in the URL, as a user's URL names it."""
+    url = os.environ.get("AAS_TEST_MONGO_URL")
+    server = None
+    if not url:
+        python, why_not = mongoeco_python()
+        if python is None:
+            NOT_RUN["cli on mongo"] = why_not
+            pytest.skip(why_not)
+        server = MongoecoServer(python)
+        server.start()
+        url = server.url
+    scheme, _, rest = url.partition("://")
+    hosts, slash, tail = rest.partition("/")
+    options = tail.partition("?")[2] if slash else ""
+    try:
+        yield f"{scheme}://{hosts}/aas_cli_test" + (f"?{options}" if options else "")
+    finally:
+        if server is not None:
+            server.stop()
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'store.db'}"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mongo", marks=pytest.mark.mongo),
+    ]
+)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
     """(url, table) of a store holding `sample_sessions()`, on each backend."""
     if request.param == "sqlite":
@@ -151,7 +182,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str,
         asyncio.run(fill(url, table, sample_sessions()))
         yield url, table
         return
-    url = request.getfixturevalue("pg_url")
+    url = request.getfixturevalue("pg_url" if request.param == "postgres" else "mongo_url")
     table = f"cli_{uuid.uuid4().hex[:12]}"
     asyncio.run(fill(url, table, sample_sessions()))
     try:
