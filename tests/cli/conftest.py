@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pty
 import shutil
 import subprocess
 import sys
@@ -55,6 +56,37 @@ def run_aas(
         env=environ,
         check=False,
     )
+
+
+def on_a_terminal(args: Sequence[str]) -> tuple[str, bytes]:
+    """The installed `aas` with its stderr on a pseudo-terminal (as a person runs it) and its
+    stdout piped: (what the terminal showed, stdout)."""
+    main, child = pty.openpty()
+    try:
+        process = subprocess.run(
+            [str(aas_script()), *args],
+            stdout=subprocess.PIPE,
+            stderr=child,
+            env={**os.environ, "TERM": "xterm", "COLUMNS": "100"},
+            timeout=120,
+            check=True,
+        )
+        os.close(child)
+        child = -1
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # the terminal's other end is closed: all read
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(main)
+        if child != -1:
+            os.close(child)
+    return seen.decode(errors="replace"), process.stdout
 
 
 def sample_sessions() -> list[Session]:

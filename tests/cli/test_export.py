@@ -4,9 +4,6 @@ the progress display, and memory that stays flat as the store grows."""
 from __future__ import annotations
 
 import asyncio
-import os
-import pty
-import subprocess
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -16,7 +13,7 @@ import pytest
 
 from async_agent_storage import Session, open_store
 
-from .conftest import aas_script, invoke, run_aas
+from .conftest import invoke, on_a_terminal, run_aas
 
 
 def lines(text: str) -> list[dict[str, Any]]:
@@ -160,32 +157,7 @@ def test_progress_only_on_a_terminal_writing_to_a_file(tmp_path: Path) -> None:
     asyncio.run(fill())
 
     def stderr_on_a_terminal(*args: str) -> tuple[str, bytes]:
-        main, child = pty.openpty()
-        try:
-            process = subprocess.run(
-                [str(aas_script()), "export", "--url", url, "--page-size", "5", *args],
-                stdout=subprocess.PIPE,
-                stderr=child,
-                env={**os.environ, "TERM": "xterm", "COLUMNS": "100"},
-                timeout=60,
-                check=True,
-            )
-            os.close(child)
-            child = -1
-            seen = b""
-            while True:
-                try:
-                    chunk = os.read(main, 65536)
-                except OSError:  # the terminal's other end is closed: all read
-                    break
-                if not chunk:
-                    break
-                seen += chunk
-        finally:
-            os.close(main)
-            if child != -1:
-                os.close(child)
-        return seen.decode(errors="replace"), process.stdout
+        return on_a_terminal(["export", "--url", url, "--page-size", "5", *args])
 
     to_file, stdout = stderr_on_a_terminal("-o", str(tmp_path / "out.jsonl"))
     assert stdout == b""

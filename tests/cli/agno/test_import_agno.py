@@ -17,7 +17,7 @@ import pytest
 
 from async_agent_storage import Session, open_store
 
-from ..conftest import drop, invoke, run_aas
+from ..conftest import drop, invoke, on_a_terminal, run_aas
 from .conftest import AgnoTables, agno_python, write
 
 PROVENANCE = "imported_from_agno"
@@ -106,6 +106,28 @@ def test_import_from_sqlite(agno_sqlite: AgnoTables, tmp_path: Path) -> None:
     else:  # Agno 1.x workflow runs keep no input
         assert workflow.stdout == ""
         assert "skipped 1 run(s)" in workflow.stderr
+    # on a terminal: a progress bar on stderr, the counts on stdout
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    for name in agno_tables(agno_sqlite):
+        shown, out = on_a_terminal(
+            ["import", "agno", "--from", agno_sqlite.url, "--table", name, "--url", other]
+        )
+        assert "importing" in shown
+        assert out.startswith(b"imported ")
+    quiet, _ = on_a_terminal(
+        [
+            "import",
+            "agno",
+            "--from",
+            agno_sqlite.url,
+            "--table",
+            name,
+            "--url",
+            other,
+            "--no-progress",
+        ]
+    )
+    assert quiet == ""
     again = import_all(agno_sqlite, url, "agent_sessions")
     assert sum(r["skipped"] for r in again) == 4
     assert sum(r["imported"] + r["refused"] for r in again) == 0
