@@ -346,7 +346,7 @@ def export(
         if partial is not None and output is not None:
             out.close()
             partial.replace(output)
-    where = "stdout" if output is None else str(output)
+    where = "stdout" if partial is None else str(output)
     if fmt is ExportFormat.jsonl:
         print_note(f"exported {tally.sessions} session(s) to {where}")
         return

@@ -40,6 +40,8 @@ def test_jsonl_is_every_session_whole_newest_first(store: tuple[str, str]) -> No
     for size in ("1", "2", "3"):
         paged = invoke(["export", "--page-size", size], AAS_URL=url, AAS_TABLE=table)
         assert paged.stdout == result.stdout
+    dash = invoke(["export", "-o", "-"], AAS_URL=url, AAS_TABLE=table)
+    assert (dash.stdout, dash.stderr) == (result.stdout, result.stderr)
     two = invoke(["export", "--limit", "2", "--page-size", "1"], AAS_URL=url, AAS_TABLE=table)
     assert [s["session_id"] for s in lines(two.stdout)] == ["flow-1", "team-1"]
 
