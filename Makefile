@@ -78,9 +78,10 @@ mongoeco: $(MONGOECO_VENV)/.installed
 AGNO_ENVS := .venv-agno1 .venv-agno2 .venv-agno3
 
 .venv-agno%/.installed: tests/cli/agno/requirements-agno%.txt
-	@rm -rf .venv-agno$* && $(PYTHON) -m venv .venv-agno$* && \
-	if .venv-agno$*/bin/python -m pip install --disable-pip-version-check -r $< \
-	    > .venv-agno$*/install.log 2>&1; then \
+	@rm -rf .venv-agno$*; mkdir -p .venv-agno$*; \
+	if $(PYTHON) -m venv .venv-agno$* > .venv-agno$*/install.log 2>&1 && \
+	   .venv-agno$*/bin/python -m pip install --disable-pip-version-check -r $< \
+	     >> .venv-agno$*/install.log 2>&1; then \
 	  touch $@; \
 	else \
 	  echo "Agno $*.x could not be installed (.venv-agno$*/install.log): its tests are NOT RUN"; \
