@@ -28,7 +28,6 @@ from typing import Annotated, Any, Final, Protocol
 from urllib.parse import unquote
 
 import orjson
-import pydantic
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -39,6 +38,7 @@ from async_agent_storage import (
     SessionConflictError,
     SessionOwnershipError,
     SessionStore,
+    SessionValidationError,
     open_store,
 )
 
@@ -407,7 +407,7 @@ def agno2_session(source: Source, row: dict[str, Any], table_runs: list[Any]) ->
 def _session(**fields: Any) -> Session:
     try:
         return Session(**fields)
-    except pydantic.ValidationError as exc:
+    except SessionValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(part) for part in error["loc"])
         raise Refused(f"{where}: {error['msg']}") from None
