@@ -17,7 +17,7 @@ from typing import IO, Annotated, Any, Final
 
 import orjson
 import typer
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from async_agent_storage import Session, SessionPage, SessionStore
 
@@ -196,6 +196,7 @@ async def export_to(
     limit: int | None,
     page_size: int,
     advance: Callable[[int], None],
+    total: Callable[[int], None] = lambda count: None,
 ) -> Tally:
     tally = Tally()
     dumps = orjson.dumps
@@ -203,6 +204,14 @@ async def export_to(
         opened_store(url, table) as store,
         aclosing(stream_sessions(store, filters, page_size=page_size)) as sessions,
     ):
+        if not filters.state:  # the database counts what the store filters (not --where-state)
+            count = await store.count_sessions(
+                user_id=filters.user_id,
+                session_type=filters.session_type,
+                entity_id=filters.entity_id,
+                updated_after=filters.updated_after,
+            )
+            total(count if limit is None else min(count, limit))
         async for session in sessions:
             if fmt is ExportFormat.jsonl:
                 out.write(dumps(session.model_dump()))
@@ -322,6 +331,7 @@ def export(
         bar = Progress(
             SpinnerColumn(),
             TextColumn("exporting"),
+            BarColumn(),
             TextColumn("{task.completed} sessions"),
             TimeElapsedColumn(),
             console=stderr,
@@ -340,6 +350,7 @@ def export(
                     limit=limit,
                     page_size=page_size if limit is None else min(page_size, limit),
                     advance=lambda n: bar.advance(task, n),
+                    total=lambda n: bar.update(task, total=n),
                 )
             )
         out.flush()

@@ -66,19 +66,23 @@ def status(
     table: TableOption = DEFAULT_TABLE,
     as_json: JsonOption = False,
 ) -> None:
-    """Show the schema version of a store and the migrations it lacks.
+    """Show the schema version of a store, the migrations it lacks, and how many sessions it holds.
 
     Reads only: creates no file, table or directory. Exits with status 1 when the store
     cannot be reached or its schema is newer than this version of async-agent-storage.
     """
 
-    async def main() -> tuple[int, MigrationReport]:
+    async def main() -> tuple[int, MigrationReport, int | None]:
         _, store = store_for(_url(url_argument, url), table)
-        return await store.schema_version(), await store.upgrade_schema(dry_run=True)
+        version, plan = await store.schema_version(), await store.upgrade_schema(dry_run=True)
+        sessions = None
+        if plan.up_to_date:  # opening a current schema changes nothing
+            async with store:
+                sessions = await store.count_sessions()
+        return version, plan, sessions
 
-    version, plan = run(main())
-    # Facts in display order. Session and run counts and table sizes slot in here once the
-    # stores can report them.
+    version, plan, sessions = run(main())
+    # Facts in display order.
     facts: dict[str, Any] = {
         "store": plan.store,
         "table": table,
@@ -86,17 +90,21 @@ def status(
         "latest_version": plan.to_version,
         "up_to_date": plan.up_to_date,
         "pending": _steps_json(plan.pending),
+        "sessions": sessions,
     }
     if as_json:
         print_json(facts)
         return
     # "label: value" lines; "schema version: N (this code: M)" is the line 0.1 printed.
     pending = "none" if plan.up_to_date else str(len(plan.pending))
-    for line in (
+    lines = [
         f"store: {plan.store}",
         f"schema version: {version} (this code: {plan.to_version})",
         f"pending migrations: {pending}",
-    ):
+    ]
+    if sessions is not None:
+        lines.append(f"sessions: {sessions}")
+    for line in lines:
         console.print(text(line))
     if plan.pending:
         console.print(_steps_table(plan.pending, "pending migrations"))

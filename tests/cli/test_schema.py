@@ -54,7 +54,17 @@ def test_status_then_migrate_then_nothing_to_do(tmp_path: Path) -> None:
         "latest_version": latest,
         "up_to_date": True,
         "pending": [],
+        "sessions": 0,
     }
+    assert "\nsessions: 0\n" in invoke(["status", "--url", url]).stdout
+
+    async def write() -> None:
+        async with open_store(url) as store:
+            await store.append_runs("s1", [{"i": 0}], user_id="u")
+            await store.append_runs("s2", [{"i": 0}], user_id="u")
+
+    asyncio.run(write())
+    assert "\nsessions: 2\n" in invoke(["status", "--url", url]).stdout
 
 
 def test_the_url_may_still_come_first(tmp_path: Path) -> None:
