@@ -96,7 +96,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             # RFC 7396 JSON merge patch, applied inside the database by append_runs(state_patch=).
             # Objects merge key by key, a null removes the key, anything else replaces.
             """
-            CREATE FUNCTION {merge_patch}(target jsonb, patch jsonb) RETURNS jsonb
+            CREATE OR REPLACE FUNCTION {merge_patch}(target jsonb, patch jsonb) RETURNS jsonb
             LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
             DECLARE
                 result jsonb;

@@ -37,7 +37,7 @@ class TestPostgresMigrations(MigrationConformance):
         return {
             1: "e9767f548c50490b031000d9e8610d937283556ec4ab61a6cd0a09454bd3e2d2",
             2: "8db46497271fa2aa08901b0c9e60e68d0e8a6d7977223db305965d6e04e683b7",
-            3: "7596c8c9d5cc4ed8b52787807999d289d8a5622abfb35587a22e312327fd4d79",
+            3: "094973a1eaeadf07e3466c6d61c071ed6147438a47cdae9b680fc9ece12aeb18",
         }
 
 
