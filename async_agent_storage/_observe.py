@@ -72,9 +72,9 @@ class Observer:
             "db.collection.name": table,
         }
         self._tracer: Any = None
+        self._next_check = 0.0
         self._duration: Any = None
-        if _otel_trace is not None and _otel_metrics is not None:
-            self._tracer = _otel_trace.get_tracer(_INSTRUMENTATION)
+        if _otel_metrics is not None:
             meter = _otel_metrics.get_meter(_INSTRUMENTATION)
             self._duration = meter.create_histogram(
                 "db.client.operation.duration",
@@ -82,16 +82,32 @@ class Observer:
                 description="Duration of the store's calls",
             )
 
+    def _tracing(self, now: float) -> Any:
+        """The tracer once an SDK (a real tracer provider) is configured; None before. The API's
+        proxy tracer would make a no-op span per call, which costs more than the call's own
+        bookkeeping, so no span is made until then; whether one was configured meanwhile is
+        looked up once a second (the lookup reads the environment)."""
+        if _otel_trace is None or now < self._next_check:
+            return None
+        self._next_check = now + 1.0
+        provider = _otel_trace.get_tracer_provider()
+        if isinstance(provider, _otel_trace.ProxyTracerProvider | _otel_trace.NoOpTracerProvider):
+            return None
+        self._tracer = provider.get_tracer(_INSTRUMENTATION)
+        return self._tracer
+
     def start(self, operation: str) -> _Call:
         self.calls[operation] += 1
+        started = time.perf_counter()
         span = None
-        if self._tracer is not None:
-            span = self._tracer.start_span(
+        tracer = self._tracer or self._tracing(started)
+        if tracer is not None:
+            span = tracer.start_span(
                 f"{operation} {self._attributes['db.collection.name']}",
                 kind=_otel_trace.SpanKind.CLIENT,
                 attributes={**self._attributes, "db.operation.name": operation},
             )
-        return _Call(operation, time.perf_counter(), span)
+        return _Call(operation, started, span)
 
     def end(self, call: _Call, error: BaseException | None = None) -> None:
         elapsed = time.perf_counter() - call.started

@@ -1,4 +1,4 @@
-"""The SQLite driver (aiosqlite): the embedded default."""
+"""The SQLite driver (the standard library's sqlite3, on threads of its own): the default."""
 
 from .store import SqliteStore
 

@@ -1,29 +1,31 @@
-"""Connections of the SQLite driver: batches of calls, one thread hop per batch.
+"""Connections of the SQLite driver: one thread per connection, batches of calls, one thread hop
+per batch.
 
-aiosqlite gives each connection its own thread and runs every call of that connection there, in
-order. A call costs one hop between the event loop and that thread (about 150 µs on a 2-core VM,
-far more than the SQL of a session read), so the driver never sends statements one by one: each
-connection has a `Batcher`, and while one batch runs on the thread the next calls queue up and go
-together as the next batch. A batch of reads runs in one read transaction; a batch of writes in
-one write transaction with a savepoint per write (group commit). At low load a batch is one call
-and nothing waits; under load one hop serves many calls.
+Each connection (a `sqlite3.Connection`) lives on a thread of its own that runs, in order, what
+is queued for it (`ConnectionThread`): the event loop never waits on SQLite. A call costs one hop
+between the event loop and that thread (about 150 us on a 2-core VM, far more than the SQL of a
+session read), so the driver never sends statements one by one: each connection has a `Batcher`,
+and while one batch runs on the thread the next calls queue up and go together as the next batch.
+A batch of reads runs in one read transaction; a batch of writes in one write transaction with a
+savepoint per write (group commit). At low load a batch is one call and nothing waits; under load
+one hop serves many calls.
 
-The batches are queued on aiosqlite's connection thread through its `_tx` queue, the way its own
-`_execute` does, but without a coroutine per call: the one private interface used, the same in
-aiosqlite 0.20 to 0.22 (hence the pin below 0.23, and tests that exercise it).
+The thread is the driver's own (aiosqlite's thread works the same way, but a whole batch on it
+needs its private queue): nothing here depends on a third-party package's internals.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
+from queue import SimpleQueue
 from typing import Any, TypeVar
-
-import aiosqlite
 
 from ..errors import StoreClosedError
 
@@ -32,37 +34,88 @@ Work = Callable[[sqlite3.Connection], T]
 Outcome = tuple[bool, Any]  # (True, result) or (False, exception)
 BatchRunner = Callable[[Sequence[Work[Any]], sqlite3.Connection], list[Outcome]]
 Call = tuple[Work[Any], "asyncio.Future[Any]"]
+_Item = tuple["asyncio.Future[Any]", Work[Any]] | None  # None: stop
 
 
-class _OnThread:
-    """`work(sqlite3_connection)` as aiosqlite's thread runs it. aiosqlite logs what it runs at
-    DEBUG with its repr: this one names no argument, so no session payload reaches a log."""
-
-    __slots__ = ("_connection", "_work")
-
-    def __init__(self, connection: aiosqlite.Connection, work: Work[Any]) -> None:
-        self._connection = connection
-        self._work = work
-
-    def __call__(self) -> Any:
-        return self._work(self._connection._conn)
-
-    def __repr__(self) -> str:
-        return "<async_agent_storage call>"
+def _resolve(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if future.done():  # the caller gave up waiting
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
 
 
-def submit(connection: aiosqlite.Connection, work: Work[T]) -> asyncio.Future[T]:
-    """Queue `work(sqlite3_connection)` on the connection's thread; the future holds its result."""
-    if not connection._running or connection._connection is None:
-        raise StoreClosedError("the SQLite connection is closed")
-    future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-    connection._tx.put_nowait((future, _OnThread(connection, work)))
-    return future
+class ConnectionThread:
+    """One `sqlite3.Connection` and the thread that owns it: `submit(work)` queues
+    `work(connection)` there and returns a future of its result, resolved on the event loop."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection], name: str) -> None:
+        self._connect = connect
+        self._queue: SimpleQueue[_Item] = SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._db: sqlite3.Connection | None = None
+        self._started: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.running = False
+
+    async def start(self) -> None:
+        """Open the connection on its thread (an error opening it is raised here)."""
+        self._loop = asyncio.get_running_loop()
+        self._started = self._loop.create_future()
+        self._thread.start()
+        self.running = True
+        try:
+            await self._started
+        except BaseException:
+            self.running = False
+            raise
+
+    def _serve(self) -> None:
+        loop, started = self._loop, self._started
+        assert loop is not None
+        assert started is not None
+        try:
+            self._db = self._connect()
+        except BaseException as exc:
+            loop.call_soon_threadsafe(_resolve, started, False, exc)
+            return
+        loop.call_soon_threadsafe(_resolve, started, True, None)
+        while True:
+            item = self._queue.get()
+            if item is None:
+                break
+            future, work = item
+            try:
+                result: Any = work(self._db)
+            except BaseException as exc:
+                outcome: tuple[bool, Any] = (False, exc)
+            else:
+                outcome = (True, result)
+            with contextlib.suppress(RuntimeError):  # the event loop is gone (interpreter exit)
+                loop.call_soon_threadsafe(_resolve, future, *outcome)
+        self._db.close()
+
+    def submit(self, work: Work[T]) -> asyncio.Future[T]:
+        """Queue `work(connection)` on the thread; the future holds its result."""
+        if not self.running:
+            raise StoreClosedError("the SQLite connection is closed")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((future, work))
+        return future
+
+    async def close(self) -> None:
+        """Finish what is queued, close the connection, end the thread."""
+        if not self.running:
+            return
+        self.running = False
+        self._queue.put_nowait(None)
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
 
 
-async def run(connection: aiosqlite.Connection, work: Work[T]) -> T:
+async def run(connection: ConnectionThread, work: Work[T]) -> T:
     """Run `work(sqlite3_connection)` on the connection's own thread."""
-    return await submit(connection, work)
+    return await connection.submit(work)
 
 
 def _configure(wal: bool, synchronous: str, query_only: bool, db: sqlite3.Connection) -> None:
@@ -76,18 +129,26 @@ def _configure(wal: bool, synchronous: str, query_only: bool, db: sqlite3.Connec
         db.execute("PRAGMA query_only = ON")
 
 
+def _open(path: str, busy_timeout: float, synchronous: str, query_only: bool) -> sqlite3.Connection:
+    db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, cached_statements=256)
+    try:
+        _configure(path != ":memory:", synchronous, query_only, db)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
 async def connect(
     path: str, *, busy_timeout: float, synchronous: str, query_only: bool = False
-) -> aiosqlite.Connection:
-    """Open one connection in autocommit mode (transactions are explicit) and configure it."""
-    connection = await aiosqlite.connect(
-        path, timeout=busy_timeout, isolation_level=None, cached_statements=256
+) -> ConnectionThread:
+    """Open one connection in autocommit mode (transactions are explicit), configured, on a thread
+    of its own."""
+    name = "async-agent-storage sqlite" + (" reader" if query_only else "")
+    connection = ConnectionThread(
+        partial(_open, path, busy_timeout, synchronous, query_only), name=name
     )
-    try:
-        await run(connection, partial(_configure, path != ":memory:", synchronous, query_only))
-    except BaseException:
-        await connection.close()
-        raise
+    await connection.start()
     return connection
 
 
@@ -169,7 +230,7 @@ class Batcher:
     """
 
     def __init__(
-        self, connection: aiosqlite.Connection, runner: BatchRunner, *, max_batch: int
+        self, connection: ConnectionThread, runner: BatchRunner, *, max_batch: int
     ) -> None:
         self.connection = connection
         self._runner = runner
@@ -244,7 +305,7 @@ class Batcher:
         self.batches += 1
         self.calls += len(batch)
         try:
-            done = submit(self.connection, partial(self._runner, [work for work, _ in batch]))
+            done = self.connection.submit(partial(self._runner, [work for work, _ in batch]))
         except StoreClosedError as exc:
             self._settle(batch, [(False, exc)] * len(batch))
             if self._queue:
@@ -303,7 +364,7 @@ class Batcher:
         await self._until(lambda: not self._busy and not self._queue)
 
     @asynccontextmanager
-    async def paused(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def paused(self) -> AsyncIterator[ConnectionThread]:
         """Hold the connection between batches (for a migration); calls queue meanwhile."""
         self._paused += 1
         try:
@@ -332,7 +393,7 @@ class ReaderPool:
     def __init__(
         self,
         writer: Batcher,
-        readers: Sequence[aiosqlite.Connection],
+        readers: Sequence[ConnectionThread],
         *,
         max_batch: int,
         stall: float,

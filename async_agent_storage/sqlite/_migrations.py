@@ -16,8 +16,6 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from functools import partial
 
-import aiosqlite
-
 from .._migrations import AppliedMigration, Migration
 from .._time import from_us, now_us
 from . import _connection as conn
@@ -131,7 +129,7 @@ MIGRATIONS: tuple[Migration, ...] = (
 
 
 class _Transaction:
-    def __init__(self, connection: aiosqlite.Connection, sql: SQL) -> None:
+    def __init__(self, connection: conn.ConnectionThread, sql: SQL) -> None:
         self._connection = connection
         self._sql = sql
 
@@ -147,7 +145,7 @@ class _Transaction:
 class MigrationTarget:
     """The runner's view of one store's tables on one connection."""
 
-    def __init__(self, connection: aiosqlite.Connection, sql: SQL, label: str) -> None:
+    def __init__(self, connection: conn.ConnectionThread, sql: SQL, label: str) -> None:
         self._connection = connection
         self._sql = sql
         self.label = label

@@ -44,6 +44,11 @@ _SELECT_OWNER = 'SELECT user_id, version, run_count, incarnation FROM "{t}" WHER
 _SELECT_RUNS_FROM = """
     SELECT CAST(body AS BLOB), run_id FROM "{t}_runs" WHERE session_id = ? AND seq >= ? ORDER BY seq
 """
+# The runs of the sessions of a listing page, ?1 a JSON array of their ids.
+_SELECT_RUNS_OF_PAGE = """
+    SELECT session_id, CAST(body AS BLOB), run_id FROM "{t}_runs"
+    WHERE session_id IN (SELECT value FROM json_each(?1)) ORDER BY session_id, seq
+"""
 # The runs of a session whose ids are in ?2 (a JSON array): an append's retry check.
 _SELECT_RUN_IDS = """
     SELECT run_id, seq, CAST(body AS BLOB) FROM "{t}_runs"
@@ -142,6 +147,7 @@ class SQL:
     select_session: str
     select_owner: str
     select_runs_from: str
+    select_runs_of_page: str
     select_run_ids: str
     select_run: str
     insert_session: str
@@ -183,6 +189,7 @@ class SQL:
             select_session=f(_SELECT_SESSION),
             select_owner=f(_SELECT_OWNER),
             select_runs_from=f(_SELECT_RUNS_FROM),
+            select_runs_of_page=f(_SELECT_RUNS_OF_PAGE),
             select_run_ids=f(_SELECT_RUN_IDS),
             select_run=f(_SELECT_RUN),
             insert_session=f(_INSERT_SESSION),

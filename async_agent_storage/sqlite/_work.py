@@ -85,14 +85,16 @@ def list_sessions(
     more = query.limit is not None and len(rows) > query.limit
     if more:
         del rows[query.limit :]
-    sessions = []
-    for row in rows:
-        if query.include_runs:
-            bodies, ids = _runs_from(sql, row[SID], 0, db)
-            sessions.append(session_from_row(row, bodies, ids, 0, store))
-        else:  # no runs loaded: an `upsert` of this session keeps its whole history
-            sessions.append(session_from_row(row, [], [], run_count(row), store))
-    return sessions, more
+    if not query.include_runs:  # no runs loaded: an `upsert` of such a session keeps its history
+        return [session_from_row(row, [], [], run_count(row), store) for row in rows], more
+    # The runs of the whole page in one statement, in session and seq order.
+    runs: dict[str, tuple[list[bytes], list[str]]] = {row[SID]: ([], []) for row in rows}
+    page = orjson.dumps(list(runs)).decode()
+    for session_id, body, run_id in db.execute(sql.select_runs_of_page, (page,)):
+        bodies, ids = runs[session_id]
+        bodies.append(body)
+        ids.append(run_id)
+    return [session_from_row(row, *runs[row[SID]], 0, store) for row in rows], more
 
 
 def count(sql: SQL, query: ListQuery, db: sqlite3.Connection) -> int:

@@ -1,4 +1,4 @@
-"""`SqliteStore`: the embedded default, on aiosqlite.
+"""`SqliteStore`: the embedded default, on the standard library's `sqlite3`.
 
 Layout: a sessions table (one row per session, JSON fields as TEXT that SQLite's JSON1 functions
 read) and a runs table keyed by ``(session_id, seq)``, so that appending runs and reading the last
@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Final, Literal, Never, TypeVar
-
-import aiosqlite
 
 from .. import _codec as codec
 from .._checks import DEFAULT_TABLE_NAME, check_int_option, check_name, check_seconds
@@ -129,7 +127,7 @@ class SqliteStore(StoreBase):
 
     # --- connections ----------------------------------------------------------------------------
 
-    async def _connect(self, *, query_only: bool = False) -> aiosqlite.Connection:
+    async def _connect(self, *, query_only: bool = False) -> conn.ConnectionThread:
         if not self.in_memory:
             Path(self.db_file).parent.mkdir(parents=True, exist_ok=True)
         return await conn.connect(
@@ -144,7 +142,7 @@ class SqliteStore(StoreBase):
             raise ConfigurationError(
                 f"SQLite {sqlite3.sqlite_version} is too old; async-agent-storage needs 3.35+"
             )
-        opened: list[aiosqlite.Connection] = []
+        opened: list[conn.ConnectionThread] = []
         try:
             opened.append(await self._connect())
             if not self.in_memory:  # each connection to :memory: is its own database
