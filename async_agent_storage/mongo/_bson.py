@@ -40,7 +40,15 @@ from bson.int64 import Int64
 
 from .. import _codec as codec
 
-__all__ = ["CODEC_OPTIONS", "MAX_NESTING", "decode", "encode", "escape_key", "unescape_key"]
+__all__ = [
+    "CODEC_OPTIONS",
+    "MAX_NESTING",
+    "decode",
+    "encode",
+    "encode_at",
+    "escape_key",
+    "unescape_key",
+]
 
 MAX_NESTING: Final = 64
 """Objects and arrays nested deeper than this inside one field are stored as JSON text. The store
@@ -95,6 +103,13 @@ def encode(value: Any) -> tuple[Any, bool]:
     it needed a form of the table above. The input is never modified; unchanged parts are shared.
     """
     return _encode(value, 0)
+
+
+def encode_at(value: Any, depth: int) -> tuple[Any, bool]:
+    """`encode` for a value that sits `depth` levels inside a field (a field's own value is at
+    depth 0, the values of its keys at depth 1...), so that a part written on its own is stored
+    exactly as it would be as part of the whole field."""
+    return _encode(value, depth)
 
 
 def _encode(value: Any, depth: int) -> tuple[Any, bool]:

@@ -103,6 +103,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             ),
         ),
     ),
+    Migration(
+        version=3,
+        name="index runs by id",
+        steps=(
+            # get_run, fork_session's at_run and the exactly-once check of append_runs find runs
+            # by id within one incarnation of a history.
+            _step(
+                {
+                    "createIndexes": "{table}_runs",
+                    "indexes": [_index("session_run_id", {"session_id": 1, "gen": 1, "run_id": 1})],
+                }
+            ),
+        ),
+    ),
 )
 
 

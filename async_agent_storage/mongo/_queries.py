@@ -12,7 +12,9 @@ Three collections per store (``{name}`` is the checked collection name):
      gen,                             # ObjectId of this incarnation (a deleted, re-created
                                       #   session never sees the old one's runs)
      esc,                             # bit mask of the JSON fields stored in an escaped form
-     pending: [{v, start, t, w, runs: [{run_id, run, esc}]}]}   # see below
+     pending: [{v, start, t, w, runs: [{run_id, run, esc}]}],   # see below
+     log_since, ids_log: [{v, ids}],  # the run ids given to the latest appends (see below)
+     holds: [{v, low, high, t}]}      # seqs a pop_runs is reading back (see below)
 
 ``{name}_runs`` — one document per run, unique on ``(session_id, gen, seq)``::
 
@@ -30,6 +32,22 @@ from ``pending``, whichever holds the higher version, so a crash or a cancellati
 steps leaves nothing half-done: the runs stay readable from ``pending``, and the next write to the
 session copies entries left behind for longer than a few seconds. ``pending`` holds only writes
 in flight, so the session document does not grow with the history.
+
+**Exactly-once appends without a lock.** An append whose runs carry ids the caller gave reads which
+of them the history holds, then writes the others on the condition that no write since its read
+added any of them: ``ids_log`` holds the ids given to each of the last `LOG_SPAN` appends (by
+version), and ``log_since`` the version from which it is complete (a write it cannot describe,
+such as an upsert, moves it up). The condition (`unseen_since`) is then either "still at the
+version read" or "``log_since`` <= that version and no later entry holds one of these ids", so
+concurrent appends of different runs do not make each other try again. The log is bounded:
+`LOG_SPAN` entries of at most `LOG_IDS` ids.
+
+**pop_runs without a lock.** A pop is one atomic update too: it lowers ``run_count`` and adds a
+``holds`` entry for the seqs it removed, then reads them back (from the runs collection, or from
+the `pending` entries its update returned) and removes its hold. While a hold is there, no write
+newer than the pop overwrites or deletes runs at those seqs in the runs collection: a write that
+reuses them stays in `pending` (readers find it there), and the pop copies such entries when it
+removes its hold. A hold older than `HOLD_US` (a pop that died) no longer counts.
 """
 
 from __future__ import annotations
@@ -56,12 +74,15 @@ IDENTITY_FIELDS: Final = ("session_type", "agent_id", "team_id", "workflow_id")
 
 LIST_SORT: Final = [("updated_at", -1), ("_id", -1)]
 RUN_SORT: Final = [("seq", 1)]
+# A read never needs the ids of the latest appends (`ids_log`, for the writes' checks).
+READ_FIELDS: Final = {"ids_log": 0}
 # Listing without runs never loads the runs of writes in flight.
-WITHOUT_PENDING: Final = {"pending": 0}
-# What a write needs to know of the document it replaced: everything but run bodies in flight.
-PENDING_WITHOUT_RUNS: Final = {"pending.runs": 0}
-WITHOUT_DATA_OR_PENDING_RUNS: Final = {"pending.runs": 0, "session_data": 0}
+WITHOUT_PENDING: Final = {"pending": 0, "ids_log": 0}
+# What a write needs to know of the document it wrote: everything but run bodies in flight.
+PENDING_WITHOUT_RUNS: Final = {"pending.runs": 0, "ids_log": 0}
+WITHOUT_DATA_OR_PENDING_RUNS: Final = {"pending.runs": 0, "ids_log": 0, "session_data": 0}
 BEFORE_UPSERT: Final = {
+    "holds": 1,
     "user_id": 1,
     "version": 1,
     "run_count": 1,
@@ -70,7 +91,18 @@ BEFORE_UPSERT: Final = {
     "pending.v": 1,
     "pending.t": 1,
 }
-RUN_FIELDS: Final = {"_id": 0, "seq": 1, "version": 1, "run": 1, "esc": 1}
+RUN_FIELDS: Final = {"_id": 0, "seq": 1, "version": 1, "run_id": 1, "run": 1, "esc": 1}
+# What the run-level calls read of a session: everything but its state and metadata.
+HISTORY_FIELDS: Final = {
+    "user_id": 1,
+    "version": 1,
+    "run_count": 1,
+    "gen": 1,
+    "pending": 1,
+    "holds": 1,
+}
+HOLD_US: Final = 60_000_000
+"""How long a pop's hold counts (microseconds): a pop that died releases it this way."""
 
 
 @dataclass(slots=True)
@@ -142,6 +174,7 @@ def new_session_document(
         "version": 1,
         "run_count": len(runs),
         "gen": gen,
+        "log_since": 1,
     }
     if runs or token is not None:
         document["pending"] = [pending_entry(1, 0, now, runs, token)]
@@ -175,6 +208,8 @@ def upsert_pipeline(
         version=_NEW_VERSION,
         run_count={"$add": [start, len(runs)]},
         gen={"$ifNull": ["$gen", gen]},
+        log_since=_NEW_VERSION,  # a new history: the ids of the old one say nothing of it
+        ids_log="$$REMOVE",
     )
     if runs:
         entry = {
@@ -187,33 +222,50 @@ def upsert_pipeline(
     return [{"$set": update}]
 
 
+STORED_STATE: Final = {"$ifNull": ["$session_data", _literal({})]}
+"""The stored `session_data` in an update pipeline (a session being created has none yet)."""
+
+
+def _esc_with(bit: int, value: bool) -> dict[str, Any]:
+    """The stored ``esc`` with `bit` set to `value` (no bitwise operators: MongoDB < 6.3)."""
+    old_esc = {"$ifNull": ["$esc", 0]}
+    cleared = {"$subtract": [old_esc, {"$mod": [old_esc, 2 * bit]}]}
+    kept_higher = {"$add": [cleared, {"$mod": [old_esc, bit]}]}
+    return {"$add": [kept_higher, bit if value else 0]}
+
+
 def append_pipeline(
     *,
     user_id: str | None,
     session_data: tuple[Any, bool] | None,
+    patch: tuple[dict[str, Any], bool] | None,
     runs: Sequence[RunDoc],
+    logged: Sequence[str] | None,
     now: int,
     gen: ObjectId,
 ) -> list[dict[str, Any]]:
-    """One atomic update that appends runs after the last one (and replaces `session_data` when
-    given), creating the session when missing."""
+    """One atomic update that appends runs after the last one, creating the session when
+    missing, and replaces `session_data` (its stored form, and whether it is escaped) or applies
+    `patch` to it (`_patch.patch_expression` over `STORED_STATE`, and whether it is escaped).
+    `logged`: the run ids the caller gave, recorded in ``ids_log`` (None: none given)."""
     bit = ESC_BIT["session_data"]
-    old_esc = {"$ifNull": ["$esc", 0]}
     update: dict[str, Any] = {
         "session_type": {"$ifNull": ["$session_type", "agent"]},
         "user_id": {"$ifNull": ["$user_id", _literal(user_id)]},
         **{name: {"$ifNull": [f"${name}", None]} for name in IDENTITY_FIELDS[1:]},
     }
-    if session_data is None:
-        update["session_data"] = {"$ifNull": ["$session_data", _literal({})]}
-        update["esc"] = old_esc
-    else:
+    if session_data is not None:
         value, escaped = session_data
         update["session_data"] = _literal(value)
-        # Clear the session_data bit, then set it as this value needs.
-        cleared = {"$subtract": [old_esc, {"$mod": [old_esc, 2 * bit]}]}
-        kept_higher = {"$add": [cleared, {"$mod": [old_esc, bit]}]}
-        update["esc"] = {"$add": [kept_higher, bit if escaped else 0]}
+        update["esc"] = _esc_with(bit, escaped)  # as this value needs
+    elif patch is not None:
+        expression, escaped = patch
+        update["session_data"] = expression
+        # Once escaped, always decoded: decoding a value that needs no decoding changes nothing.
+        update["esc"] = _esc_with(bit, True) if escaped else {"$ifNull": ["$esc", 0]}
+    else:
+        update["session_data"] = STORED_STATE
+        update["esc"] = {"$ifNull": ["$esc", 0]}
     for name in JSON_FIELDS[1:]:
         update[name] = {"$ifNull": [f"${name}", None]}
     update.update(
@@ -222,7 +274,10 @@ def append_pipeline(
         version=_NEW_VERSION,
         run_count={"$add": [_OLD_COUNT, len(runs)]},
         gen={"$ifNull": ["$gen", gen]},
+        log_since={"$ifNull": ["$log_since", _NEW_VERSION]},
     )
+    if logged:
+        update.update(_log_ids(logged))
     if runs:
         entry = {
             "v": _NEW_VERSION,
@@ -232,6 +287,32 @@ def append_pipeline(
         }
         update["pending"] = _append_pending(entry)
     return [{"$set": update}]
+
+
+LOG_SPAN: Final = 64
+"""How many of the latest appends (by version) ``ids_log`` describes."""
+LOG_IDS: Final = 16
+"""The most ids one entry of ``ids_log`` holds; an append that gives more starts the log again."""
+
+
+def _log_ids(ids: Sequence[str]) -> dict[str, Any]:
+    if len(ids) > LOG_IDS:
+        return {"log_since": _NEW_VERSION, "ids_log": "$$REMOVE"}
+    oldest = {"$subtract": [_NEW_VERSION, LOG_SPAN]}
+    kept = {
+        "$filter": {"input": {"$ifNull": ["$ids_log", []]}, "cond": {"$gt": ["$$this.v", oldest]}}
+    }
+    return {
+        "ids_log": {"$concatArrays": [kept, [{"v": _NEW_VERSION, "ids": _literal(list(ids))}]]},
+        "log_since": {"$max": [{"$ifNull": ["$log_since", _NEW_VERSION]}, oldest]},
+    }
+
+
+def unseen_since(version: int, ids: Sequence[str]) -> dict[str, Any]:
+    """The condition of an append planned on the session as read at `version`, which found none
+    of `ids` in its history: no write since then added one of them."""
+    added = {"ids_log": {"$elemMatch": {"v": {"$gt": version}, "ids": {"$in": list(ids)}}}}
+    return {"$or": [{"version": version}, {"log_since": {"$lte": version}, "$nor": [added]}]}
 
 
 def cas_update(
@@ -244,7 +325,14 @@ def cas_update(
 ) -> dict[str, Any]:
     """A whole-session update for `upsert_many`, whose caller read the stored version first."""
     return {
-        "$set": {**fields, "updated_at": now, "version": version, "run_count": run_count},
+        "$set": {
+            **fields,
+            "updated_at": now,
+            "version": version,
+            "run_count": run_count,
+            "log_since": version,
+        },
+        "$unset": {"ids_log": ""},
         "$push": {"pending": entry},
     }
 
@@ -281,20 +369,147 @@ def copy_runs(session_id: str, gen: ObjectId, entry: Entry) -> list[UpdateOne]:
     ]
 
 
+def runs_after(session_id: str, gen: ObjectId, run_count: int, version: int) -> dict[str, Any]:
+    """The runs a write (at `version`) cut off the history: past `run_count`, so never read."""
+    return {
+        "session_id": session_id,
+        "gen": gen,
+        "seq": {"$gte": run_count},
+        "version": {"$lt": version},
+    }
+
+
 def drop_runs_after(session_id: str, gen: ObjectId, run_count: int, version: int) -> DeleteMany:
-    """Remove runs a write cut off the history (they are past `run_count`, so never read)."""
-    return DeleteMany(
-        {
-            "session_id": session_id,
-            "gen": gen,
-            "seq": {"$gte": run_count},
-            "version": {"$lt": version},
-        }
-    )
+    return DeleteMany(runs_after(session_id, gen, run_count, version))
 
 
 def pull_entries(versions: Sequence[int]) -> dict[str, Any]:
     return {"$pull": {"pending": {"v": {"$in": list(versions)}}}}
+
+
+def runs_by_id(
+    session_id: str, gen: ObjectId, run_count: int, ids: Sequence[str], seqs: Sequence[int]
+) -> dict[str, Any]:
+    """The stored runs of the history that have one of `ids`, or sit at one of `seqs` (where a
+    write in flight holds one of them, to see which of the two is newer)."""
+    match: list[dict[str, Any]] = [{"run_id": {"$in": list(ids)}}]
+    if seqs:
+        match.append({"seq": {"$in": list(seqs)}})
+    return {"session_id": session_id, "gen": gen, "seq": {"$lt": run_count}, "$or": match}
+
+
+def compare_and_set(session_id: str, version: int, gen: ObjectId) -> dict[str, Any]:
+    """The filter of a write planned on the session as read at `version` (`gen` too: a session
+    deleted and created again starts at version 1 again)."""
+    return {"_id": session_id, "version": version, "gen": gen}
+
+
+def switch_gen(gen: ObjectId, run_count: int, version: int, now: int) -> dict[str, Any]:
+    """truncate_runs: the history is now the runs copied to `gen` (the writes in `pending`, and
+    the holds of pops, are of the previous one)."""
+    return {
+        "$set": {"gen": gen, "run_count": run_count, "version": version, "updated_at": now},
+        "$unset": {"pending": "", "holds": ""},
+    }
+
+
+def copy_runs_pipeline(
+    session_id: str,
+    gen: ObjectId,
+    low: int,
+    high: int,
+    *,
+    skip: Sequence[int],
+    into: str,
+    to_session: str,
+    to_gen: ObjectId,
+    version: int,
+) -> list[dict[str, Any]]:
+    """An aggregation of the runs collection that copies the runs ``low .. high-1`` of a history
+    to the history `to_gen` of `to_session`, from seq 0, inside the database. (``$merge`` on
+    ``_id``, which is all mongoeco has: the copies get new ids; the unique key of the runs refuses
+    a seq copied twice.) The seqs in `skip` are left out."""
+    seqs: dict[str, Any] = {"$gte": low, "$lt": high}
+    if skip:
+        seqs["$nin"] = list(skip)
+    return [
+        {"$match": {"session_id": session_id, "gen": gen, "seq": seqs}},
+        {
+            "$project": {
+                "_id": 0,
+                "session_id": _literal(to_session),
+                "gen": _literal(to_gen),
+                "seq": {"$subtract": ["$seq", low]},
+                "version": _literal(version),
+                "run_id": 1,
+                "run": 1,
+                "esc": 1,
+            }
+        },
+        {"$merge": {"into": into, "whenMatched": "fail", "whenNotMatched": "insert"}},
+    ]
+
+
+def fork_pipeline(
+    session_id: str,
+    version: int,
+    gen: ObjectId,
+    *,
+    into: str,
+    new_session_id: str,
+    new_gen: ObjectId,
+    run_count: int,
+    now: int,
+) -> list[dict[str, Any]]:
+    """An aggregation of the sessions collection that copies the session, as it is at `version`,
+    to a new session (version 1, its own history `new_gen`), unless that id exists: an existing
+    document is kept as it is (``whenMatched: keepExisting``; the caller sees whose `gen` the
+    document has, rather than reading an error that mongoeco gives without a code)."""
+    return [
+        {"$match": compare_and_set(session_id, version, gen)},
+        {
+            "$set": {
+                "_id": _literal(new_session_id),
+                "gen": _literal(new_gen),
+                "version": 1,
+                "run_count": run_count,
+                "created_at": now,
+                "updated_at": now,
+                "log_since": 1,
+            }
+        },
+        {"$unset": ["pending", "ids_log", "holds"]},
+        {"$merge": {"into": into, "whenMatched": "keepExisting", "whenNotMatched": "insert"}},
+    ]
+
+
+# --- pop_runs -------------------------------------------------------------------------------------
+
+
+def pop_pipeline(count: int, now: int) -> list[dict[str, Any]]:
+    """Remove the last `count` runs (fewer when the history is shorter) and hold their seqs."""
+    low = {"$max": [{"$subtract": [_OLD_COUNT, count]}, 0]}
+    active = {
+        "$filter": {
+            "input": {"$ifNull": ["$holds", []]},
+            "cond": {"$gt": ["$$this.t", now - HOLD_US]},
+        }
+    }
+    hold = {"v": _NEW_VERSION, "low": low, "high": _OLD_COUNT, "t": now}
+    return [
+        {
+            "$set": {
+                "run_count": low,
+                "version": _NEW_VERSION,
+                "updated_at": now,
+                "holds": {"$concatArrays": [active, [hold]]},
+            }
+        }
+    ]
+
+
+def release_hold(version: int) -> dict[str, Any]:
+    return {"$pull": {"holds": {"v": version}}}
 
 
 # --- listing --------------------------------------------------------------------------------------

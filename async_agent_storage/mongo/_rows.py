@@ -48,6 +48,7 @@ class Prepared:
             created_at=from_us(created_at),
             updated_at=from_us(updated_at),
             version=version,
+            run_ids=[r.run_id for r in self.run_docs],
         )
 
 
@@ -100,13 +101,12 @@ def session_from_doc(
     doc: Mapping[str, Any],
     runs: list[dict[str, Any]],
     runs_offset: int,
+    run_ids: list[str],
     *,
     session_data: dict[str, Any] | None = None,
-    updated_at: int | None = None,
-    version: int | None = None,
 ) -> Session:
-    """A session document and its runs from `runs_offset`. An append passes what it wrote (and
-    the document as it was before) through the keyword arguments."""
+    """A session document and its runs (with their ids) from `runs_offset`. An append that
+    replaced the state passes it (the document is then read without it)."""
     esc = doc.get("esc") or 0
     return trusted_session(
         session_id=doc["_id"],
@@ -126,6 +126,7 @@ def session_from_doc(
         runs=runs,
         runs_offset=runs_offset,
         created_at=from_us(doc["created_at"]),
-        updated_at=from_us(updated_at if updated_at is not None else doc["updated_at"]),
-        version=version if version is not None else doc["version"],
+        updated_at=from_us(doc["updated_at"]),
+        version=doc["version"],
+        run_ids=run_ids,
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -18,17 +18,15 @@ from bson import ObjectId
 from pymongo import ReplaceOne, ReturnDocument, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
-from .._encoding import EncodedAppend
 from .._rules import RETRY, OwnerRule, Stored, Verdict, decide, not_owner, owns
 from .._time import now_us
 from ..errors import SessionOwnershipError
 from ..models import Session
-from . import _bson
 from . import _queries as q
 from ._queries import Collections, Entry
-from ._rows import Prepared, run_doc, session_from_doc
+from ._rows import Prepared
 
-__all__ = ["Writer"]
+__all__ = ["Writer", "any_hold", "held", "stale_entries"]
 
 _log = logging.getLogger("async_agent_storage.mongo")
 
@@ -38,7 +36,29 @@ _STALE_US: Final = 10_000_000
 _DUPLICATE_KEY: Final = 11000
 
 
-def _stale(before: Mapping[str, Any] | None, now: int) -> list[int]:
+def held(
+    holds: Iterable[Mapping[str, Any]] | None, version: int, low: int, high: int | None, now: int
+) -> bool:
+    """Whether a pop older than the write at `version` still holds one of the seqs
+    ``low .. high-1`` (to the end when `high` is None): that write must not copy runs there yet,
+    nor delete any (see `_queries`)."""
+    for hold in holds or ():
+        if (
+            hold["v"] < version
+            and hold["t"] > now - q.HOLD_US
+            and low < hold["high"]
+            and (high is None or hold["low"] < high)
+        ):
+            return True
+    return False
+
+
+def any_hold(holds: Iterable[Mapping[str, Any]] | None, now: int) -> bool:
+    """Whether a pop is still reading runs of the history back."""
+    return any(hold["t"] > now - q.HOLD_US for hold in holds or ())
+
+
+def stale_entries(before: Mapping[str, Any] | None, now: int) -> list[int]:
     """Versions of the `pending` entries left behind by writers that did not finish."""
     if before is None:
         return []
@@ -58,6 +78,7 @@ class _Planned:
     old_count: int
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
     stale: list[int] = field(default_factory=list)
+    holds: list[dict[str, Any]] = field(default_factory=list)
 
     def session(self, now: int) -> Session:
         return self.item.session(
@@ -77,7 +98,8 @@ def _plan(p: Prepared, doc: Mapping[str, Any] | None, now: int) -> _Planned:
         min(p.runs_offset, count),
         doc["created_at"],
         count,
-        stale=_stale(doc, now),
+        stale=stale_entries(doc, now),
+        holds=doc.get("holds") or [],
     )
 
 
@@ -88,7 +110,7 @@ class Writer:
         self.parts = parts
         self.label = label
 
-    async def _stored(self, sid: str) -> Stored | None:
+    async def stored(self, sid: str) -> Stored | None:
         doc = await self.parts.sessions.find_one({"_id": sid}, {"user_id": 1, "version": 1})
         return None if doc is None else Stored(doc.get("user_id"), int(doc["version"]))
 
@@ -115,7 +137,8 @@ class Writer:
             gen,
             entries,
             truncate=(run_count, version) if run_count < old_count else None,
-            stale=_stale(before, now),
+            stale=stale_entries(before, now),
+            holds=None if before is None else before.get("holds"),
         )
         return p.session(created_at=created, updated_at=now, version=version, start=start)
 
@@ -129,7 +152,7 @@ class Writer:
                 await self.parts.sessions.insert_one(document)
                 return
             except DuplicateKeyError:
-                stored = await self._stored(p.session_id)
+                stored = await self.stored(p.session_id)
                 decide(
                     self.label, p.session_id, stored, user_id=p.user_id, if_version=0,
                     rule=OwnerRule.EXACT,
@@ -166,7 +189,7 @@ class Writer:
             verdict = decide(
                 self.label,
                 p.session_id,
-                await self._stored(p.session_id),
+                await self.stored(p.session_id),
                 user_id=p.user_id,
                 if_version=expected,
                 rule=OwnerRule.EXACT,
@@ -185,30 +208,13 @@ class Writer:
         *,
         truncate: tuple[int, int] | None = None,
         stale: Sequence[int] = (),
+        holds: Iterable[Mapping[str, Any]] | None = None,
     ) -> None:
         """Copy a committed write's runs to the runs collection and drop them from `pending`
         (with any entries left behind by writers that died). The write is complete without this:
         when it fails, readers keep finding the runs in `pending` and a later write finishes it."""
-        parts = self.parts
         try:
-            operations: list[Any] = []
-            pulled = [e.version for e in entries]
-            for entry in entries:
-                operations += q.copy_runs(sid, gen, entry)
-            if stale:
-                doc = await parts.sessions.find_one({"_id": sid, "gen": gen}, {"pending": 1})
-                for raw in (doc or {}).get("pending") or ():
-                    if raw["v"] in stale:
-                        operations += q.copy_runs(
-                            sid, gen, Entry(raw["v"], raw["start"], raw["runs"])
-                        )
-                        pulled.append(raw["v"])
-            if truncate is not None:
-                operations.append(q.drop_runs_after(sid, gen, *truncate))
-            if operations:
-                await self._bulk_runs(operations)
-            if pulled:
-                await parts.sessions.update_one({"_id": sid, "gen": gen}, q.pull_entries(pulled))
+            await self.move(sid, gen, entries, truncate=truncate, stale=stale, holds=holds)
         except PyMongoError as exc:
             _log.warning(
                 "%s: session %r is written; moving its new runs out of the session document "
@@ -217,6 +223,47 @@ class Writer:
                 sid,
                 exc,
             )
+
+    async def move(
+        self,
+        sid: str,
+        gen: ObjectId,
+        entries: list[Entry],
+        *,
+        truncate: tuple[int, int] | None = None,
+        stale: Sequence[int] = (),
+        holds: Iterable[Mapping[str, Any]] | None = None,
+    ) -> None:
+        """`settle`, raising what fails. `holds`: those of the session as the write found it;
+        an entry at seqs a pop still holds stays in `pending` (the pop moves it, see
+        `_queries`)."""
+        parts = self.parts
+        now = now_us()
+        operations: list[Any] = []
+        pulled: list[int] = []
+        for entry in entries:
+            if not held(holds, entry.version, entry.start, entry.start + len(entry.runs), now):
+                operations += q.copy_runs(sid, gen, entry)
+                pulled.append(entry.version)
+        if stale:
+            doc = await parts.sessions.find_one(
+                {"_id": sid, "gen": gen}, {"pending": 1, "holds": 1}
+            )
+            doc = doc or {}
+            for raw in doc.get("pending") or ():
+                entry = Entry(raw["v"], raw["start"], raw["runs"])
+                end = entry.start + len(entry.runs)
+                if raw["v"] in stale and not held(
+                    doc.get("holds"), raw["v"], raw["start"], end, now
+                ):
+                    operations += q.copy_runs(sid, gen, entry)
+                    pulled.append(entry.version)
+        if truncate is not None and not held(holds, truncate[1], truncate[0], None, now):
+            operations.append(q.drop_runs_after(sid, gen, *truncate))
+        if operations:
+            await self._bulk_runs(operations)
+        if pulled:
+            await parts.sessions.update_one({"_id": sid, "gen": gen}, q.pull_entries(pulled))
 
     async def _bulk_runs(self, operations: list[Any]) -> None:
         try:
@@ -329,6 +376,24 @@ class Writer:
         return failed
 
     async def _settle_many(self, plans: list[_Planned]) -> None:
+        now = now_us()
+        held_by_pops = [p for p in plans if held(p.holds, p.version, 0, None, now)]
+        plans = [p for p in plans if not held(p.holds, p.version, 0, None, now)]
+        for plan in held_by_pops:  # rare: one at a time, minding the holds
+            p = plan.item
+            entries = [Entry(plan.version, plan.start, [r.item() for r in p.run_docs])]
+            run_count = plan.start + len(p.run_docs)
+            truncate = (run_count, plan.version) if run_count < plan.old_count else None
+            await self.settle(
+                p.session_id,
+                plan.gen,
+                entries,
+                truncate=truncate,
+                stale=plan.stale,
+                holds=plan.holds,
+            )
+        if not plans:
+            return
         try:
             operations: list[Any] = []
             for plan in plans:
@@ -359,67 +424,18 @@ class Writer:
             if plan.stale:
                 await self.settle(plan.item.session_id, plan.gen, [], stale=plan.stale)
 
-    # --- append_runs ----------------------------------------------------------------------------
-
-    async def append(
-        self, append: EncodedAppend, data: dict[str, Any] | None, values: list[dict[str, Any]]
-    ) -> Session:
-        sid, uid = append.session_id, append.user_id
-        run_docs = [run_doc(r.run_id, v) for r, v in zip(append.runs, values, strict=True)]
-        now = now_us()
-        gen = ObjectId()
-        pipeline = q.append_pipeline(
-            user_id=uid,
-            session_data=None if data is None else _bson.encode(data),
-            runs=run_docs,
-            now=now,
-            gen=gen,
-        )
-        filter_ = {"_id": sid} if uid is None else {"_id": sid, "user_id": uid}
-        projection = q.PENDING_WITHOUT_RUNS if data is None else q.WITHOUT_DATA_OR_PENDING_RUNS
-        for attempt in range(RETRY.attempts):
-            try:
-                before: dict[str, Any] | None = await self.parts.sessions.find_one_and_update(
-                    filter_,
-                    pipeline,
-                    projection=projection,
-                    upsert=True,
-                    return_document=ReturnDocument.BEFORE,
-                )
-                break
-            except DuplicateKeyError:
-                # Another user's session (the filter names the owner), or one just created.
-                decide(
-                    self.label, sid, await self._stored(sid), user_id=uid, if_version=None,
-                    rule=OwnerRule.IF_GIVEN,
-                )  # fmt: skip
-                await RETRY.pause(attempt)
-        else:
-            raise RETRY.exhausted(self.label, sid)
-        if before is None:
-            version, start, created = 1, 0, now
-            doc: dict[str, Any] = {"_id": sid, "session_type": "agent", "user_id": uid}
-        else:
-            version, start = before["version"] + 1, before["run_count"]
-            gen, created, doc = before["gen"], before["created_at"], before
-        entries = [Entry(version, start, [r.item() for r in run_docs])] if run_docs else []
-        await self.settle(sid, gen, entries, stale=_stale(before, now))
-        return session_from_doc(
-            {**doc, "created_at": created},
-            values,
-            start,
-            session_data=data,
-            updated_at=now,
-            version=version,
-        )
-
     # --- delete ---------------------------------------------------------------------------------
 
     async def delete(self, sid: str, uid: str | None) -> bool:
         filter_ = {"_id": sid} if uid is None else {"_id": sid, "user_id": uid}
-        doc = await self.parts.sessions.find_one_and_delete(filter_, projection={"gen": 1})
+        doc = await self.parts.sessions.find_one_and_delete(
+            filter_, projection={"gen": 1, "holds": 1}
+        )
         if doc is None:
             return False
+        if any_hold(doc.get("holds"), now_us()):
+            # A pop is reading some of them back; they are never read otherwise.
+            return True
         try:
             await self.parts.runs.delete_many({"session_id": sid, "gen": doc["gen"]})
         except PyMongoError as exc:

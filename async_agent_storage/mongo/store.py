@@ -9,7 +9,9 @@ migrations collection (history and lease lock).
 No write uses a multi-document transaction (a standalone ``mongod`` has none, and they would tie
 sessions together on a sharded cluster): each write is one atomic update of its session document,
 which carries the runs it writes until they are copied to the runs collection (`_writes`; reads
-in `_reads`).
+in `_reads`). `append_runs` (`_append`) merges a `state_patch` inside that update (`_patch`) and
+stores a given run id once without a lock; `pop_runs`, `truncate_runs` and `fork_session`
+(`_history`) copy histories inside the database.
 
 A Motor client passed in works too: the store only uses the collection methods both share.
 """
@@ -34,12 +36,12 @@ from .._checks import (
     check_optional_seconds,
     check_seconds,
 )
-from .._encoding import EncodedAppend, EncodedSession, decode_runs
+from .._encoding import EncodedAppend, EncodedSession
 from .._paging import ListQuery, PageKey
 from .._store import StoreBase
 from ..errors import ConfigurationError
 from ..models import Session
-from . import _bson, _reads
+from . import _append, _bson, _history, _reads
 from ._errors import ERRORS
 from ._migrations import MIGRATIONS, MigrationTarget
 from ._queries import Collections
@@ -297,14 +299,38 @@ class MongoStore(StoreBase):
         return await self._shielded(writer.upsert_many([prepare(enc) for enc in sessions]))
 
     async def _append(self, append: EncodedAppend) -> Session:
-        writer = self._live(self._writer)
-        data = None if append.session_data is None else codec.loads(append.session_data)
-        values = decode_runs([r.body for r in append.runs])
-        return await self._shielded(writer.append(append, data, values))
+        return await self._shielded(_append.append(self._live(self._writer), append))
 
     async def _delete(self, session_id: str, user_id: str | None) -> bool:
         writer = self._live(self._writer)
         return await self._shielded(writer.delete(session_id, user_id))
+
+    async def _get_run(
+        self, session_id: str, run_id: str, user_id: str | None
+    ) -> dict[str, Any] | None:
+        parts = self._live(self._writer).parts
+        return await self._shielded(_reads.get_run(parts, self.label, session_id, run_id, user_id))
+
+    async def _pop_runs(
+        self, session_id: str, user_id: str | None, count: int
+    ) -> list[dict[str, Any]]:
+        writer = self._live(self._writer)
+        return await self._shielded(_history.pop_runs(writer, session_id, user_id, count))
+
+    async def _truncate_runs(self, session_id: str, user_id: str | None, keep_last: int) -> int:
+        writer = self._live(self._writer)
+        return await self._shielded(_history.truncate_runs(writer, session_id, user_id, keep_last))
+
+    async def _count(self, query: ListQuery) -> int:
+        return await self._shielded(_reads.count(self._live(self._writer).parts, query))
+
+    async def _fork(
+        self, session_id: str, new_session_id: str, at_run: str | None, user_id: str | None
+    ) -> Session | None:
+        writer = self._live(self._writer)
+        return await self._shielded(
+            _history.fork(writer, session_id, new_session_id, at_run, user_id)
+        )
 
     async def _list_page(self, query: ListQuery) -> tuple[list[Session], PageKey | None]:
         parts = self._live(self._writer).parts
