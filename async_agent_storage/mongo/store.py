@@ -144,6 +144,7 @@ class MongoStore(StoreBase):
             unknown=unknown,
         )
         self.collection_name = check_name(collection_name, "collection_name")
+        self.table_name = self.collection_name  # what the other stores call it
         if (client is None) == (db_url is None):
             raise ConfigurationError(
                 "MongoStore needs exactly one of db_url='mongodb://host:27017' or client=..."
@@ -192,11 +193,6 @@ class MongoStore(StoreBase):
     @property
     def label(self) -> str:
         return self._label
-
-    @property
-    def table_name(self) -> str:
-        """The sessions collection's name (the other stores' table name)."""
-        return self.collection_name
 
     # --- connections ----------------------------------------------------------------------------
 
