@@ -239,10 +239,19 @@ class MigrationTarget:
     async def applied(self) -> list[AppliedMigration]:
         cursor = self.parts.history.find({"version": {"$exists": True}}).sort("version", 1)
         docs = await cursor.to_list(None)
-        return [
-            AppliedMigration(d["version"], d["name"], d["checksum"], from_us(d["applied_at"]))
-            for d in docs
-        ]
+        try:
+            return [
+                AppliedMigration(
+                    int(d["version"]), str(d["name"]), str(d["checksum"]), from_us(d["applied_at"])
+                )
+                for d in docs
+            ]
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise MigrationError(
+                f"{self.label}: the migration history holds a document this code did not write "
+                f"({type(exc).__name__}: {exc}); the collection {self.collection_name}_migrations "
+                "was changed outside async-agent-storage"
+            ) from exc
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_Transaction]:

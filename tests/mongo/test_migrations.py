@@ -234,3 +234,11 @@ def test_the_command_line_migrates_a_mongodb_store(
     assert [v for v, _, _ in history(admin, collection_name)] == list(range(1, LATEST + 1))
     again = runner.invoke(app, ["migrate", url, "--table", collection_name])
     assert "nothing to do" in again.output
+
+
+async def test_a_malformed_history_is_a_migration_error(
+    mongo: MongoTarget, admin: Admin, collection_name: str
+) -> None:
+    admin[DB_NAME][f"{collection_name}_migrations"].insert_one({"_id": 1, "version": 1})
+    with pytest.raises(MigrationError, match="did not write"):
+        await make_store(mongo, collection_name).open()
