@@ -12,7 +12,7 @@ trip; decoding happens after the connection is back in the pool.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, ClassVar, Final, Never
 
@@ -37,6 +37,7 @@ from ._errors import ERRORS
 from ._jsonb import from_db, to_db
 from ._migrations import MIGRATIONS, MigrationTarget
 from ._pool import Connection, GatedPool
+from ._replicas import ReplicaOptions, Routed, Router, open_router, write_position
 from ._rows import appended_session, retried_session, session_columns, session_from_row
 from ._sql import SQL
 from ._url import normalize_url, where
@@ -65,8 +66,24 @@ class PostgresStore(StoreBase):
       to open) before `StorageUnavailableError`.
     - `command_timeout`: seconds a statement may run before `StorageUnavailableError` (None: no
       limit).
-    - `statement_cache_size`: prepared statements kept per connection; 0 for pgbouncer in
-      transaction mode (each call then prepares its statement: two round trips instead of one).
+    - `statement_cache_size`: named prepared statements kept per connection (default 100; 0
+      with `pooler="transaction"`). With 0 each call prepares its statement unnamed: two round
+      trips instead of one.
+    - `pooler`: ``"transaction"`` when `db_url` is a pooler in transaction mode (PgBouncer
+      ``pool_mode = transaction``, or ``statement``): consecutive transactions may run on
+      different server connections, so no named prepared statements (a `statement_cache_size`
+      above 0 only for PgBouncer 1.21+ with ``max_prepared_statements`` set). The store keeps
+      no other session state, and its migration lock is transaction-scoped. None: a server.
+    - `replica_urls`: streaming replicas (standbys) that take the reads; see `_replicas`.
+      Listings and counts may be stale by a replica's lag; `read` and `get_run` of a session
+      this store object wrote see that write (`read_your_writes`). A replica that is down,
+      lags or refuses is skipped and the primary answers: reads never fail because of one.
+      Writes then cost one more round trip (the primary's WAL position after each).
+    - `read_your_writes`: False sends every read to a replica, whatever this store wrote.
+    - `replica_max_wait`: seconds a read of a session this store wrote waits for a replica to
+      apply that write before it reads the primary (0: never wait).
+    - `replica_timeout`: seconds to get a replica connection (or open one) before the read
+      goes to the primary.
     - `max_inactive_connection_lifetime`: seconds an idle pooled connection is kept.
     - `pool`: an asyncpg pool of your own, used instead (its sizes and timeouts apply) and never
       closed by the store. It needs no codec or setup: JSON crosses the wire as text.
@@ -91,7 +108,12 @@ class PostgresStore(StoreBase):
         pool_max_size: int = 10,
         acquire_timeout: float = 30.0,
         command_timeout: float | None = None,
-        statement_cache_size: int = 100,
+        statement_cache_size: int | None = None,
+        pooler: str | None = None,
+        replica_urls: Sequence[str] = (),
+        read_your_writes: bool = True,
+        replica_max_wait: float = 0.05,
+        replica_timeout: float = 2.0,
         max_inactive_connection_lifetime: float = 300.0,
         auto_upgrade_schema: bool = False,
         pool: asyncpg.Pool | None = None,
@@ -125,8 +147,16 @@ class PostgresStore(StoreBase):
             self.pool_max_size = pool.get_max_size()
         self.acquire_timeout = check_seconds("acquire_timeout", acquire_timeout)
         self.command_timeout = check_optional_seconds("command_timeout", command_timeout)
+        if pooler not in (None, "transaction"):
+            raise ConfigurationError(f'pooler must be None or "transaction", got {pooler!r}')
+        self.pooler = pooler
         self.statement_cache_size = check_int_option(
-            "statement_cache_size", statement_cache_size, low=0
+            "statement_cache_size",
+            (0 if pooler else 100) if statement_cache_size is None else statement_cache_size,
+            low=0,
+        )
+        self.replicas = ReplicaOptions.checked(
+            replica_urls, read_your_writes, replica_max_wait, replica_timeout
         )
         self.max_inactive_connection_lifetime = check_seconds(
             "max_inactive_connection_lifetime", max_inactive_connection_lifetime, allow_zero=True
@@ -137,6 +167,7 @@ class PostgresStore(StoreBase):
         if self.schema is not None:
             self._sql = SQL.for_table(self.schema, self.table_name)
         self._pool: GatedPool | None = None
+        self._router: Router | None = None
 
     @property
     def label(self) -> str:
@@ -171,6 +202,16 @@ class PostgresStore(StoreBase):
         try:
             async with gated.connection() as connection:
                 await self._resolve(connection)
+            if self.replicas.urls:
+                self._router = await open_router(
+                    gated,
+                    self.replicas,
+                    lambda: self.label,
+                    max_size=self.pool_max_size,
+                    statement_cache_size=self.statement_cache_size,
+                    command_timeout=self.command_timeout,
+                    max_inactive_connection_lifetime=self.max_inactive_connection_lifetime,
+                )
         except BaseException:
             await gated.close()
             raise
@@ -181,8 +222,25 @@ class PostgresStore(StoreBase):
 
     async def _close_resources(self) -> None:
         pool, self._pool = self._pool, None
+        router, self._router = self._router, None
+        if router is not None:
+            await router.close()
         if pool is not None:
             await pool.close()
+
+    def _reads(self, session_id: str | None) -> GatedPool | Routed:
+        """Where a read runs: the primary, or (with replicas) the router, for `session_id`
+        (None: a listing)."""
+        if self._router is None:
+            return self._live(self._pool)
+        return Routed(self._router, session_id, None)
+
+    def _writes(self, *session_ids: str) -> GatedPool | Routed:
+        """Where a write runs: the primary (with replicas, its position is recorded)."""
+        pool = self._live(self._pool)
+        if self._router is None:
+            return pool
+        return Routed(self._router, None, session_ids)
 
     async def _resolve(self, connection: Connection) -> SQL:
         """Check the server once and fix the schema the statements name."""
@@ -216,7 +274,10 @@ class PostgresStore(StoreBase):
         for the occasion."""
         if self._pool is not None:
             async with self._pool.connection() as connection:
-                yield MigrationTarget(connection, await self._resolve(connection), self.label)
+                target = MigrationTarget(connection, await self._resolve(connection), self.label)
+                yield target
+                if self._router is not None and target.changed:  # replicas: after the change
+                    self._router.floor = await write_position(connection)
             return
         if self._given_pool is not None:
             async with self._given_pool.acquire(timeout=self.acquire_timeout) as connection:
@@ -242,7 +303,7 @@ class PostgresStore(StoreBase):
         self, session_id: str, user_id: str | None, last_runs: int | None
     ) -> Session | None:
         tail = None if last_runs is None else min(last_runs, q.MAX_INT4)
-        row = await self._live(self._pool).run(
+        row = await self._reads(session_id).run(
             _fetchrow, self._statements().read, session_id, user_id, tail, idempotent=True
         )
         if row is None:
@@ -260,7 +321,7 @@ class PostgresStore(StoreBase):
             if_version,
         )
         statement = sql.update if if_version else sql.upsert
-        row = await self._live(self._pool).run(
+        row = await self._writes(session.session_id).run(
             _writes.write_session, sql, self.label, statement, args, session, if_version
         )
         created, updated, version, run_count = row
@@ -274,7 +335,7 @@ class PostgresStore(StoreBase):
 
     async def _upsert_many(self, sessions: list[EncodedSession]) -> list[Session]:
         ordered = sorted(sessions, key=lambda e: e.session_id)  # one lock order for every batch
-        rows = await self._live(self._pool).run(
+        rows = await self._writes(*(e.session_id for e in ordered)).run(
             _writes.write_many, self._statements(), self.label, ordered
         )
         stored = {row[0]: row for row in rows}
@@ -293,7 +354,7 @@ class PostgresStore(StoreBase):
         return result
 
     async def _append(self, append: EncodedAppend) -> Session:
-        done = await self._live(self._pool).run(
+        done = await self._writes(append.session_id).run(
             _writes.append, self._statements(), self.label, append
         )
         if done.retried is not None:
@@ -303,7 +364,7 @@ class PostgresStore(StoreBase):
     async def _get_run(
         self, session_id: str, run_id: str, user_id: str | None
     ) -> dict[str, Any] | None:
-        body = await self._live(self._pool).run(
+        body = await self._reads(session_id).run(
             _fetchval, self._statements().get_run, session_id, run_id, user_id, idempotent=True
         )
         return None if body is None else from_db(body)
@@ -311,27 +372,25 @@ class PostgresStore(StoreBase):
     async def _pop_runs(
         self, session_id: str, user_id: str | None, count: int
     ) -> list[dict[str, Any]]:
-        bodies = await self._live(self._pool).run(
+        bodies = await self._writes(session_id).run(
             _writes.pop, self._statements(), self.label, session_id, user_id, count
         )
         return from_db("[" + ",".join(bodies) + "]") if bodies else []
 
     async def _truncate_runs(self, session_id: str, user_id: str | None, keep_last: int) -> int:
-        return await self._live(self._pool).run(
+        return await self._writes(session_id).run(
             _writes.truncate, self._statements(), self.label, session_id, user_id, keep_last
         )
 
     async def _count(self, query: ListQuery) -> int:
         statement, params = self._statements().listing(query, count=True)
-        total: int = await self._live(self._pool).run(
-            _fetchval, statement, *params, idempotent=True
-        )
+        total: int = await self._reads(None).run(_fetchval, statement, *params, idempotent=True)
         return total
 
     async def _fork(
         self, session_id: str, new_session_id: str, at_run: str | None, user_id: str | None
     ) -> Session | None:
-        done = await self._live(self._pool).run(
+        done = await self._writes(new_session_id).run(
             _writes.fork,
             self._statements(),
             self.label,
@@ -346,14 +405,14 @@ class PostgresStore(StoreBase):
         return session_from_row(row, None, None, copied)
 
     async def _delete(self, session_id: str, user_id: str | None) -> bool:
-        deleted = await self._live(self._pool).run(
+        deleted = await self._writes(session_id).run(
             _fetchval, self._statements().delete, session_id, user_id
         )
         return bool(deleted)
 
     async def _list_page(self, query: ListQuery) -> tuple[list[Session], PageKey | None]:
         statement, params = self._statements().listing(query)
-        rows = await self._live(self._pool).run(_fetch, statement, *params, idempotent=True)
+        rows = await self._reads(None).run(_fetch, statement, *params, idempotent=True)
         more = query.limit is not None and len(rows) > query.limit
         if more:
             del rows[query.limit :]
@@ -365,7 +424,7 @@ class PostgresStore(StoreBase):
 
     async def _list_ids(self, query: ListQuery) -> list[str]:
         statement, params = self._statements().listing(query, ids_only=True)
-        rows = await self._live(self._pool).run(_fetch, statement, *params, idempotent=True)
+        rows = await self._reads(None).run(_fetch, statement, *params, idempotent=True)
         return [row[0] for row in rows]
 
     async def _ping(self) -> None:
@@ -382,6 +441,7 @@ class PostgresStore(StoreBase):
             "pool_in_use": size - idle,
             "pool_waiting": gated.waiting,
             "connections_replaced": gated.replaced,
+            **({} if self._router is None else self._router.stats()),
         }
 
     async def _drop(self) -> None:

@@ -15,6 +15,7 @@ import pytest
 from async_agent_storage import PostgresStore
 from tests.conftest import NOT_RUN
 
+from ._pgbouncer import PgBouncer, find_or_install
 from ._server import ENV_URL, LOCAL_URL, Cluster, answers, find_binaries
 
 StoreMaker = Callable[..., PostgresStore]
@@ -69,6 +70,28 @@ def own_cluster(pg_url: str) -> Iterator[Cluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_url(pg_url: str) -> Iterator[str]:
+    """PgBouncer in transaction pooling mode in front of the test server (installed from the
+    distribution's packages when missing and the machine allows)."""
+    binary, reason = find_or_install()
+    bouncer = None
+    if binary is not None:
+        try:
+            bouncer = PgBouncer(binary, pg_url)
+            bouncer.start()
+        except (RuntimeError, KeyError, OSError) as exc:
+            reason = f"pgbouncer did not start: {exc}"
+            bouncer = None
+    if bouncer is None:
+        NOT_RUN["postgres pgbouncer"] = reason
+        pytest.skip(reason)
+    try:
+        yield bouncer.url
+    finally:
+        bouncer.stop()
 
 
 async def execute(url: str, *statements: str) -> None:
