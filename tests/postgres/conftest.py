@@ -7,6 +7,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -70,6 +71,50 @@ def own_cluster(pg_url: str) -> Iterator[Cluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+def _clusters_or_skip(what: str) -> Path:
+    bindir = find_binaries()
+    if bindir is None or not (bindir / "pg_basebackup").exists():
+        reason = f"no PostgreSQL binaries (initdb, pg_ctl, pg_basebackup) to start {what}"
+        NOT_RUN[f"postgres {what}"] = reason
+        pytest.skip(reason)
+    return bindir
+
+
+@pytest.fixture(scope="session")
+def replicated(pg_url: str) -> Iterator[tuple[Cluster, Cluster]]:
+    """A primary of the tests' own and a streaming replica of it (``pg_basebackup -R``), both on
+    loopback ports; the primary commits synchronously to its WAL, so the replica's lag is the
+    replication's own (milliseconds), not the WAL writer's delay."""
+    bindir = _clusters_or_skip("replicas")
+    primary = Cluster(bindir, {"synchronous_commit": "on"})
+    primary.start()
+    try:
+        standby = Cluster.standby_of(primary)
+        try:
+            yield primary, standby
+        finally:
+            standby.stop()
+    finally:
+        primary.stop()
+
+
+@pytest.fixture
+def failover_pair(pg_url: str) -> Iterator[tuple[Cluster, Cluster]]:
+    """A primary replicating synchronously to a standby (a commit is acknowledged once the
+    standby has it), for one failover test: the standby is promoted, the primary stopped."""
+    bindir = _clusters_or_skip("failover")
+    primary = Cluster(bindir, {"synchronous_commit": "on", "synchronous_standby_names": "*"})
+    primary.start()
+    try:
+        standby = Cluster.standby_of(primary)
+        try:
+            yield primary, standby
+        finally:
+            standby.stop()
+    finally:
+        primary.stop()
 
 
 @pytest.fixture(scope="session")
