@@ -232,7 +232,7 @@ def test_replica_options_are_checked() -> None:
     with pytest.raises(ConfigurationError, match="scheme"):
         PostgresStore(db_url="postgresql://h/d", replica_urls=["mysql://r/d"])
     with pytest.raises(ConfigurationError, match="read_your_writes"):
-        PostgresStore(db_url="postgresql://h/d", read_your_writes=1)
+        PostgresStore(db_url="postgresql://h/d", read_your_writes=1)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="replica_max_wait"):
         PostgresStore(db_url="postgresql://h/d", replica_max_wait=-1)
     store = PostgresStore(db_url="postgresql://h/d", replica_urls=("postgres://r:5433/d",))
