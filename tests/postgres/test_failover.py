@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -20,7 +21,7 @@ WRITERS = 4
 
 
 async def test_the_store_survives_a_failover_and_loses_no_acknowledged_append(
-    failover_pair: tuple[Cluster, Cluster], record_property: pytest.RecordProperty
+    failover_pair: tuple[Cluster, Cluster], record_property: Callable[[str, object], None]
 ) -> None:
     primary, standby = failover_pair
     # The standby is listed first: until it is promoted, target_session_attrs skips it.
