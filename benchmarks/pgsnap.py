@@ -104,7 +104,8 @@ async def size(conn: Any, schema: str, prefix: str) -> int:
 
 
 async def drop(conn: Any, schema: str, prefix: str, *, snapshots: bool = False) -> None:
-    """Drop the tables (schema-history tables too), and with `snapshots` their snapshots."""
+    """Drop the tables (schema-history tables too) and functions, and with `snapshots` the
+    tables' snapshots."""
     rows = await conn.fetch(
         "SELECT schemaname, tablename FROM pg_tables "
         "WHERE (schemaname = $1 AND starts_with(tablename, $2)) "
@@ -117,6 +118,16 @@ async def drop(conn: Any, schema: str, prefix: str, *, snapshots: bool = False) 
     )
     for row in rows:
         await conn.execute(f"DROP TABLE IF EXISTS {_q(row[0])}.{_q(row[1])} CASCADE")
+    # The store's functions (its merge patch, migration 3) go with its tables, or the next
+    # store created under this prefix fails to create them again.
+    functions = await conn.fetch(
+        "SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n "
+        "ON n.oid = p.pronamespace WHERE n.nspname = $1 AND starts_with(p.proname, $2)",
+        schema,
+        prefix,
+    )
+    for row in functions:
+        await conn.execute(f"DROP FUNCTION IF EXISTS {row[0]} CASCADE")
     if snapshots and not await conn.fetchval(
         "SELECT count(*) FROM pg_tables WHERE schemaname = $1", SNAPSHOT_SCHEMA
     ):
