@@ -3,7 +3,7 @@
 port in front of a PostgreSQL server, in transaction pooling mode.
 
 `find_or_install()` returns the binary, or the reason there is none (the tests then report NOT
-RUN with it); `PgBouncer(server_url).start()` runs one in a temporary directory (as the
+RUN with it); `PgBouncer(binary, server_url).start()` runs one in a temporary directory (as the
 ``postgres`` OS user when the tests run as root: PgBouncer refuses to run as root).
 """
 
@@ -74,10 +74,10 @@ class PgBouncer:
         self.pool_size = pool_size
         self._process: subprocess.Popen[str] | None = None
         self._as: list[str] = []
-        if os.geteuid() == 0:
+        if os.geteuid() == 0:  # PgBouncer drops root for this user itself
             user = pwd.getpwnam("postgres")
             os.chown(self.root, user.pw_uid, user.pw_gid)
-            self._as = ["runuser", "-u", "postgres", "--"]
+            self._as = ["-u", "postgres"]
 
     @property
     def url(self) -> str:
@@ -120,7 +120,7 @@ class PgBouncer:
             for path in self.root.iterdir():
                 shutil.chown(path, "postgres")
         self._process = subprocess.Popen(
-            [*self._as, str(self.binary), "-q", str(config)],
+            [str(self.binary), "-q", *self._as, str(config)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -142,7 +142,7 @@ class PgBouncer:
     def stop(self) -> None:
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
-            process.terminate()  # runuser passes SIGTERM on to pgbouncer
+            process.terminate()  # PgBouncer's immediate shutdown
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
