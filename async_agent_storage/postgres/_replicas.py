@@ -8,17 +8,16 @@ With `replica_urls`, `PostgresStore` sends its reads through a `Router`:
   each write records the primary's WAL insert position after it committed, per session id
   (`Positions`); the read then waits, at most `replica_max_wait` seconds, for a replica whose
   replay position (`pg_last_wal_replay_lsn()`) has reached it, else it reads the primary.
-- Every replica read also waits for the position at which the store's schema was last created or
-  upgraded (`Router.floor`), so a replica never answers before it has the tables.
+- Every replica read also waits for the primary's position when the store opened, and after each
+  schema change it made (`Router.floor`), so a replica never answers before it has the tables.
 - A replica that fails (refused, timed out, broken, not a standby) is skipped for
   `RETRY_AFTER` seconds and the read goes to the primary: reads never fail because of a replica.
   A replica whose wait ran out is not waited for again for `LAG_BACKOFF` seconds (reads that
   need what it has not applied go straight to the primary).
 
-What "this store object wrote" covers: its own writes, in this process. Sessions written by
-other processes are read from a replica as soon as it is chosen, which may be stale by the lag;
-see docs/scaling.md for keeping a session's turns on one process, or `read_your_writes` with
-`replica_urls` only for listings.
+What "this store object wrote" covers: its own writes, in this process. A session written by
+another process is read from a replica, which may be stale by its lag; docs/scaling.md says how
+to keep a session's turns on one process, or to use replicas for listings only.
 """
 
 from __future__ import annotations
@@ -150,6 +149,7 @@ class Replica:
                 RETRY_AFTER,
             )
         self.failing = True
+        self.replayed = -1  # when it answers again, it may be another server (re-cloned)
         self.skip_until = time.monotonic() + RETRY_AFTER
 
     def succeeded(self) -> None:
@@ -237,7 +237,7 @@ class Router:
         self.read_your_writes = read_your_writes
         self.max_wait = max_wait
         self.positions = Positions()
-        self.floor = 0  # the position of the last schema change: replicas must have applied it
+        self.floor = 0  # at open() and after each schema change: replicas must have applied it
         self.primary_reads = 0  # reads that went to the primary (no replica could take them)
         self._turn = itertools.count()
 
