@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import environment
+from . import environment, pgsnap
 from .loadgen import CellResult, run_cell
 from .systems import (
     BULK,
@@ -330,6 +330,9 @@ def median_round(rounds: list[CellResult]) -> CellResult:
 async def _load_cell(plan: Plan, system: System, dataset: Dataset, result: CellResult) -> None:
     try:
         await system.start(dataset)
+        primary = dict(plan.backends).get("postgres")
+        if plan.replica_url and primary and system.backend == "postgres":
+            await pgsnap.replica_caught_up(primary, plan.replica_url)  # every system alike
     except Exception as exc:
         result.errors = 1
         result.error_samples = [f"start: {type(exc).__name__}: {exc}"[:300]]
