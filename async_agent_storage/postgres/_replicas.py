@@ -158,7 +158,7 @@ class Replica:
         self.failing = False
 
     async def _replay_position(self) -> int:
-        position = await self.pool.run(_fetchval, q.REPLAY_POSITION, idempotent=True)
+        position = await self.pool.run(_pool.fetchval, q.REPLAY_POSITION, idempotent=True)
         if position is None:
             raise _NotAStandby(self.where)
         self.replayed = max(self.replayed, position)
@@ -204,10 +204,6 @@ class _NotAStandby(Exception):
 def _retrieve(probe: asyncio.Future[int]) -> None:
     if not probe.cancelled():
         probe.exception()  # every waiter may have gone: never "exception was never retrieved"
-
-
-async def _fetchval(connection: Connection, statement: str, *args: Any) -> Any:
-    return await connection.fetchval(statement, *args)
 
 
 async def _after_write(

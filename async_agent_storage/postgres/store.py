@@ -36,7 +36,7 @@ from . import _sql as q
 from ._errors import ERRORS
 from ._jsonb import from_db, to_db
 from ._migrations import MIGRATIONS, MigrationTarget
-from ._pool import Connection, GatedPool
+from ._pool import Connection, GatedPool, fetch, fetchrow, fetchval
 from ._replicas import ReplicaOptions, Routed, Router, open_router, write_position
 from ._rows import appended_session, retried_session, session_columns, session_from_row
 from ._sql import SQL
@@ -66,24 +66,18 @@ class PostgresStore(StoreBase):
       to open) before `StorageUnavailableError`.
     - `command_timeout`: seconds a statement may run before `StorageUnavailableError` (None: no
       limit).
-    - `statement_cache_size`: named prepared statements kept per connection (default 100; 0
-      with `pooler="transaction"`). With 0 each call prepares its statement unnamed: two round
-      trips instead of one.
-    - `pooler`: ``"transaction"`` when `db_url` is a pooler in transaction mode (PgBouncer
-      ``pool_mode = transaction``, or ``statement``): consecutive transactions may run on
-      different server connections, so no named prepared statements (a `statement_cache_size`
-      above 0 only for PgBouncer 1.21+ with ``max_prepared_statements`` set). The store keeps
-      no other session state, and its migration lock is transaction-scoped. None: a server.
-    - `replica_urls`: streaming replicas (standbys) that take the reads; see `_replicas`.
-      Listings and counts may be stale by a replica's lag; `read` and `get_run` of a session
-      this store object wrote see that write (`read_your_writes`). A replica that is down,
-      lags or refuses is skipped and the primary answers: reads never fail because of one.
-      Writes then cost one more round trip (the primary's WAL position after each).
-    - `read_your_writes`: False sends every read to a replica, whatever this store wrote.
-    - `replica_max_wait`: seconds a read of a session this store wrote waits for a replica to
-      apply that write before it reads the primary (0: never wait).
-    - `replica_timeout`: seconds to get a replica connection (or open one) before the read
-      goes to the primary.
+    - `statement_cache_size`: named prepared statements kept per connection (default 100, 0
+      with `pooler`); with 0 a call takes two round trips instead of one.
+    - `pooler`: ``"transaction"`` behind a pooler in transaction mode (PgBouncer): no named
+      prepared statements (>0 only with PgBouncer 1.21+'s ``max_prepared_statements``), no
+      session state; the migration lock is transaction-scoped. None: a server.
+    - `replica_urls`: streaming replicas that take listings and reads (see `_replicas` and
+      docs/scaling.md); one that is down or lags is skipped, never an error. Writes then take
+      one more round trip (the primary's WAL position).
+    - `read_your_writes`: a read of a session this store wrote sees that write (a replica that
+      applied it, else the primary); False: any read may be as stale as its replica.
+    - `replica_max_wait`: seconds such a read may wait for a replica (0: never wait).
+    - `replica_timeout`: seconds to get a replica connection before reading the primary.
     - `max_inactive_connection_lifetime`: seconds an idle pooled connection is kept.
     - `pool`: an asyncpg pool of your own, used instead (its sizes and timeouts apply) and never
       closed by the store. It needs no codec or setup: JSON crosses the wire as text.
@@ -185,11 +179,8 @@ class PostgresStore(StoreBase):
                 pool = await _pool.create_pool(
                     self.db_url,
                     min_size=self.pool_min_size,
-                    max_size=self.pool_max_size,
-                    max_inactive_connection_lifetime=self.max_inactive_connection_lifetime,
-                    statement_cache_size=self.statement_cache_size,
-                    command_timeout=self.command_timeout,
                     connect_timeout=self.acquire_timeout,
+                    **self._pool_settings(),
                 )
             except TimeoutError as exc:
                 raise self._connect_timed_out() from exc
@@ -204,18 +195,21 @@ class PostgresStore(StoreBase):
                 await self._resolve(connection)
             if self.replicas.urls:
                 self._router = await open_router(
-                    gated,
-                    self.replicas,
-                    lambda: self.label,
-                    max_size=self.pool_max_size,
-                    statement_cache_size=self.statement_cache_size,
-                    command_timeout=self.command_timeout,
-                    max_inactive_connection_lifetime=self.max_inactive_connection_lifetime,
+                    gated, self.replicas, lambda: self.label, **self._pool_settings()
                 )
         except BaseException:
             await gated.close()
             raise
         self._pool = gated
+
+    def _pool_settings(self) -> dict[str, Any]:
+        """What the primary's pool and each replica's share."""
+        return {
+            "max_size": self.pool_max_size,
+            "max_inactive_connection_lifetime": self.max_inactive_connection_lifetime,
+            "statement_cache_size": self.statement_cache_size,
+            "command_timeout": self.command_timeout,
+        }
 
     def _connect_timed_out(self) -> Exception:
         return _pool.connect_timed_out(self.label, self.acquire_timeout)
@@ -304,7 +298,7 @@ class PostgresStore(StoreBase):
     ) -> Session | None:
         tail = None if last_runs is None else min(last_runs, q.MAX_INT4)
         row = await self._reads(session_id).run(
-            _fetchrow, self._statements().read, session_id, user_id, tail, idempotent=True
+            fetchrow, self._statements().read, session_id, user_id, tail, idempotent=True
         )
         if row is None:
             return None
@@ -365,7 +359,7 @@ class PostgresStore(StoreBase):
         self, session_id: str, run_id: str, user_id: str | None
     ) -> dict[str, Any] | None:
         body = await self._reads(session_id).run(
-            _fetchval, self._statements().get_run, session_id, run_id, user_id, idempotent=True
+            fetchval, self._statements().get_run, session_id, run_id, user_id, idempotent=True
         )
         return None if body is None else from_db(body)
 
@@ -384,7 +378,7 @@ class PostgresStore(StoreBase):
 
     async def _count(self, query: ListQuery) -> int:
         statement, params = self._statements().listing(query, count=True)
-        total: int = await self._reads(None).run(_fetchval, statement, *params, idempotent=True)
+        total: int = await self._reads(None).run(fetchval, statement, *params, idempotent=True)
         return total
 
     async def _fork(
@@ -406,13 +400,13 @@ class PostgresStore(StoreBase):
 
     async def _delete(self, session_id: str, user_id: str | None) -> bool:
         deleted = await self._writes(session_id).run(
-            _fetchval, self._statements().delete, session_id, user_id
+            fetchval, self._statements().delete, session_id, user_id
         )
         return bool(deleted)
 
     async def _list_page(self, query: ListQuery) -> tuple[list[Session], PageKey | None]:
         statement, params = self._statements().listing(query)
-        rows = await self._reads(None).run(_fetch, statement, *params, idempotent=True)
+        rows = await self._reads(None).run(fetch, statement, *params, idempotent=True)
         more = query.limit is not None and len(rows) > query.limit
         if more:
             del rows[query.limit :]
@@ -424,11 +418,11 @@ class PostgresStore(StoreBase):
 
     async def _list_ids(self, query: ListQuery) -> list[str]:
         statement, params = self._statements().listing(query, ids_only=True)
-        rows = await self._reads(None).run(_fetch, statement, *params, idempotent=True)
+        rows = await self._reads(None).run(fetch, statement, *params, idempotent=True)
         return [row[0] for row in rows]
 
     async def _ping(self) -> None:
-        await self._live(self._pool).run(_fetchval, "SELECT 1", idempotent=True)
+        await self._live(self._pool).run(fetchval, "SELECT 1", idempotent=True)
 
     def _stats(self) -> dict[str, Any]:
         gated = self._live(self._pool)
@@ -451,16 +445,3 @@ class PostgresStore(StoreBase):
         async with connection.transaction():
             for statement in self._statements().drop:
                 await connection.execute(statement)
-
-
-async def _fetchrow(connection: Connection, statement: str, *args: Any) -> Any:
-    return await connection.fetchrow(statement, *args)
-
-
-async def _fetchval(connection: Connection, statement: str, *args: Any) -> Any:
-    return await connection.fetchval(statement, *args)
-
-
-async def _fetch(connection: Connection, statement: str, *args: Any) -> list[Any]:
-    rows: list[Any] = await connection.fetch(statement, *args)
-    return rows
