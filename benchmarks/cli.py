@@ -67,6 +67,24 @@ def parser() -> argparse.ArgumentParser:
         default=os.environ.get("AAS_BENCH_MONGO_URL"),
         help="MongoDB URL for --backend all ($AAS_BENCH_MONGO_URL)",
     )
+    p.add_argument(
+        "--replica-url",
+        help="PostgreSQL: a streaming replica of --url's server; adds 'store append +replica' "
+        "(reads and listings from the replica, read-your-writes) to the turn and list cells",
+    )
+    p.add_argument(
+        "--pgbouncer",
+        metavar="URL",
+        help="PostgreSQL: PgBouncer (pool_mode=transaction) in front of --url's database; adds "
+        "'store append via pgbouncer' (pooler='transaction') to the turn and list cells",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the turn and list cells this many times, interleaved, and keep each system's "
+        "median round (1); 3 or more for the ratios docs/scaling.md cites",
+    )
     p.add_argument("--duration", type=float, default=1.0, help="measured seconds per cell (1)")
     p.add_argument("--warmup", type=float, default=0.5, help="warm-up seconds per cell (0.5)")
     p.add_argument(
@@ -132,8 +150,15 @@ def plan_from(args: argparse.Namespace) -> Plan:
         if not url:
             raise SystemExit(f"--backend {args.backend} needs --url")
         backends = [(args.backend, url)]
+    if (args.replica_url or args.pgbouncer) and not any(b == "postgres" for b, _ in backends):
+        raise SystemExit("--replica-url and --pgbouncer need a PostgreSQL backend")
+    if args.rounds < 1:
+        raise SystemExit("--rounds must be at least 1")
     return Plan(
         backends=backends,
+        replica_url=args.replica_url,
+        pgbouncer_url=args.pgbouncer,
+        rounds=args.rounds,
         scenarios=args.scenarios,
         concurrency=args.concurrency,
         duration=args.duration,
@@ -224,6 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for target in report.targets(report.cells_from(data)):
         mark = {True: "[green]met[/green]", False: "[red]not met[/red]", None: "[dim]n/a[/dim]"}
         console.print(f"  {mark[target.met]}  {target.name}: {target.detail}")
+    for line in report.scaling_lines(report.cells_from(data)):
+        console.print(f"  {line}", markup=False)
     for s in data["systems"]:
         if not s["available"]:
             console.print(f"  [yellow]{s['backend']} {s['name']}: {s['reason']}[/yellow]")

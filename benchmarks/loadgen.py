@@ -80,6 +80,8 @@ class CellResult:
     rss_end_mb: float = 0.0
     rss_peak_mb: float = 0.0
     note: str = ""
+    # With --rounds N: each round's throughput, in round order (the cell is the median round).
+    round_ops_per_s: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

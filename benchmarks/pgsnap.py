@@ -8,6 +8,8 @@ which both the project's and the peers' virtual environments have.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 SNAPSHOT_SCHEMA = "aas_bench_snapshots"
@@ -104,7 +106,8 @@ async def size(conn: Any, schema: str, prefix: str) -> int:
 
 
 async def drop(conn: Any, schema: str, prefix: str, *, snapshots: bool = False) -> None:
-    """Drop the tables (schema-history tables too), and with `snapshots` their snapshots."""
+    """Drop the tables (schema-history tables too) and functions, and with `snapshots` the
+    tables' snapshots."""
     rows = await conn.fetch(
         "SELECT schemaname, tablename FROM pg_tables "
         "WHERE (schemaname = $1 AND starts_with(tablename, $2)) "
@@ -117,7 +120,38 @@ async def drop(conn: Any, schema: str, prefix: str, *, snapshots: bool = False) 
     )
     for row in rows:
         await conn.execute(f"DROP TABLE IF EXISTS {_q(row[0])}.{_q(row[1])} CASCADE")
+    # The store's functions (its merge patch, migration 3) go with its tables, or the next
+    # store created under this prefix fails to create them again.
+    functions = await conn.fetch(
+        "SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n "
+        "ON n.oid = p.pronamespace WHERE n.nspname = $1 AND starts_with(p.proname, $2)",
+        schema,
+        prefix,
+    )
+    for row in functions:
+        await conn.execute(f"DROP FUNCTION IF EXISTS {row[0]} CASCADE")
     if snapshots and not await conn.fetchval(
         "SELECT count(*) FROM pg_tables WHERE schemaname = $1", SNAPSHOT_SCHEMA
     ):
         await conn.execute(f"DROP SCHEMA IF EXISTS {SNAPSHOT_SCHEMA}")
+
+
+async def replica_caught_up(primary_url: str, replica_url: str, limit: float = 120.0) -> float:
+    """Wait until the replica has applied everything the primary wrote so far (a restored
+    snapshot is a burst of WAL the replica would otherwise still be applying during the next
+    cell, whichever system it belongs to); returns the seconds waited."""
+    import asyncpg
+
+    started = time.perf_counter()
+    primary = await asyncpg.connect(primary_url)
+    replica = await asyncpg.connect(replica_url)
+    try:
+        target = await primary.fetchval("SELECT pg_current_wal_insert_lsn()")
+        while not await replica.fetchval("SELECT pg_last_wal_replay_lsn() >= $1", target):
+            if time.perf_counter() - started > limit:
+                raise TimeoutError(f"the replica did not catch up within {limit:.0f} s")
+            await asyncio.sleep(0.01)
+    finally:
+        await primary.close()
+        await replica.close()
+    return time.perf_counter() - started

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,6 +214,33 @@ def targets(cells: list[CellResult]) -> list[Target]:
     return out
 
 
+def scaling_lines(cells: list[CellResult]) -> list[str]:
+    """The routed systems (a replica, PgBouncer) against "store append" straight to the
+    primary, in the same run: each round's ratio, then their median and range."""
+    direct = {
+        (c.backend, c.scenario, c.concurrency): c
+        for c in cells
+        if c.system == "store append" and c.scenario in (TURN, LIST)
+    }
+    out = []
+    for c in sorted(cells, key=lambda c: (c.scenario, c.system, c.concurrency)):
+        base = direct.get((c.backend, c.scenario, c.concurrency))
+        if base is None or not c.system.startswith("store append ") or not base.ops_per_s:
+            continue
+        mine = c.round_ops_per_s or [c.ops_per_s]
+        theirs = base.round_ops_per_s or [base.ops_per_s]
+        ratios = sorted(m / t for m, t in zip(mine, theirs, strict=True) if t)
+        if not ratios:
+            continue
+        median = statistics.median(ratios)
+        out.append(
+            f"{c.backend} {c.scenario} x{c.concurrency}: {c.system} {c.ops_per_s:,.0f} ops/s vs "
+            f"store append {base.ops_per_s:,.0f}: {median:.2f}x (rounds {ratios[0]:.2f}-"
+            f"{ratios[-1]:.2f}, n={len(ratios)}); p99 {c.p99_ms:.1f} vs {base.p99_ms:.1f} ms"
+        )
+    return out
+
+
 # --- outputs ----------------------------------------------------------------------------------
 
 
@@ -344,6 +372,10 @@ def markdown(data: dict[str, Any]) -> str:
             f"{c.p95_ms:.1f} | {c.p99_ms:.1f} | {_fmt_ratio(row['p99_ratio'])} | {c.errors} | "
             f"{c.cpu_ms_per_op:.2f} | {c.rss_peak_mb:.0f} |"
         )
+    scaling = scaling_lines(cells)
+    if scaling:
+        lines += ["", "## Replica and PgBouncer against the primary (ratios per round)", ""]
+        lines += [f"- {line}" for line in scaling]
     lines += ["", "## Systems", ""]
     lines.append("| backend | system | status | bytes/session | seed s | details |")
     lines.append("|---|---|---|---:|---:|---|")

@@ -2,7 +2,10 @@
 
 Every cell starts from the seeded snapshot of its dataset (restored before the cell), runs a
 warm-up, then a fixed measured window. Systems take turns cell by cell (all systems at 1 caller,
-then all at 16, ...), so that a change in the machine's load hits them alike.
+then all at 16, ...), so that a change in the machine's load hits them alike. With `rounds` > 1
+the turn and listing cells run that many times, interleaved (every system once, then every
+system again...); each system's cell is then its median round, with every round's throughput
+kept (`CellResult.round_ops_per_s`) for ratios per round (`report.scaling_lines`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import environment
+from . import environment, pgsnap
 from .loadgen import CellResult, run_cell
 from .systems import (
     BULK,
@@ -66,6 +69,9 @@ class Plan:
     peers_python: str = ".venv-peers/bin/python"
     systems: list[str] | None = None  # only the in-process systems with these names
     workdir: Path = Path("tmp/bench")
+    replica_url: str | None = None  # PostgreSQL: also "store append +replica"
+    pgbouncer_url: str | None = None  # PostgreSQL: also "store append via pgbouncer"
+    rounds: int = 1  # turn and listing cells: interleaved rounds, the median kept
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -151,7 +157,7 @@ def _system_cells(plan: Plan, scenarios: frozenset[str]) -> int:
         if scenario not in scenarios:
             continue
         if scenario in (TURN, LIST):
-            n += len(plan.concurrency)
+            n += len(plan.concurrency) * plan.rounds
         elif scenario == HISTORY:
             n += len(plan.history_lengths)
         elif scenario == COLD_START:
@@ -178,7 +184,13 @@ async def run(plan: Plan, progress: Progress | None = None) -> Results:
         try:
             by_backend[backend] = [
                 s
-                for s in build(backend, url, plan.workdir / backend)
+                for s in build(
+                    backend,
+                    url,
+                    plan.workdir / backend,
+                    replica_url=plan.replica_url,
+                    pgbouncer_url=plan.pgbouncer_url,
+                )
                 if plan.systems is None or s.name in plan.systems
             ]
         except ValueError as exc:
@@ -244,12 +256,16 @@ async def _run_backend(
         takers = [s for s in systems if scenario in s.scenarios]
         if scenario in (TURN, LIST):
             for concurrency in plan.concurrency:
-                for system in takers:
-                    result = cell(system, scenario, concurrency, None)
-                    progress.cell(f"{backend} {scenario} x{concurrency} {system.name}")
-                    await _load_cell(plan, system, main, result)
-                    results.cells.append(result)
-                    progress.done(result)
+                rounds: dict[str, list[CellResult]] = {s.name: [] for s in takers}
+                for r in range(plan.rounds):
+                    for system in takers:
+                        result = cell(system, scenario, concurrency, None)
+                        what = f" round {r + 1}" if plan.rounds > 1 else ""
+                        progress.cell(f"{backend} {scenario} x{concurrency} {system.name}{what}")
+                        await _load_cell(plan, system, main, result)
+                        rounds[system.name].append(result)
+                        progress.done(result)
+                results.cells += [median_round(rounds[s.name]) for s in takers]
         elif scenario == HISTORY:
             for length, dataset in history:
                 for system in takers:
@@ -294,9 +310,29 @@ async def _run_backend(
             progress.message(f"{backend} {system.name}: cleanup failed: {exc}")
 
 
+def median_round(rounds: list[CellResult]) -> CellResult:
+    """One system's cell over interleaved rounds: its median round (by throughput), with every
+    round's throughput and the errors of all rounds."""
+    if len(rounds) == 1:
+        return rounds[0]
+    ordered = sorted(rounds, key=lambda c: c.ops_per_s)
+    median = ordered[(len(ordered) - 1) // 2]
+    median.round_ops_per_s = [c.ops_per_s for c in rounds]
+    median.errors = sum(c.errors for c in rounds)
+    median.error_samples = [m for c in rounds for m in c.error_samples][:5]
+    low, high = ordered[0].ops_per_s, ordered[-1].ops_per_s
+    median.note = f"median of {len(rounds)} interleaved rounds ({low:,.0f}-{high:,.0f} ops/s)" + (
+        f"; {median.note}" if median.note else ""
+    )
+    return median
+
+
 async def _load_cell(plan: Plan, system: System, dataset: Dataset, result: CellResult) -> None:
     try:
         await system.start(dataset)
+        primary = dict(plan.backends).get("postgres")
+        if plan.replica_url and primary and system.backend == "postgres":
+            await pgsnap.replica_caught_up(primary, plan.replica_url)  # every system alike
     except Exception as exc:
         result.errors = 1
         result.error_samples = [f"start: {type(exc).__name__}: {exc}"[:300]]

@@ -66,6 +66,14 @@ ERRORS: Final = ErrorTable(
             ),
         ),
         (asyncpg.ClientConfigurationError, _CHECK_URL),
+        (
+            asyncpg.TargetServerAttributeNotMatched,
+            Rule(
+                StorageUnavailableError,
+                "no host of db_url matches its target_session_attrs (e.g. none accepts writes "
+                "yet: a failover in progress); retry",
+            ),
+        ),
         (ClientDataError, Rule(SerializationError, "asyncpg refused a value")),
         (
             asyncpg.InternalClientError,

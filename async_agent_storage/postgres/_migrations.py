@@ -188,6 +188,7 @@ class MigrationTarget:
         self._connection = connection
         self._sql = sql
         self.label = label
+        self.changed = False  # a transaction committed (the schema may have changed)
 
     async def applied(self) -> list[AppliedMigration]:
         return await _history(self._connection, self._sql)
@@ -208,3 +209,4 @@ class MigrationTarget:
                 await asyncio.shield(transaction.rollback())
             raise
         await asyncio.shield(transaction.commit())
+        self.changed = True

@@ -34,6 +34,9 @@ __all__ = [
     "connect",
     "connect_timed_out",
     "create_pool",
+    "fetch",
+    "fetchrow",
+    "fetchval",
 ]
 
 T = TypeVar("T")
@@ -300,3 +303,19 @@ class GatedPool:
         finally:
             with contextlib.suppress(Exception):
                 await self.pool.release(connection)
+
+
+# Work for `GatedPool.run`: one statement.
+
+
+async def fetchrow(connection: Connection, statement: str, *args: Any) -> Any:
+    return await connection.fetchrow(statement, *args)
+
+
+async def fetchval(connection: Connection, statement: str, *args: Any) -> Any:
+    return await connection.fetchval(statement, *args)
+
+
+async def fetch(connection: Connection, statement: str, *args: Any) -> list[Any]:
+    rows: list[Any] = await connection.fetch(statement, *args)
+    return rows

@@ -323,6 +323,11 @@ SERVER_FACTS = (
     "current_setting('server_encoding')"
 )
 ADVISORY_LOCK = "SELECT pg_advisory_xact_lock($1)"
+# WAL positions as byte offsets (read-your-writes on replicas, see `_replicas`): the primary's
+# insert position, taken after a write committed, is past that write's commit record; a standby
+# has applied the write once its replay position reaches it (NULL: not a standby).
+WRITE_POSITION = "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint"
+REPLAY_POSITION = "SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint"
 _CREATE_SCHEMA = "CREATE SCHEMA IF NOT EXISTS {schema}"
 _CREATE_HISTORY = """
 CREATE TABLE IF NOT EXISTS {history} (

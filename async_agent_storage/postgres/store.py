@@ -12,7 +12,7 @@ trip; decoding happens after the connection is back in the pool.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, ClassVar, Final, Never
 
@@ -36,7 +36,8 @@ from . import _sql as q
 from ._errors import ERRORS
 from ._jsonb import from_db, to_db
 from ._migrations import MIGRATIONS, MigrationTarget
-from ._pool import Connection, GatedPool
+from ._pool import Connection, GatedPool, fetch, fetchrow, fetchval
+from ._replicas import ReplicaOptions, Routed, Router, open_router, write_position
 from ._rows import appended_session, retried_session, session_columns, session_from_row
 from ._sql import SQL
 from ._url import normalize_url, where
@@ -65,8 +66,18 @@ class PostgresStore(StoreBase):
       to open) before `StorageUnavailableError`.
     - `command_timeout`: seconds a statement may run before `StorageUnavailableError` (None: no
       limit).
-    - `statement_cache_size`: prepared statements kept per connection; 0 for pgbouncer in
-      transaction mode (each call then prepares its statement: two round trips instead of one).
+    - `statement_cache_size`: named prepared statements kept per connection (default 100, 0
+      with `pooler`); with 0 a call takes two round trips instead of one.
+    - `pooler`: ``"transaction"`` behind a pooler in transaction mode (PgBouncer): no named
+      prepared statements (>0 only with PgBouncer 1.21+'s ``max_prepared_statements``), no
+      session state; the migration lock is transaction-scoped. None: a server.
+    - `replica_urls`: streaming replicas that take listings and reads (see `_replicas` and
+      docs/scaling.md); one that is down or lags is skipped, never an error. Writes then take
+      one more round trip (the primary's WAL position).
+    - `read_your_writes`: a read of a session this store wrote sees that write (a replica that
+      applied it, else the primary); False: any read may be as stale as its replica.
+    - `replica_max_wait`: seconds such a read may wait for a replica (0: never wait).
+    - `replica_timeout`: seconds to get a replica connection before reading the primary.
     - `max_inactive_connection_lifetime`: seconds an idle pooled connection is kept.
     - `pool`: an asyncpg pool of your own, used instead (its sizes and timeouts apply) and never
       closed by the store. It needs no codec or setup: JSON crosses the wire as text.
@@ -91,7 +102,12 @@ class PostgresStore(StoreBase):
         pool_max_size: int = 10,
         acquire_timeout: float = 30.0,
         command_timeout: float | None = None,
-        statement_cache_size: int = 100,
+        statement_cache_size: int | None = None,
+        pooler: str | None = None,
+        replica_urls: Sequence[str] = (),
+        read_your_writes: bool = True,
+        replica_max_wait: float = 0.05,
+        replica_timeout: float = 2.0,
         max_inactive_connection_lifetime: float = 300.0,
         auto_upgrade_schema: bool = False,
         pool: asyncpg.Pool | None = None,
@@ -125,8 +141,16 @@ class PostgresStore(StoreBase):
             self.pool_max_size = pool.get_max_size()
         self.acquire_timeout = check_seconds("acquire_timeout", acquire_timeout)
         self.command_timeout = check_optional_seconds("command_timeout", command_timeout)
+        if pooler not in (None, "transaction"):
+            raise ConfigurationError(f'pooler must be None or "transaction", got {pooler!r}')
+        self.pooler = pooler
         self.statement_cache_size = check_int_option(
-            "statement_cache_size", statement_cache_size, low=0
+            "statement_cache_size",
+            (0 if pooler else 100) if statement_cache_size is None else statement_cache_size,
+            low=0,
+        )
+        self.replicas = ReplicaOptions.checked(
+            replica_urls, read_your_writes, replica_max_wait, replica_timeout
         )
         self.max_inactive_connection_lifetime = check_seconds(
             "max_inactive_connection_lifetime", max_inactive_connection_lifetime, allow_zero=True
@@ -137,6 +161,7 @@ class PostgresStore(StoreBase):
         if self.schema is not None:
             self._sql = SQL.for_table(self.schema, self.table_name)
         self._pool: GatedPool | None = None
+        self._router: Router | None = None
 
     @property
     def label(self) -> str:
@@ -154,11 +179,8 @@ class PostgresStore(StoreBase):
                 pool = await _pool.create_pool(
                     self.db_url,
                     min_size=self.pool_min_size,
-                    max_size=self.pool_max_size,
-                    max_inactive_connection_lifetime=self.max_inactive_connection_lifetime,
-                    statement_cache_size=self.statement_cache_size,
-                    command_timeout=self.command_timeout,
                     connect_timeout=self.acquire_timeout,
+                    **self._pool_settings(),
                 )
             except TimeoutError as exc:
                 raise self._connect_timed_out() from exc
@@ -171,18 +193,48 @@ class PostgresStore(StoreBase):
         try:
             async with gated.connection() as connection:
                 await self._resolve(connection)
+            if self.replicas.urls:
+                self._router = await open_router(
+                    gated, self.replicas, lambda: self.label, **self._pool_settings()
+                )
         except BaseException:
             await gated.close()
             raise
         self._pool = gated
+
+    def _pool_settings(self) -> dict[str, Any]:
+        """What the primary's pool and each replica's share."""
+        return {
+            "max_size": self.pool_max_size,
+            "max_inactive_connection_lifetime": self.max_inactive_connection_lifetime,
+            "statement_cache_size": self.statement_cache_size,
+            "command_timeout": self.command_timeout,
+        }
 
     def _connect_timed_out(self) -> Exception:
         return _pool.connect_timed_out(self.label, self.acquire_timeout)
 
     async def _close_resources(self) -> None:
         pool, self._pool = self._pool, None
+        router, self._router = self._router, None
+        if router is not None:
+            await router.close()
         if pool is not None:
             await pool.close()
+
+    def _reads(self, session_id: str | None) -> GatedPool | Routed:
+        """Where a read runs: the primary, or (with replicas) the router, for `session_id`
+        (None: a listing)."""
+        if self._router is None:
+            return self._live(self._pool)
+        return Routed(self._router, session_id, None)
+
+    def _writes(self, *session_ids: str) -> GatedPool | Routed:
+        """Where a write runs: the primary (with replicas, its position is recorded)."""
+        pool = self._live(self._pool)
+        if self._router is None:
+            return pool
+        return Routed(self._router, None, session_ids)
 
     async def _resolve(self, connection: Connection) -> SQL:
         """Check the server once and fix the schema the statements name."""
@@ -216,7 +268,10 @@ class PostgresStore(StoreBase):
         for the occasion."""
         if self._pool is not None:
             async with self._pool.connection() as connection:
-                yield MigrationTarget(connection, await self._resolve(connection), self.label)
+                target = MigrationTarget(connection, await self._resolve(connection), self.label)
+                yield target
+                if self._router is not None and target.changed:  # replicas: after the change
+                    self._router.floor = await write_position(connection)
             return
         if self._given_pool is not None:
             async with self._given_pool.acquire(timeout=self.acquire_timeout) as connection:
@@ -242,8 +297,8 @@ class PostgresStore(StoreBase):
         self, session_id: str, user_id: str | None, last_runs: int | None
     ) -> Session | None:
         tail = None if last_runs is None else min(last_runs, q.MAX_INT4)
-        row = await self._live(self._pool).run(
-            _fetchrow, self._statements().read, session_id, user_id, tail, idempotent=True
+        row = await self._reads(session_id).run(
+            fetchrow, self._statements().read, session_id, user_id, tail, idempotent=True
         )
         if row is None:
             return None
@@ -260,7 +315,7 @@ class PostgresStore(StoreBase):
             if_version,
         )
         statement = sql.update if if_version else sql.upsert
-        row = await self._live(self._pool).run(
+        row = await self._writes(session.session_id).run(
             _writes.write_session, sql, self.label, statement, args, session, if_version
         )
         created, updated, version, run_count = row
@@ -274,7 +329,7 @@ class PostgresStore(StoreBase):
 
     async def _upsert_many(self, sessions: list[EncodedSession]) -> list[Session]:
         ordered = sorted(sessions, key=lambda e: e.session_id)  # one lock order for every batch
-        rows = await self._live(self._pool).run(
+        rows = await self._writes(*(e.session_id for e in ordered)).run(
             _writes.write_many, self._statements(), self.label, ordered
         )
         stored = {row[0]: row for row in rows}
@@ -293,7 +348,7 @@ class PostgresStore(StoreBase):
         return result
 
     async def _append(self, append: EncodedAppend) -> Session:
-        done = await self._live(self._pool).run(
+        done = await self._writes(append.session_id).run(
             _writes.append, self._statements(), self.label, append
         )
         if done.retried is not None:
@@ -303,35 +358,33 @@ class PostgresStore(StoreBase):
     async def _get_run(
         self, session_id: str, run_id: str, user_id: str | None
     ) -> dict[str, Any] | None:
-        body = await self._live(self._pool).run(
-            _fetchval, self._statements().get_run, session_id, run_id, user_id, idempotent=True
+        body = await self._reads(session_id).run(
+            fetchval, self._statements().get_run, session_id, run_id, user_id, idempotent=True
         )
         return None if body is None else from_db(body)
 
     async def _pop_runs(
         self, session_id: str, user_id: str | None, count: int
     ) -> list[dict[str, Any]]:
-        bodies = await self._live(self._pool).run(
+        bodies = await self._writes(session_id).run(
             _writes.pop, self._statements(), self.label, session_id, user_id, count
         )
         return from_db("[" + ",".join(bodies) + "]") if bodies else []
 
     async def _truncate_runs(self, session_id: str, user_id: str | None, keep_last: int) -> int:
-        return await self._live(self._pool).run(
+        return await self._writes(session_id).run(
             _writes.truncate, self._statements(), self.label, session_id, user_id, keep_last
         )
 
     async def _count(self, query: ListQuery) -> int:
         statement, params = self._statements().listing(query, count=True)
-        total: int = await self._live(self._pool).run(
-            _fetchval, statement, *params, idempotent=True
-        )
+        total: int = await self._reads(None).run(fetchval, statement, *params, idempotent=True)
         return total
 
     async def _fork(
         self, session_id: str, new_session_id: str, at_run: str | None, user_id: str | None
     ) -> Session | None:
-        done = await self._live(self._pool).run(
+        done = await self._writes(new_session_id).run(
             _writes.fork,
             self._statements(),
             self.label,
@@ -346,14 +399,14 @@ class PostgresStore(StoreBase):
         return session_from_row(row, None, None, copied)
 
     async def _delete(self, session_id: str, user_id: str | None) -> bool:
-        deleted = await self._live(self._pool).run(
-            _fetchval, self._statements().delete, session_id, user_id
+        deleted = await self._writes(session_id).run(
+            fetchval, self._statements().delete, session_id, user_id
         )
         return bool(deleted)
 
     async def _list_page(self, query: ListQuery) -> tuple[list[Session], PageKey | None]:
         statement, params = self._statements().listing(query)
-        rows = await self._live(self._pool).run(_fetch, statement, *params, idempotent=True)
+        rows = await self._reads(None).run(fetch, statement, *params, idempotent=True)
         more = query.limit is not None and len(rows) > query.limit
         if more:
             del rows[query.limit :]
@@ -365,11 +418,11 @@ class PostgresStore(StoreBase):
 
     async def _list_ids(self, query: ListQuery) -> list[str]:
         statement, params = self._statements().listing(query, ids_only=True)
-        rows = await self._live(self._pool).run(_fetch, statement, *params, idempotent=True)
+        rows = await self._reads(None).run(fetch, statement, *params, idempotent=True)
         return [row[0] for row in rows]
 
     async def _ping(self) -> None:
-        await self._live(self._pool).run(_fetchval, "SELECT 1", idempotent=True)
+        await self._live(self._pool).run(fetchval, "SELECT 1", idempotent=True)
 
     def _stats(self) -> dict[str, Any]:
         gated = self._live(self._pool)
@@ -382,6 +435,7 @@ class PostgresStore(StoreBase):
             "pool_in_use": size - idle,
             "pool_waiting": gated.waiting,
             "connections_replaced": gated.replaced,
+            **({} if self._router is None else self._router.stats()),
         }
 
     async def _drop(self) -> None:
@@ -391,16 +445,3 @@ class PostgresStore(StoreBase):
         async with connection.transaction():
             for statement in self._statements().drop:
                 await connection.execute(statement)
-
-
-async def _fetchrow(connection: Connection, statement: str, *args: Any) -> Any:
-    return await connection.fetchrow(statement, *args)
-
-
-async def _fetchval(connection: Connection, statement: str, *args: Any) -> Any:
-    return await connection.fetchval(statement, *args)
-
-
-async def _fetch(connection: Connection, statement: str, *args: Any) -> list[Any]:
-    rows: list[Any] = await connection.fetch(statement, *args)
-    return rows

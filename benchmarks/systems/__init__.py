@@ -20,7 +20,7 @@ from .base import (
     System,
 )
 from .places import MongoPlace, Place, PostgresPlace, SqlitePlace
-from .store import StoreData, StoreSystem
+from .store import Route, StoreData, StoreSystem
 
 BACKENDS = ("sqlite", "postgres", "mongo")
 MONGO_DB = "aas_bench"
@@ -99,8 +99,16 @@ def _store_data(backend: str, url: str, workdir: Path) -> StoreData:
     )
 
 
-def build(backend: str, url: str | None, workdir: Path) -> list[System]:
-    """The in-process systems of one backend: store append, store upsert, the raw driver."""
+def build(
+    backend: str,
+    url: str | None,
+    workdir: Path,
+    *,
+    replica_url: str | None = None,
+    pgbouncer_url: str | None = None,
+) -> list[System]:
+    """The in-process systems of one backend: store append, store upsert, the raw driver; on
+    PostgreSQL also store append reading from a replica, and through PgBouncer, when given."""
     if backend == "sqlite":
         from .raw_sqlite import RawSqlite
 
@@ -118,4 +126,11 @@ def build(backend: str, url: str | None, workdir: Path) -> list[System]:
         from .raw_mongo import RawMongo
 
         raw = RawMongo(url)
-    return [StoreSystem(data, "append"), StoreSystem(data, "upsert"), raw]
+    systems: list[System] = [StoreSystem(data, "append"), StoreSystem(data, "upsert"), raw]
+    if backend == "postgres" and replica_url:
+        route = Route("+replica", None, {"replica_urls": [replica_url]})
+        systems.insert(1, StoreSystem(data, "append", route))
+    if backend == "postgres" and pgbouncer_url:
+        route = Route("via pgbouncer", pgbouncer_url, {"pooler": "transaction"})
+        systems.insert(1, StoreSystem(data, "append", route))
+    return systems

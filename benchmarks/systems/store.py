@@ -2,6 +2,8 @@
 
 Two systems share one store's data: "store append" does the turn as `read(last_runs=N)` +
 `append_runs(..., state_patch=...)`, "store upsert" as `read(last_runs=N)` + `upsert(session)`.
+On PostgreSQL, "store append" may also reach the same data by another `Route`: reading from a
+replica (``--replica-url``), or through PgBouncer (``--pgbouncer``); see docs/scaling.md.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from async_agent_storage import Session, SessionStore, open_store
@@ -76,12 +79,12 @@ class StoreData:
         self.cold = cold  # (index, fresh) -> (url, table, Place to drop afterwards)
         self.seeded: dict[str, SeedInfo] = {}
 
-    def open(self, url: str | None = None, table: str | None = None) -> SessionStore:
+    def open(self, url: str | None = None, table: str | None = None, **extra: Any) -> SessionStore:
         return open_store(
             url or self.url,
             table_name=table or self.table,
             auto_upgrade_schema=True,
-            **self.options,
+            **{**self.options, **extra},
         )
 
     async def seed(self, dataset: Dataset) -> SeedInfo:
@@ -114,19 +117,39 @@ def _chunk(spec: WorkloadSpec) -> int:
     return max(1, min(SEED_CHUNK, 2000 // max(1, spec.max_runs)))
 
 
+@dataclass(frozen=True)
+class Route:
+    """Another way to the store's data: `url` instead of the data's own (a pooler in front of
+    the same database), and store options (``replica_urls``, ``pooler``)."""
+
+    label: str
+    url: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
 class StoreSystem(System):
     kind = "store"
 
-    def __init__(self, data: StoreData, variant: str) -> None:
-        super().__init__(f"store {variant}", data.backend)
+    def __init__(self, data: StoreData, variant: str, route: Route | None = None) -> None:
+        name = f"store {variant}" if route is None else f"store {variant} {route.label}"
+        super().__init__(name, data.backend)
         self.data = data
         self.variant = variant
-        # The bulk-load and cold-start scenarios are about the store, not a turn variant.
-        if variant == "append":
+        self.route = route
+        # The bulk-load and cold-start scenarios are about the store, not a turn variant; a
+        # route is about turns and listings.
+        if route is not None:
+            self.scenarios = frozenset({TURN, LIST})
+        elif variant == "append":
             self.scenarios = frozenset({TURN, LIST, HISTORY, BULK, COLD_START})
         else:
             self.scenarios = frozenset({TURN, HISTORY})
         self.store: SessionStore | None = None
+
+    def _open(self) -> SessionStore:
+        if self.route is None:
+            return self.data.open()
+        return self.data.open(self.route.url, **self.route.options)
 
     async def check(self) -> None:
         module = _DRIVER_MODULE[self.backend]
@@ -135,29 +158,33 @@ class StoreSystem(System):
         except ImportError as exc:
             raise NotAvailable(f"{module} cannot be imported ({exc})") from exc
         try:
-            store = self.data.open()
+            store = self._open()
         except TypeError:  # a driver without pool_min_size: keep the pool's maximum only
             self.data.options.pop("pool_min_size", None)
-            store = self.data.open()
+            store = self._open()
         except ConfigurationError as exc:
             raise NotAvailable(str(exc)) from exc
         if self.backend != "sqlite":  # is the server there?
             try:
                 await asyncio.wait_for(store.open(), 30)
             except Exception as exc:
-                raise NotAvailable(f"cannot open the store at {self.data.url}: {exc}") from exc
+                where = self.data.url if self.route is None else self.route.url or self.data.url
+                raise NotAvailable(f"cannot open the store at {where}: {exc}") from exc
             finally:
                 await store.close()
 
     def info(self) -> dict[str, Any]:
-        return {"options": self.data.options, "table": self.data.table}
+        options = (
+            self.data.options if self.route is None else {**self.data.options, **self.route.options}
+        )
+        return {"options": options, "table": self.data.table}
 
     async def seed(self, dataset: Dataset) -> SeedInfo:
         return await self.data.seed(dataset)
 
     async def start(self, dataset: Dataset) -> None:
         await self.data.place.restore(dataset.name)
-        self.store = self.data.open()
+        self.store = self._open()
         await self.store.open()
 
     async def stop(self) -> None:
@@ -220,4 +247,4 @@ class StoreSystem(System):
         await self.data.bulk_place.drop()
 
 
-__all__ = ["StoreData", "StoreSystem", "run_count", "to_session"]
+__all__ = ["Route", "StoreData", "StoreSystem", "run_count", "to_session"]

@@ -63,10 +63,12 @@ def free_port() -> int:
 
 class Cluster:
     """A throwaway PostgreSQL cluster in a temporary directory. initdb refuses to run as root,
-    so as root the cluster belongs to (and runs as) the ``postgres`` OS user."""
+    so as root the cluster belongs to (and runs as) the ``postgres`` OS user. `settings` are
+    server settings given on the command line (over the defaults below)."""
 
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, settings: dict[str, str] | None = None) -> None:
         self.bindir = bindir
+        self.settings = dict(settings or {})
         self.root = Path(tempfile.mkdtemp(prefix="aas-pg-"))
         self.data = self.root / "data"
         self.log = self.root / "server.log"
@@ -109,9 +111,11 @@ class Cluster:
         self.resume()
 
     def resume(self) -> None:
+        settings = {"synchronous_commit": "off", **self.settings}
         options = (
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+            "-c full_page_writes=off -c max_connections=200 "
+            + " ".join(f"-c {name}='{value}'" for name, value in settings.items())
         )
         self._run(
             str(self.bindir / "pg_ctl"),
@@ -127,9 +131,38 @@ class Cluster:
             "start",
         )
 
-    def pause(self) -> None:
-        """Shut the server down (fast: connected sessions are terminated)."""
-        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+    def pause(self, mode: str = "fast") -> None:
+        """Shut the server down (fast: connected sessions are terminated; immediate: as a
+        crash, without a shutdown checkpoint)."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    @classmethod
+    def standby_of(cls, primary: Cluster, settings: dict[str, str] | None = None) -> Cluster:
+        """A streaming replica of `primary` (``pg_basebackup -R``), started on a port of its
+        own, in hot standby (it answers reads)."""
+        standby = cls(primary.bindir, {"synchronous_standby_names": "", **(settings or {})})
+        standby._run(
+            str(primary.bindir / "pg_basebackup"),
+            "-D",
+            str(standby.data),
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(primary.port),
+            "-U",
+            "postgres",
+        )
+        standby.resume()
+        return standby
+
+    def promote(self) -> None:
+        """Make a standby the primary (returns when it accepts writes)."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-w", "promote")
 
     def stop(self) -> None:
         try:

@@ -7,6 +7,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -15,6 +16,7 @@ import pytest
 from async_agent_storage import PostgresStore
 from tests.conftest import NOT_RUN
 
+from ._pgbouncer import PgBouncer, find_or_install
 from ._server import ENV_URL, LOCAL_URL, Cluster, answers, find_binaries
 
 StoreMaker = Callable[..., PostgresStore]
@@ -69,6 +71,72 @@ def own_cluster(pg_url: str) -> Iterator[Cluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+def _clusters_or_skip(what: str) -> Path:
+    bindir = find_binaries()
+    if bindir is None or not (bindir / "pg_basebackup").exists():
+        reason = f"no PostgreSQL binaries (initdb, pg_ctl, pg_basebackup) to start {what}"
+        NOT_RUN[f"postgres {what}"] = reason
+        pytest.skip(reason)
+    return bindir
+
+
+@pytest.fixture(scope="session")
+def replicated(pg_url: str) -> Iterator[tuple[Cluster, Cluster]]:
+    """A primary of the tests' own and a streaming replica of it (``pg_basebackup -R``), both on
+    loopback ports; the primary commits synchronously to its WAL, so the replica's lag is the
+    replication's own (milliseconds), not the WAL writer's delay."""
+    bindir = _clusters_or_skip("replicas")
+    primary = Cluster(bindir, {"synchronous_commit": "on"})
+    primary.start()
+    try:
+        standby = Cluster.standby_of(primary)
+        try:
+            yield primary, standby
+        finally:
+            standby.stop()
+    finally:
+        primary.stop()
+
+
+@pytest.fixture
+def failover_pair(pg_url: str) -> Iterator[tuple[Cluster, Cluster]]:
+    """A primary replicating synchronously to a standby (a commit is acknowledged once the
+    standby has it), for one failover test: the standby is promoted, the primary stopped."""
+    bindir = _clusters_or_skip("failover")
+    primary = Cluster(bindir, {"synchronous_commit": "on", "synchronous_standby_names": "*"})
+    primary.start()
+    try:
+        standby = Cluster.standby_of(primary)
+        try:
+            yield primary, standby
+        finally:
+            standby.stop()
+    finally:
+        primary.stop()
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_url(pg_url: str) -> Iterator[str]:
+    """PgBouncer in transaction pooling mode in front of the test server (installed from the
+    distribution's packages when missing and the machine allows)."""
+    binary, reason = find_or_install()
+    bouncer = None
+    if binary is not None:
+        try:
+            bouncer = PgBouncer(binary, pg_url)
+            bouncer.start()
+        except (RuntimeError, KeyError, OSError) as exc:
+            reason = f"pgbouncer did not start: {exc}"
+            bouncer = None
+    if bouncer is None:
+        NOT_RUN["postgres pgbouncer"] = reason
+        pytest.skip(reason)
+    try:
+        yield bouncer.url
+    finally:
+        bouncer.stop()
 
 
 async def execute(url: str, *statements: str) -> None:
