@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._codec import DEFAULT_MAX_SESSION_BYTES
 from ._factory import open_store
+from ._store import StoreOptions
 from .errors import (
     ConfigurationError,
     InvalidInputError,
@@ -66,6 +67,7 @@ __all__ = [
     "StorageError",
     "StorageUnavailableError",
     "StoreClosedError",
+    "StoreOptions",
     "__version__",
     "open_store",
 ]

@@ -44,7 +44,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, contextmanager
 from datetime import datetime
 from types import TracebackType
-from typing import Any, ClassVar, Final, ParamSpec, Self, TypeVar
+from typing import Any, ClassVar, Final, ParamSpec, Self, TypedDict, TypeVar
 
 from . import _migrations as migration_runner
 from ._boundary import ErrorTable
@@ -57,6 +57,7 @@ from ._checks import (
     check_optional_id,
     check_optional_seconds,
 )
+from ._codec import DEFAULT_MAX_SESSION_BYTES
 from ._encoding import EncodedAppend, EncodedSession, encode_append, encode_session, encode_sessions
 from ._migrations import Migration, MigrationTarget
 from ._observe import Observer, logger_for
@@ -70,7 +71,7 @@ from .errors import (
 )
 from .models import MigrationReport, Session, SessionPage
 
-__all__ = ["StoreBase", "StoreState"]
+__all__ = ["StoreBase", "StoreOptions", "StoreState"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -90,6 +91,32 @@ _WRITES: Final = frozenset(
         "fork_session",
     }
 )
+
+
+class StoreOptions(TypedDict, total=False):
+    """The options every store takes, beside its own (`SqliteStore(db_file=..., **options)`).
+
+    - `auto_upgrade_schema` (False): upgrade an older schema at `open()`; without it `open()`
+      raises `MigrationError` on an older schema. A missing schema is always created.
+    - `max_session_bytes` (16 MiB): the largest JSON payload one write may carry.
+    - `require_user_id` (False): refuse every call made without a `user_id`
+      (`InvalidInputError`), for multi-tenant servers where no call may reach another user's
+      sessions.
+    - `slow_call_threshold` (None: off): seconds; a call that takes longer is logged at WARNING.
+    """
+
+    auto_upgrade_schema: bool
+    max_session_bytes: int
+    require_user_id: bool
+    slow_call_threshold: float | None
+
+
+_SHARED: Final[dict[str, object]] = {
+    "auto_upgrade_schema": False,
+    "max_session_bytes": DEFAULT_MAX_SESSION_BYTES,
+    "require_user_id": False,
+    "slow_call_threshold": None,
+}
 
 
 class StoreState(enum.Enum):
@@ -131,32 +158,28 @@ class StoreBase(abc.ABC):
         if missing:
             raise TypeError(f"{cls.__name__} does not implement the store hooks {missing}")
 
-    def _setup(
-        self,
-        *,
-        migrations: Sequence[Migration],
-        auto_upgrade_schema: object,
-        max_session_bytes: object,
-        require_user_id: object,
-        slow_call_threshold: object,
-        unknown: Mapping[str, object],
-    ) -> None:
-        """Check the options every store has; called first by each driver's `__init__`."""
+    def _setup(self, *, migrations: Sequence[Migration], options: Mapping[str, object]) -> None:
+        """Check the options every store has (`StoreOptions`) and refuse unknown ones; called
+        first by each driver's `__init__` with its `**options`."""
+        unknown = {name: value for name, value in options.items() if name not in _SHARED}
         if unknown:
             raise self._unknown_options(unknown)
+        values = {**_SHARED, **options}
+        auto_upgrade_schema = values["auto_upgrade_schema"]
         if type(auto_upgrade_schema) is not bool:
             raise ConfigurationError(
                 f"auto_upgrade_schema must be True or False, got {auto_upgrade_schema!r}"
             )
         self.auto_upgrade_schema = auto_upgrade_schema
-        self.max_session_bytes = check_max_bytes(max_session_bytes)
+        self.max_session_bytes = check_max_bytes(values["max_session_bytes"])
+        require_user_id = values["require_user_id"]
         if type(require_user_id) is not bool:
             raise ConfigurationError(
                 f"require_user_id must be True or False, got {require_user_id!r}"
             )
         self.require_user_id = require_user_id
         self.slow_call_threshold = check_optional_seconds(
-            "slow_call_threshold", slow_call_threshold, allow_zero=True
+            "slow_call_threshold", values["slow_call_threshold"], allow_zero=True
         )
         self.token = uuid.uuid4().hex  # this store object, for `RunSource`
         self._observer: Observer | None = None
@@ -167,13 +190,14 @@ class StoreBase(abc.ABC):
 
     @classmethod
     def option_names(cls) -> list[str]:
-        """The keyword options this store's constructor takes."""
+        """The keyword options this store's constructor takes: its own and `StoreOptions`."""
         parameters = inspect.signature(cls.__init__).parameters.values()
-        return [
+        own = [
             p.name
             for p in parameters
             if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
         ]
+        return own + list(_SHARED)
 
     def _unknown_options(self, unknown: Mapping[str, object]) -> ConfigurationError:
         names = ", ".join(sorted(unknown))

@@ -21,14 +21,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Coroutine, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, ClassVar, Final, Never, TypeVar
+from typing import Any, ClassVar, Final, TypeVar, Unpack
 from urllib.parse import unquote
 
 from pymongo import AsyncMongoClient
 from pymongo.errors import ConfigurationError as PyMongoConfigurationError
 from pymongo.errors import InvalidURI
 
-from .. import _codec as codec
 from .._checks import (
     DEFAULT_TABLE_NAME,
     check_int_option,
@@ -38,7 +37,7 @@ from .._checks import (
 )
 from .._encoding import EncodedAppend, EncodedSession
 from .._paging import ListQuery, PageKey
-from .._store import StoreBase
+from .._store import StoreBase, StoreOptions
 from ..errors import ConfigurationError
 from ..models import Session
 from . import _append, _bson, _history, _reads
@@ -91,6 +90,8 @@ class MongoStore(StoreBase):
         session = await store.read("s1", user_id="u1")
     ```
 
+    Options (beside those every store takes: `StoreOptions`):
+
     - `db_url`: a ``mongodb://`` or ``mongodb+srv://`` URL; the store makes (and closes) its own
       `pymongo.AsyncMongoClient`. Or pass `client`: an `AsyncMongoClient` or a Motor client you
       made, which the store never closes.
@@ -102,13 +103,8 @@ class MongoStore(StoreBase):
     - `operation_timeout`: seconds one call may take in all (PyMongo's ``timeoutMS``), after
       which it raises `StorageUnavailableError`; default: no limit, so a server that hangs makes
       calls wait. A write that times out may or may not have been applied.
-    - `auto_upgrade_schema`: upgrade an older schema at `open()`; without it `open()` raises
-      `MigrationError` on an older schema. A missing schema is always created.
-    - `max_session_bytes`: the largest JSON payload one write may carry. One write is also one
-      document update, so it must fit MongoDB's 16 MiB document limit.
-    - `require_user_id`: refuse every call made without a `user_id` (`InvalidInputError`), for
-      multi-tenant servers where no call may reach another user's sessions.
-    - `slow_call_threshold`: seconds; a call that takes longer is logged at WARNING (None: off).
+    - `max_session_bytes` (a `StoreOptions`): one write is also one document update, so it must
+      fit MongoDB's 16 MiB document limit.
     - `migration_lock_timeout`: seconds to wait for another process's migration lease.
     - `client_options`: more keyword arguments for `AsyncMongoClient` (TLS, auth...).
     """
@@ -125,24 +121,13 @@ class MongoStore(StoreBase):
         client: Any = None,
         pool_min_size: int | None = None,
         pool_max_size: int | None = None,
-        auto_upgrade_schema: bool = False,
-        max_session_bytes: int = codec.DEFAULT_MAX_SESSION_BYTES,
         server_selection_timeout: float | None = None,
         operation_timeout: float | None = None,
         migration_lock_timeout: float = 120.0,
         client_options: Mapping[str, Any] | None = None,
-        require_user_id: bool = False,
-        slow_call_threshold: float | None = None,
-        **unknown: Never,
+        **options: Unpack[StoreOptions],
     ) -> None:
-        self._setup(
-            migrations=MIGRATIONS,
-            auto_upgrade_schema=auto_upgrade_schema,
-            max_session_bytes=max_session_bytes,
-            require_user_id=require_user_id,
-            slow_call_threshold=slow_call_threshold,
-            unknown=unknown,
-        )
+        self._setup(migrations=MIGRATIONS, options=options)
         self.collection_name = check_name(collection_name, "collection_name")
         self.table_name = self.collection_name  # what the other stores call it
         if (client is None) == (db_url is None):

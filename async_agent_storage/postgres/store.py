@@ -14,11 +14,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, ClassVar, Final, Never
+from typing import Any, ClassVar, Final, Unpack
 
 import asyncpg
 
-from .. import _codec as codec
 from .._checks import (
     DEFAULT_TABLE_NAME,
     check_int_option,
@@ -28,7 +27,7 @@ from .._checks import (
 )
 from .._encoding import EncodedAppend, EncodedSession, session_from_encoded
 from .._paging import ListQuery, PageKey, page_key
-from .._store import StoreBase
+from .._store import StoreBase, StoreOptions
 from ..errors import ConfigurationError
 from ..models import Session
 from . import _pool, _writes
@@ -56,6 +55,8 @@ class PostgresStore(StoreBase):
         session = await store.read("s1", user_id="u1", last_runs=20)
     ```
 
+    Options (beside those every store takes: `StoreOptions`):
+
     - `db_url`: ``postgresql://``, ``postgres://``, or Agno's ``postgresql+psycopg://`` /
       ``postgresql+asyncpg://`` (the ``+driver`` part is dropped). Query parameters go to asyncpg
       (``sslmode``, ``application_name``...).
@@ -81,12 +82,6 @@ class PostgresStore(StoreBase):
     - `max_inactive_connection_lifetime`: seconds an idle pooled connection is kept.
     - `pool`: an asyncpg pool of your own, used instead (its sizes and timeouts apply) and never
       closed by the store. It needs no codec or setup: JSON crosses the wire as text.
-    - `auto_upgrade_schema`: upgrade an older schema at `open()`; without it `open()` raises
-      `MigrationError` on an older schema. A missing schema is always created.
-    - `max_session_bytes`: the largest JSON payload one write may carry.
-    - `require_user_id`: refuse every call made without a `user_id` (`InvalidInputError`), for
-      multi-tenant servers where no call may reach another user's sessions.
-    - `slow_call_threshold`: seconds; a call that takes longer is logged at WARNING (None: off).
     """
 
     backend: ClassVar[str] = "postgresql"
@@ -109,21 +104,10 @@ class PostgresStore(StoreBase):
         replica_max_wait: float = 0.05,
         replica_timeout: float = 2.0,
         max_inactive_connection_lifetime: float = 300.0,
-        auto_upgrade_schema: bool = False,
         pool: asyncpg.Pool | None = None,
-        max_session_bytes: int = codec.DEFAULT_MAX_SESSION_BYTES,
-        require_user_id: bool = False,
-        slow_call_threshold: float | None = None,
-        **unknown: Never,
+        **options: Unpack[StoreOptions],
     ) -> None:
-        self._setup(
-            migrations=MIGRATIONS,
-            auto_upgrade_schema=auto_upgrade_schema,
-            max_session_bytes=max_session_bytes,
-            require_user_id=require_user_id,
-            slow_call_threshold=slow_call_threshold,
-            unknown=unknown,
-        )
+        self._setup(migrations=MIGRATIONS, options=options)
         self.table_name = check_name(table_name)
         self.schema = None if schema is None else check_name(schema, "schema")
         if pool is None and db_url is None:

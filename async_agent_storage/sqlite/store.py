@@ -16,13 +16,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar, Final, Literal, Never, TypeVar
+from typing import Any, ClassVar, Final, Literal, TypeVar, Unpack
 
-from .. import _codec as codec
 from .._checks import DEFAULT_TABLE_NAME, check_int_option, check_name, check_seconds
 from .._encoding import EncodedAppend, EncodedSession, decode_runs
 from .._paging import ListQuery, PageKey, page_key
-from .._store import StoreBase
+from .._store import StoreBase, StoreOptions
 from ..errors import ConfigurationError
 from ..models import Session
 from . import _connection as conn
@@ -56,10 +55,10 @@ class SqliteStore(StoreBase):
         session = await store.read("s1", user_id="u1")
     ```
 
+    Options (beside those every store takes: `StoreOptions`):
+
     - `db_file`: the database file (its folder is created); None keeps everything in memory, for
       tests (the data lives as long as the store is open).
-    - `auto_upgrade_schema`: upgrade an older schema at `open()`; without it `open()` raises
-      `MigrationError` on an older schema. A missing schema is always created.
     - `busy_timeout`: seconds to wait for another process's write lock before
       `StorageUnavailableError`.
     - `reader_connections`: connections that serve reads while the writer waits for another
@@ -67,10 +66,6 @@ class SqliteStore(StoreBase):
       write batches: with one thread doing all the SQL the event loop keeps the other core.
     - `synchronous`: ``"NORMAL"`` (default) survives a crash of the process; ``"FULL"`` also a
       power loss, at the cost of one fsync per commit (group commit shares it between writes).
-    - `max_session_bytes`: the largest JSON payload one write may carry.
-    - `require_user_id`: refuse every call made without a `user_id` (`InvalidInputError`), for
-      multi-tenant servers where no call may reach another user's sessions.
-    - `slow_call_threshold`: seconds; a call that takes longer is logged at WARNING (None: off).
     - `max_batch`: the most writes committed in one transaction.
     """
 
@@ -82,24 +77,13 @@ class SqliteStore(StoreBase):
         table_name: str = DEFAULT_TABLE_NAME,
         db_file: str | os.PathLike[str] | None = None,
         *,
-        auto_upgrade_schema: bool = False,
         busy_timeout: float = 5.0,
         reader_connections: int = 1,
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
-        max_session_bytes: int = codec.DEFAULT_MAX_SESSION_BYTES,
         max_batch: int = 256,
-        require_user_id: bool = False,
-        slow_call_threshold: float | None = None,
-        **unknown: Never,
+        **options: Unpack[StoreOptions],
     ) -> None:
-        self._setup(
-            migrations=MIGRATIONS,
-            auto_upgrade_schema=auto_upgrade_schema,
-            max_session_bytes=max_session_bytes,
-            require_user_id=require_user_id,
-            slow_call_threshold=slow_call_threshold,
-            unknown=unknown,
-        )
+        self._setup(migrations=MIGRATIONS, options=options)
         self.table_name = check_name(table_name)
         if db_file is not None and not isinstance(db_file, str | os.PathLike):
             raise ConfigurationError(f"db_file must be a path or None, got {db_file!r}")
