@@ -29,12 +29,15 @@ from .errors import (
     StoreClosedError,
 )
 from .models import (
+    Activity,
+    EntityActivity,
     MigrationReport,
     MigrationStep,
     Session,
     SessionPage,
     SessionType,
     SessionValidationError,
+    TurnCount,
 )
 from .protocol import SessionStore
 from .sqlite import SqliteStore
@@ -47,7 +50,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_MAX_SESSION_BYTES",
+    "Activity",
     "ConfigurationError",
+    "EntityActivity",
     "InvalidInputError",
     "MigrationError",
     "MigrationReport",
@@ -66,6 +71,7 @@ __all__ = [
     "StorageError",
     "StorageUnavailableError",
     "StoreClosedError",
+    "TurnCount",
     "__version__",
     "open_store",
 ]

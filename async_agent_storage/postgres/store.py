@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Final, Never
 import asyncpg
 
 from .. import _codec as codec
+from .._activity import ActivityCounts, ActivityQuery
 from .._checks import (
     DEFAULT_TABLE_NAME,
     check_int_option,
@@ -367,6 +368,16 @@ class PostgresStore(StoreBase):
         statement, params = self._statements().listing(query, ids_only=True)
         rows = await self._live(self._pool).run(_fetch, statement, *params, idempotent=True)
         return [row[0] for row in rows]
+
+    async def _activity(self, query: ActivityQuery) -> ActivityCounts:
+        statement, params = self._statements().activity(query)
+        rows = await self._live(self._pool).run(_fetch, statement, *params, idempotent=True)
+        active = next((r[2], r[3], r[4]) for r in rows if r[0] == 1)
+        return ActivityCounts(
+            entities=[(r[1], r[2], r[3]) for r in rows if r[0] == 0],
+            active=active,
+            turns=[(r[1], r[2], r[3]) for r in rows if r[0] == 2],
+        )
 
     async def _ping(self) -> None:
         await self._live(self._pool).run(_fetchval, "SELECT 1", idempotent=True)
