@@ -320,32 +320,30 @@ runs AS (
 SELECT session_id, created_at, updated_at, version, run_count FROM up
 """
 
-# activity: $1 now, $2..$4 an hour, a day, a week before it, $5 since, $6 the bucket in
-# microseconds, $7 user_id filter (NULL: none). A session counts under its agent, else its team,
-# else its workflow. Runs are grouped by session and bucket first, from the (created_at) index,
-# then joined to their sessions (runs at seq >= run_count are leftovers, not history).
+# activity: $1 now, $2..$4 an hour, a day, a week before it, $5 since, $6 the bucket's unit for
+# date_trunc ('hour' or 'day', UTC), $7 user_id filter (NULL: none). A session counts under its
+# agent, else its team, else its workflow. Rows: (kind, entity, a, b, c, bucket): kind 0 per
+# entity (a sessions, b runs), kind 1 the active sessions (a hour, b day, c week), kind 2 the runs
+# (a) of an entity in a bucket (its start, UTC). Runs at seq >= run_count are leftovers, not
+# history. One statement: one snapshot.
 _ACTIVITY = """
-WITH mine AS (
-    SELECT session_id, coalesce(agent_id, team_id, workflow_id) AS entity, run_count, updated_at
-    FROM {t} WHERE $7::text IS NULL OR user_id = $7::text
-),
-per_run AS (
-    SELECT r.session_id,
-           (extract(epoch FROM r.created_at - $5::timestamptz) * 1000000)::bigint
-               / $6::bigint AS bucket,
-           r.seq
-    FROM {runs} r
-    WHERE r.created_at >= $5::timestamptz AND r.created_at <= $1::timestamptz
-)
-SELECT 0, entity, count(*), coalesce(sum(run_count), 0), 0 FROM mine GROUP BY entity
+SELECT 0, coalesce(agent_id, team_id, workflow_id), count(*), coalesce(sum(run_count), 0), 0,
+       NULL::timestamp
+FROM {t} WHERE $7::text IS NULL OR user_id = $7::text
+GROUP BY 2
 UNION ALL
 SELECT 1, NULL, count(*) FILTER (WHERE updated_at > $2::timestamptz),
-       count(*) FILTER (WHERE updated_at > $3::timestamptz), count(*)
-FROM mine WHERE updated_at > $4::timestamptz AND updated_at <= $1::timestamptz
+       count(*) FILTER (WHERE updated_at > $3::timestamptz), count(*), NULL
+FROM {t}
+WHERE updated_at > $4::timestamptz AND updated_at <= $1::timestamptz
+  AND ($7::text IS NULL OR user_id = $7::text)
 UNION ALL
-SELECT 2, m.entity, p.bucket, count(*), 0
-FROM per_run p JOIN mine m ON m.session_id = p.session_id AND p.seq < m.run_count
-GROUP BY m.entity, p.bucket
+SELECT 2, coalesce(s.agent_id, s.team_id, s.workflow_id), count(*), 0, 0,
+       date_trunc($6::text, r.created_at AT TIME ZONE 'UTC')
+FROM {runs} r JOIN {t} s ON s.session_id = r.session_id AND r.seq < s.run_count
+WHERE r.created_at >= $5::timestamptz AND r.created_at <= $1::timestamptz
+  AND ($7::text IS NULL OR s.user_id = $7::text)
+GROUP BY 2, 6
 """
 
 # --- schema and migrations ------------------------------------------------------------------
@@ -530,9 +528,7 @@ class SQL:
         return sql, params
 
     def activity(self, query: ActivityQuery) -> tuple[str, list[Any]]:
-        """`activity`'s three counts (see `ActivityCounts`) in one statement, one snapshot:
-        rows ``(kind, entity, a, b, c)``: kind 0 per entity (sessions, runs), kind 1 the active
-        sessions (hour, day, week), kind 2 the runs of an entity in bucket `a` (`b`)."""
+        """`activity`'s three counts (see `ActivityCounts`) in one statement (`_ACTIVITY`)."""
         hour, day, week = query.active_after_us
         params: list[Any] = [
             from_us(query.now_us),
@@ -540,7 +536,7 @@ class SQL:
             from_us(day),
             from_us(week),
             from_us(query.since_us),
-            query.bucket_us,
+            query.bucket,
             query.user_id,
         ]
         return _ACTIVITY.format(t=self.table, runs=self.runs_table), params

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC
 from typing import Any, ClassVar, Final, Never
 
 import asyncpg
@@ -30,6 +31,7 @@ from .._checks import (
 from .._encoding import EncodedAppend, EncodedSession, session_from_encoded
 from .._paging import ListQuery, PageKey, page_key
 from .._store import StoreBase
+from .._time import to_us
 from ..errors import ConfigurationError
 from ..models import Session
 from . import _pool, _writes
@@ -376,7 +378,11 @@ class PostgresStore(StoreBase):
         return ActivityCounts(
             entities=[(r[1], r[2], r[3]) for r in rows if r[0] == 0],
             active=active,
-            turns=[(r[1], r[2], r[3]) for r in rows if r[0] == 2],
+            turns=[
+                (r[1], (to_us(r[5].replace(tzinfo=UTC)) - query.since_us) // query.bucket_us, r[2])
+                for r in rows
+                if r[0] == 2
+            ],
         )
 
     async def _ping(self) -> None:
