@@ -69,12 +69,14 @@ def _is_loopback(host: str) -> bool:
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    """The listening socket, bound before the store is opened (a port in use fails first)."""
+    """The listening socket, bound before the store is opened (a port in use fails first, and
+    nothing else can take the port meanwhile)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
+        sock.listen(128)  # connections made once the link is printed wait for the server
     except OSError as exc:
         sock.close()
         raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
