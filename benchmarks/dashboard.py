@@ -29,29 +29,42 @@ from async_agent_storage import Session, SessionStore, open_store
 from async_agent_storage._dashboard import create_app
 
 DAY_US = 86_400_000_000
+AGENTS = (
+    "support", "sales", "research", "onboarding", "billing", "triage", "docs-writer",
+    "travel-planner", "code-review", "translator", "scheduler", "data-analyst",
+)  # fmt: skip
+# Each session's last write somewhere in the last 30 days, its runs five minutes apart before it.
 SPREAD_SQLITE = """
 UPDATE "{t}" SET updated_at = updated_at - (abs(random()) % (30 * {day}));
 UPDATE "{t}_runs" SET created_at = (
-    SELECT s.updated_at - (abs(random()) % {day}) FROM "{t}" s
+    SELECT s.updated_at - (s.run_count - 1 - "{t}_runs".seq) * 300000000 FROM "{t}" s
     WHERE s.session_id = "{t}_runs".session_id
 );
 """
 SPREAD_POSTGRES = """
 UPDATE {t} SET updated_at = updated_at - random() * interval '30 days';
-UPDATE {runs} r SET created_at = s.updated_at - random() * interval '1 day'
+UPDATE {runs} r SET created_at = s.updated_at - (s.run_count - 1 - r.seq) * interval '5 minutes'
 FROM {t} s WHERE s.session_id = r.session_id;
 VACUUM ANALYZE {t};
 VACUUM ANALYZE {runs};
 """
 
 
+LOREM = (
+    "The quick brown fox jumps over the lazy dog while the agent looks the answer up in the "
+    "knowledge base, checks the user's plan and writes a short, friendly reply with links. "
+)
+
+
 def make_session(i: int, args: argparse.Namespace, rng: random.Random) -> Session:
-    agent = f"agent-{rng.randrange(args.agents):02d}"
+    # A few busy agents and a tail of quieter ones.
+    weights = [1 / (k + 1) for k in range(args.agents)]
+    agent = AGENTS[rng.choices(range(args.agents), weights)[0] % len(AGENTS)]
     runs = [
         {
             "messages": [
-                {"role": "user", "content": f"Question {k} of session {i}: " + "x" * 200},
-                {"role": "assistant", "content": f"Answer {k}: " + "y" * 400},
+                {"role": "user", "content": f"Question {k} of session {i}: " + LOREM[:200]},
+                {"role": "assistant", "content": f"Answer {k}: " + LOREM * 2},
             ]
         }
         for k in range(args.runs)
@@ -106,7 +119,7 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", default="dashboard_bench")
     parser.add_argument("--sessions", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--agents", type=int, default=12)
+    parser.add_argument("--agents", type=int, default=10, choices=range(1, len(AGENTS) + 1))
     parser.add_argument("--users", type=int, default=2_000)
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args(argv)
@@ -120,7 +133,7 @@ async def main(argv: list[str] | None = None) -> int:
             "overview, 30 days": "/?bucket=day",
             "sessions, first page": "/sessions",
             "sessions, second page": "",
-            "sessions of one agent and user": "/sessions?agent=agent-03&user=user-0042",
+            "sessions of one agent and user": "/sessions?agent=research&user=user-0042",
             "sessions updated in the last 2 days": "/sessions?since=2d",
             "one session": f"/sessions/{known}",
         }

@@ -159,6 +159,7 @@ def _templates() -> Environment:
         lstrip_blocks=True,
     )
     environment.filters["when"] = _when
+    environment.filters["num"] = "{:,}".format
     environment.filters["entity_label"] = entity_label
     environment.globals["urlencode"] = urlencode
     environment.globals["session_url"] = session_url

@@ -15,9 +15,11 @@ __all__ = ["Chart", "layout"]
 WIDTH: Final = 960
 HEIGHT: Final = 280
 LEFT, RIGHT, TOP, BOTTOM = 48, 12, 12, 40
-MAX_SERIES: Final = 6
-# Colour-blind safe (Okabe-Ito), then grey for the others.
-COLOURS: Final = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00")
+MAX_SERIES: Final = 8
+# Colour-blind safe (Okabe-Ito's, and an indigo), then grey for the others.
+COLOURS: Final = (
+    "#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#332288",
+)  # fmt: skip
 OTHERS_COLOUR: Final = "#999999"
 NO_ENTITY: Final = "(no agent)"
 OTHERS: Final = "others"
@@ -130,7 +132,7 @@ def layout(activity: Activity) -> Chart:
                     width=round(slot * 0.8, 2),
                     height=round(height, 2),
                     colour=hue,
-                    title=f"{label}: {runs} run{'s' if runs != 1 else ''}, {when}",
+                    title=f"{label}: {runs:,} run{'s' if runs != 1 else ''}, {when}",
                 )
             )
     for k in range(5):
@@ -148,5 +150,5 @@ def layout(activity: Activity) -> Chart:
         )
         previous = buckets[i]
     per = "hour" if activity.bucket == "hour" else "day"
-    chart.title = f"Runs per {per} and agent, {chart.total} in all"
+    chart.title = f"Runs per {per} and agent, {chart.total:,} in all"
     return chart

@@ -99,14 +99,14 @@ def activity(turns: list[tuple[str | None, int, int]], buckets: int = 4) -> Acti
 
 
 def test_the_chart_stacks_the_busiest_agents_and_groups_the_rest() -> None:
-    turns = [(f"agent-{k}", 0, 10 - k) for k in range(8)] + [(None, 1, 3), ("agent-0", 3, 5)]
+    turns = [(f"agent-{k}", 0, 12 - k) for k in range(10)] + [(None, 1, 3), ("agent-0", 3, 5)]
     chart = layout(activity(turns))
-    assert [s.label for s in chart.series] == [f"agent-{k}" for k in range(5)] + ["others"]
-    assert chart.series[-1].runs == 5 + 4 + 3 + 3  # agents 5, 6, 7 and the sessions without one
+    assert [s.label for s in chart.series] == [f"agent-{k}" for k in range(7)] + ["others"]
+    assert chart.series[-1].runs == 5 + 4 + 3 + 3  # agents 7, 8, 9 and the sessions without one
     assert chart.total == sum(n for _, _, n in turns)
     tallest = max(sum(b.height for b in chart.bars if b.x == x) for x in {b.x for b in chart.bars})
     assert tallest <= chart.plot_height
-    assert [t.label for t in chart.y_ticks] == ["0", "20", "40", "60", "80"]  # 52 runs, rounded up
+    assert [t.label for t in chart.y_ticks] == ["0", "20", "40", "60", "80"]  # 75 runs, rounded up
     assert all(chart.top <= b.y <= chart.top + chart.plot_height for b in chart.bars)
 
 

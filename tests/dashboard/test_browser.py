@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 def cards(page: Page) -> dict[str, int]:
     return {
-        card: int(page.locator(f"#{card} .value").inner_text())
+        card: int(page.locator(f"#{card} .value").inner_text().replace(",", ""))
         for card in ("total-sessions", "total-runs", "active-hour", "active-day", "active-week")
     }
 

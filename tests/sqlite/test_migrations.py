@@ -43,7 +43,7 @@ class TestSqliteMigrations(MigrationConformance):
             2: "46969d969c24a79795a8178c9940541ad4fa2fa0e157054052baa53ace21c638",
             3: "d6ed372a291073032934caad0888ae8f6ce0dc53c7530540845468406e7efb4a",
             4: "94550f3ca16196b7b43b525cb5cd278330cc1a0aeb0d09798066a0e8137e8221",
-            5: "1657457a3d84e398500c06ee4196d746a18786fb350b33729aac59e5a8e235c9",
+            5: "50d154c2c5a7793aeea267145db8a6a328ab4ec41ad1606c0d2bf953e3babb17",
         }
 
 
