@@ -83,9 +83,11 @@ def _chromium() -> str:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """One headless Chromium for the session."""
+    """One headless Chromium per module. (Never longer: Playwright's sync API keeps an event loop
+    running in this thread while it is open, which the asyncio tests of other modules cannot
+    share.)"""
     executable = _chromium()
     try:
         from playwright.sync_api import sync_playwright
