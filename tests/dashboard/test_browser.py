@@ -24,6 +24,16 @@ def cards(page: Page) -> dict[str, int]:
     }
 
 
+def follow(page: Page, selector: str, key: str | None = None) -> None:
+    """Click `selector` (or press `key` in it) and wait for the page it leads to: reading the
+    page before it has loaded would read the previous one."""
+    with page.expect_navigation():
+        if key is None:
+            page.click(selector)
+        else:
+            page.press(selector, key)
+
+
 def listed(page: Page) -> list[str]:
     return page.locator("#sessions a.sid").all_inner_texts()
 
@@ -101,7 +111,7 @@ def test_the_overview_shows_the_counts_and_the_chart(signed_in: Page, served: Se
     assert box is not None
     assert box["width"] > 600  # laid out and visible
     served.shot(page, "overview")
-    page.click("text=Last 30 days")
+    follow(page, "text=Last 30 days")
     assert page.url.endswith("/?bucket=day")
     assert chart.locator("title").first.text_content() == (
         f"Runs per day and agent, {_data.TOTAL_RUNS} in all"
@@ -125,11 +135,11 @@ def test_the_sessions_list_pages_through_every_session(signed_in: Page, served: 
         following = page.locator("#next-page")
         if following.count() == 0:
             break
-        following.click()
+        follow(page, "#next-page")
         assert page.locator("#first-page").count() == 1
     assert pages == 4
     assert seen == served.order  # newest first, each once, keyset pages that do not overlap
-    page.click("#first-page")
+    follow(page, "#first-page")
     assert listed(page) == served.order[:10]
 
 
@@ -137,12 +147,12 @@ def test_the_sessions_list_filters(signed_in: Page, served: Served) -> None:
     page = signed_in
     page.goto(served.base + "/sessions")
     page.fill("input[name=user]", "bob")
-    page.click("button:has-text('Filter')")
+    follow(page, "button:has-text('Filter')")
     assert sorted(listed(page)) == ["io-1", "team-1"]
     assert page.locator("#match-count").inner_text().startswith("2 sessions match")
     page.fill("input[name=user]", "")
     page.select_option("select[name=type]", "team")
-    page.click("button:has-text('Filter')")
+    follow(page, "button:has-text('Filter')")
     assert listed(page) == ["team-1"]
     page.goto(served.base + "/sessions?agent=research&limit=50")
     assert len(listed(page)) == 30
@@ -161,10 +171,10 @@ def test_the_sessions_list_filters(signed_in: Page, served: Served) -> None:
 def test_a_session_is_found_by_its_id(signed_in: Page, served: Served) -> None:
     page = signed_in
     page.fill("input[name=id]", "io-1")
-    page.press("input[name=id]", "Enter")
+    follow(page, "input[name=id]", "Enter")
     assert page.url == served.base + "/sessions/io-1"
     page.fill("input[name=id]", "no-such-session")
-    page.press("input[name=id]", "Enter")
+    follow(page, "input[name=id]", "Enter")
     assert "no-such-session" in page.locator("#not-found").inner_text()
     missing = page.goto(served.base + "/sessions/no-such-session")
     assert missing is not None
@@ -190,7 +200,7 @@ def test_a_session_shows_its_state_and_its_conversation(signed_in: Page, served:
     assert roles == ["user", "assistant"] * 20
     assert "5 older runs not shown" in page.locator("#older").inner_text()
     served.shot(page, "session")
-    page.click("#load-older")
+    follow(page, "#load-older")
     assert runs.count() == _data.CONVERSATION_RUNS
     assert page.locator("#older").count() == 0
     assert page.locator(".msg .text").first.inner_text() == "Question 0: what is 0 + 0?"
