@@ -26,7 +26,7 @@ TEST_DEPS_openai-agents := 'sqlalchemy[asyncio]>=2'
 TEST_DEPS_agno          := 'sqlalchemy[asyncio]>=2' 'psycopg[binary]>=3.2'
 TEST_DEPS_adk           := 'sqlalchemy[asyncio]>=2'
 
-.PHONY: bench bench-peers bench-integrations test lint typecheck pytest mongoeco integrations agno-envs clean
+.PHONY: bench bench-peers bench-integrations test lint typecheck pytest mongoeco integrations agno-envs chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -123,7 +123,33 @@ AGNO_ENVS := .venv-agno1 .venv-agno2 .venv-agno3
 
 agno-envs: $(addsuffix /.installed,$(AGNO_ENVS))
 
-pytest: $(VENV)/.dev-installed $(MONGOECO_VENV)/.installed $(INTEGRATION_ENVS) agno-envs
+# The dashboard's browser tests drive Debian's Chromium through Playwright (never a browser that
+# Playwright downloads). Installed here when missing and possible (root and apt-get), in at most
+# 10 minutes; otherwise the reason goes to tmp/chromium.NOT_INSTALLED and those tests are
+# reported NOT RUN with it. AAS_TEST_CHROMIUM names another executable.
+CHROMIUM ?= /usr/bin/chromium
+
+chromium:
+	@mkdir -p tmp; rm -f tmp/chromium.NOT_INSTALLED; \
+	if [ -x "$${AAS_TEST_CHROMIUM:-$(CHROMIUM)}" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get > /dev/null; then \
+	  echo "not installed, and apt-get cannot install it here (it needs root and apt-get)" \
+	    > tmp/chromium.NOT_INSTALLED; \
+	else \
+	  echo "chromium: apt-get install -y chromium (log: tmp/chromium-install.log)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  { timeout 600 apt-get install -y --no-install-recommends chromium || \
+	    { timeout 300 apt-get update && \
+	      timeout 600 apt-get install -y --no-install-recommends chromium; }; \
+	  } > tmp/chromium-install.log 2>&1 || \
+	  echo "apt-get install chromium failed: $$(tail -n 2 tmp/chromium-install.log | tr '\n' ' ')" \
+	    > tmp/chromium.NOT_INSTALLED; \
+	fi; \
+	if [ -f tmp/chromium.NOT_INSTALLED ]; then \
+	  echo "chromium: $$(cat tmp/chromium.NOT_INSTALLED); the browser tests will be reported NOT RUN"; \
+	fi
+
+pytest: $(VENV)/.dev-installed $(MONGOECO_VENV)/.installed $(INTEGRATION_ENVS) agno-envs chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest

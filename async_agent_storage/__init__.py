@@ -30,12 +30,15 @@ from .errors import (
     StoreClosedError,
 )
 from .models import (
+    Activity,
+    EntityActivity,
     MigrationReport,
     MigrationStep,
     Session,
     SessionPage,
     SessionType,
     SessionValidationError,
+    TurnCount,
 )
 from .protocol import SessionStore
 from .sqlite import SqliteStore
@@ -48,7 +51,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_MAX_SESSION_BYTES",
+    "Activity",
     "ConfigurationError",
+    "EntityActivity",
     "InvalidInputError",
     "MigrationError",
     "MigrationReport",
@@ -68,6 +73,7 @@ __all__ = [
     "StorageUnavailableError",
     "StoreClosedError",
     "StoreOptions",
+    "TurnCount",
     "__version__",
     "open_store",
 ]

@@ -24,6 +24,8 @@ hook                                  what the driver does
 `_fork`                               copy a session and its history up to a run, in the database
 `_delete`                             delete one session and its runs
 `_list_page`, `_list_ids`             one listing (`ListQuery`): sessions and next key, or ids
+`_activity`                           counts for a dashboard (`ActivityQuery`), grouped in the
+                                      database: per entity, active sessions, runs per bucket
 `_drop`                               drop the store's tables
 `_ping`, `_stats`                     one cheap round trip; the pool or batching figures
 ====================================  ===========================================================
@@ -47,6 +49,7 @@ from types import TracebackType
 from typing import Any, ClassVar, Final, ParamSpec, Self, TypedDict, TypeVar
 
 from . import _migrations as migration_runner
+from ._activity import ActivityCounts, ActivityQuery, activity_from_counts, activity_query
 from ._boundary import ErrorTable
 from ._checks import (
     check_count,
@@ -69,7 +72,7 @@ from .errors import (
     StorageError,
     StoreClosedError,
 )
-from .models import MigrationReport, Session, SessionPage
+from .models import Activity, ActivityBucket, MigrationReport, Session, SessionPage
 
 __all__ = ["StoreBase", "StoreOptions", "StoreState"]
 
@@ -281,6 +284,13 @@ class StoreBase(abc.ABC):
     @abc.abstractmethod
     async def _list_ids(self, query: ListQuery) -> list[str]:
         """The ids of every session matching `query`, newest first."""
+
+    @abc.abstractmethod
+    async def _activity(self, query: ActivityQuery) -> ActivityCounts:
+        """Count in the database, without loading a session (see `ActivityCounts`): sessions
+        and the sum of their run counts per entity, sessions active in the last hour/day/week
+        before `query.now_us`, and runs per entity per bucket from `query.since_us` to
+        `query.now_us` by the time each run was written; all of one user with `query.user_id`."""
 
     @abc.abstractmethod
     async def _drop(self) -> None: ...
@@ -665,6 +675,26 @@ class StoreBase(abc.ABC):
             updated_after=updated_after,
         )
         return await self._call("count_sessions", self._count, query)
+
+    # --- monitoring -----------------------------------------------------------------------------
+
+    async def activity(
+        self,
+        *,
+        now: datetime | None = None,
+        bucket: ActivityBucket = "hour",
+        since: datetime | None = None,
+        user_id: str | None = None,
+    ) -> Activity:
+        """What a dashboard shows, counted in the database (no session is loaded): sessions and
+        runs in total and per agent, team or workflow; sessions active (by `updated_at`) in the
+        last hour, day and week before `now` (default: the current time); and the runs written
+        per entity in each `bucket` (``"hour"`` or ``"day"``, UTC) from `since` to `now`.
+        `since` is rounded down to the start of its bucket; by default the last 48 hours or 30
+        days are counted, at most 1,000 buckets. With `user_id`, only that user's sessions."""
+        query = activity_query(now=now, bucket=bucket, since=since, user_id=self._user(user_id))
+        counts = await self._call("activity", self._activity, query)
+        return activity_from_counts(query, counts)
 
     # --- schema ---------------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""The data model: `Session` (Agno 2.x's session row), `SessionPage`, `MigrationReport`."""
+"""The data model: `Session` (Agno 2.x's session row), `SessionPage`, `MigrationReport`, and
+`Activity` (what `activity()` counts)."""
 
 from __future__ import annotations
 
@@ -11,17 +12,22 @@ from .errors import InvalidInputError
 
 __all__ = [
     "MAX_IDENTIFIER_LENGTH",
+    "Activity",
+    "ActivityBucket",
+    "EntityActivity",
     "MigrationReport",
     "MigrationStep",
     "Session",
     "SessionPage",
     "SessionType",
     "SessionValidationError",
+    "TurnCount",
     "trusted_session",
 ]
 
 MAX_IDENTIFIER_LENGTH = 255
 SessionType = Literal["agent", "team", "workflow"]
+ActivityBucket = Literal["hour", "day"]
 
 
 def _no_nul(value: str) -> str:
@@ -209,3 +215,46 @@ class MigrationReport(BaseModel):
             f"{self.store}: {verb} {len(steps)} migration(s) {names}: "
             f"version {self.from_version} -> {self.to_version}"
         )
+
+
+class EntityActivity(BaseModel):
+    """The sessions of one agent, team or workflow (`entity_id`: the session's `agent_id`, else
+    its `team_id`, else its `workflow_id`; None for sessions with none of them)."""
+
+    entity_id: str | None
+    sessions: int
+    runs: int
+
+
+class TurnCount(BaseModel):
+    """Runs written by one entity's sessions in one time bucket (`start` .. `start` + bucket)."""
+
+    entity_id: str | None
+    start: datetime
+    runs: int
+
+
+class Activity(BaseModel):
+    """What `activity()` counted, in the database.
+
+    `sessions` and `runs` are the store's totals when it answered (of one user with `user_id`),
+    `entities` the same per agent, team or workflow, most sessions first. `active_last_*` count
+    the sessions whose `updated_at` falls in the hour, day or week up to `now`. `turns` counts
+    the runs written in each bucket from `since` to `now`, per entity (buckets with no runs are
+    left out; `buckets` lists every bucket's start, oldest first). A run's time is when the write
+    that stored it ran (a forked session's runs keep their source's); runs stored before
+    the store recorded that (schema upgrades from older versions) have none and are only in
+    the totals.
+    """
+
+    now: datetime
+    since: datetime
+    bucket: ActivityBucket
+    sessions: int
+    runs: int
+    active_last_hour: int
+    active_last_day: int
+    active_last_week: int
+    entities: list[EntityActivity] = Field(default_factory=list)
+    buckets: list[datetime] = Field(default_factory=list)
+    turns: list[TurnCount] = Field(default_factory=list)

@@ -7,7 +7,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
-from .models import MigrationReport, Session, SessionPage
+from .models import Activity, ActivityBucket, MigrationReport, Session, SessionPage
 
 __all__ = ["SessionStore"]
 
@@ -152,6 +152,19 @@ class SessionStore(Protocol):
         include_runs: bool = False,
     ) -> SessionPage:
         """One keyset page, ordered by `updated_at` then `session_id` (both descending)."""
+        ...
+
+    async def activity(
+        self,
+        *,
+        now: datetime | None = None,
+        bucket: ActivityBucket = "hour",
+        since: datetime | None = None,
+        user_id: str | None = None,
+    ) -> Activity:
+        """Counts for a dashboard, made in the database: sessions and runs in total and per
+        agent/team/workflow, sessions active in the last hour/day/week, runs per entity per
+        hour or day from `since` to `now`."""
         ...
 
     async def delete_session(self, session_id: str, *, user_id: str | None = None) -> bool:

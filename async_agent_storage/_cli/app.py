@@ -8,7 +8,7 @@ import typer
 
 from async_agent_storage import __version__
 
-from . import agno, export, schema, sessions
+from . import agno, dashboard, export, schema, sessions
 from .common import console, guarded, text
 
 HELP: Final = """Look after the sessions that AI agents keep in an async-agent-storage store.
@@ -67,6 +67,9 @@ app.command(
     "export", help=export.HELP, short_help="Write sessions out as JSON lines or chat examples."
 )(guarded(export.export))
 app.add_typer(agno.app, name="import", short_help="Copy sessions from Agno's storage.")
+app.command(
+    "dashboard", help=dashboard.HELP, short_help="Serve a read-only web dashboard of the store."
+)(guarded(dashboard.dashboard))
 
 
 def main() -> None:

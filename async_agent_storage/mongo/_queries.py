@@ -105,6 +105,11 @@ HOLD_US: Final = 60_000_000
 """How long a pop's hold counts (microseconds): a pop that died releases it this way."""
 
 
+# When a run was written, in microseconds: its `t`, else the time in its document's ObjectId
+# (to the second). A copied run (fork, truncate) keeps the original's.
+WRITTEN_US: Final = {"$ifNull": ["$t", {"$multiply": [{"$toLong": {"$toDate": "$_id"}}, 1000]}]}
+
+
 @dataclass(slots=True)
 class Collections:
     """One store's collections (PyMongo's or Motor's async collection objects)."""
@@ -444,6 +449,7 @@ def copy_runs_pipeline(
                 "run_id": 1,
                 "run": 1,
                 "esc": 1,
+                "t": WRITTEN_US,
             }
         },
         {"$merge": {"into": into, "whenMatched": "fail", "whenNotMatched": "insert"}},

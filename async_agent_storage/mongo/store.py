@@ -28,6 +28,7 @@ from pymongo import AsyncMongoClient
 from pymongo.errors import ConfigurationError as PyMongoConfigurationError
 from pymongo.errors import InvalidURI
 
+from .._activity import ActivityCounts, ActivityQuery
 from .._checks import (
     DEFAULT_TABLE_NAME,
     check_int_option,
@@ -40,7 +41,7 @@ from .._paging import ListQuery, PageKey
 from .._store import StoreBase, StoreOptions
 from ..errors import ConfigurationError
 from ..models import Session
-from . import _append, _bson, _history, _reads
+from . import _activity, _append, _bson, _history, _reads
 from ._errors import ERRORS
 from ._migrations import MIGRATIONS, MigrationTarget
 from ._queries import Collections
@@ -319,6 +320,9 @@ class MongoStore(StoreBase):
 
     async def _list_ids(self, query: ListQuery) -> list[str]:
         return await self._shielded(_reads.list_ids(self._live(self._writer).parts, query))
+
+    async def _activity(self, query: ActivityQuery) -> ActivityCounts:
+        return await self._shielded(_activity.activity(self._live(self._writer).parts, query))
 
     async def _ping(self) -> None:
         await self._shielded(self._live(self._writer).parts.database.command("ping"))

@@ -142,6 +142,21 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        version=4,
+        name="run write times",
+        steps=(
+            # When the write that stored a run ran (its transaction's now(), the session's
+            # updated_at then), for counting runs over time in the database (`activity`). Runs
+            # stored before this step have none (NULL): they count in the totals, not in any time
+            # bucket. A column without a default is added without rewriting the table.
+            "ALTER TABLE {runs} ADD COLUMN created_at timestamptz",
+            # Runs in a time range with their session and position, from the index alone.
+            """
+            CREATE INDEX "{name}_runs_created_idx" ON {runs} (created_at) INCLUDE (session_id, seq)
+            """,
+        ),
+    ),
 )
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .._activity import ActivityQuery
 from .._paging import ListQuery
 from .._time import from_us
 
@@ -60,13 +61,17 @@ WHERE s.session_id = $1 AND ($2::text IS NULL OR s.user_id = $2::text)
 
 # Write the runs of `up` (one row: the session as just written): the ids `{ids}` and bodies
 # `{bodies}` go to seq run_count - n .. run_count - 1. A run that did not change is not rewritten.
+# A run's created_at is the time of the write that stored it (the session's updated_at); a run
+# rewritten under its own id keeps its time.
 _WRITE_RUNS = """
 runs AS (
-    INSERT INTO {runs} AS r (session_id, seq, run_id, body)
+    INSERT INTO {runs} AS r (session_id, seq, run_id, body, created_at)
     SELECT {sid}, up.run_count - cardinality({ids}::text[]) + t.ord::integer - 1,
-           t.run_id, t.body::jsonb
+           t.run_id, t.body::jsonb, up.updated_at
     FROM up, unnest({ids}::text[], {bodies}::text[]) WITH ORDINALITY AS t(run_id, body, ord)
-    ON CONFLICT (session_id, seq) DO UPDATE SET run_id = excluded.run_id, body = excluded.body
+    ON CONFLICT (session_id, seq) DO UPDATE SET run_id = excluded.run_id, body = excluded.body,
+        created_at = CASE WHEN r.run_id = excluded.run_id THEN r.created_at
+                          ELSE excluded.created_at END
     WHERE (r.run_id, r.body) IS DISTINCT FROM (excluded.run_id, excluded.body)
 )"""
 
@@ -246,8 +251,8 @@ WITH new AS (
     RETURNING {cols}
 ),
 runs AS (
-    INSERT INTO {runs} (session_id, seq, run_id, body)
-    SELECT $2, r.seq, r.run_id, r.body FROM {runs} r, new
+    INSERT INTO {runs} (session_id, seq, run_id, body, created_at)
+    SELECT $2, r.seq, r.run_id, r.body, r.created_at FROM {runs} r, new
     WHERE r.session_id = $1 AND r.seq < $3
 )
 SELECT * FROM new
@@ -303,14 +308,42 @@ tail AS (
     WHERE r.session_id = c.session_id AND r.seq >= c.run_count
 ),
 runs AS (
-    INSERT INTO {runs} AS r (session_id, seq, run_id, body)
-    SELECT t.session_id, t.seq, t.run_id, t.body::jsonb
+    INSERT INTO {runs} AS r (session_id, seq, run_id, body, created_at)
+    SELECT t.session_id, t.seq, t.run_id, t.body::jsonb, now()
     FROM unnest($14::text[], $15::integer[], $16::text[], $17::text[])
         AS t(session_id, seq, run_id, body)
-    ON CONFLICT (session_id, seq) DO UPDATE SET run_id = excluded.run_id, body = excluded.body
+    ON CONFLICT (session_id, seq) DO UPDATE SET run_id = excluded.run_id, body = excluded.body,
+        created_at = CASE WHEN r.run_id = excluded.run_id THEN r.created_at
+                          ELSE excluded.created_at END
     WHERE (r.run_id, r.body) IS DISTINCT FROM (excluded.run_id, excluded.body)
 )
 SELECT session_id, created_at, updated_at, version, run_count FROM up
+"""
+
+# activity: $1 now, $2..$4 an hour, a day, a week before it, $5 since, $6 the bucket's unit for
+# date_trunc ('hour' or 'day', UTC), $7 user_id filter (NULL: none). A session counts under its
+# agent, else its team, else its workflow. Rows: (kind, entity, a, b, c, bucket): kind 0 per
+# entity (a sessions, b runs), kind 1 the active sessions (a hour, b day, c week), kind 2 the runs
+# (a) of an entity in a bucket (its start, UTC). Runs at seq >= run_count are leftovers, not
+# history. One statement: one snapshot.
+_ACTIVITY = """
+SELECT 0, coalesce(agent_id, team_id, workflow_id), count(*), coalesce(sum(run_count), 0), 0,
+       NULL::timestamp
+FROM {t} WHERE $7::text IS NULL OR user_id = $7::text
+GROUP BY 2
+UNION ALL
+SELECT 1, NULL, count(*) FILTER (WHERE updated_at > $2::timestamptz),
+       count(*) FILTER (WHERE updated_at > $3::timestamptz), count(*), NULL
+FROM {t}
+WHERE updated_at > $4::timestamptz AND updated_at <= $1::timestamptz
+  AND ($7::text IS NULL OR user_id = $7::text)
+UNION ALL
+SELECT 2, coalesce(s.agent_id, s.team_id, s.workflow_id), count(*), 0, 0,
+       date_trunc($6::text, r.created_at AT TIME ZONE 'UTC')
+FROM {runs} r JOIN {t} s ON s.session_id = r.session_id AND r.seq < s.run_count
+WHERE r.created_at >= $5::timestamptz AND r.created_at <= $1::timestamptz
+  AND ($7::text IS NULL OR s.user_id = $7::text)
+GROUP BY 2, 6
 """
 
 # --- schema and migrations ------------------------------------------------------------------
@@ -498,3 +531,17 @@ class SQL:
         if query.limit is not None:
             sql += f" LIMIT {bind(query.limit + 1)}"
         return sql, params
+
+    def activity(self, query: ActivityQuery) -> tuple[str, list[Any]]:
+        """`activity`'s three counts (see `ActivityCounts`) in one statement (`_ACTIVITY`)."""
+        hour, day, week = query.active_after_us
+        params: list[Any] = [
+            from_us(query.now_us),
+            from_us(hour),
+            from_us(day),
+            from_us(week),
+            from_us(query.since_us),
+            query.bucket,
+            query.user_id,
+        ]
+        return _ACTIVITY.format(t=self.table, runs=self.runs_table), params

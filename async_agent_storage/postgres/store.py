@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC
 from typing import Any, ClassVar, Final, Unpack
 
 import asyncpg
 
+from .._activity import ActivityCounts, ActivityQuery
 from .._checks import (
     DEFAULT_TABLE_NAME,
     check_int_option,
@@ -28,6 +30,7 @@ from .._checks import (
 from .._encoding import EncodedAppend, EncodedSession, session_from_encoded
 from .._paging import ListQuery, PageKey, page_key
 from .._store import StoreBase, StoreOptions
+from .._time import to_us
 from ..errors import ConfigurationError
 from ..models import Session
 from . import _pool, _writes
@@ -404,6 +407,20 @@ class PostgresStore(StoreBase):
         statement, params = self._statements().listing(query, ids_only=True)
         rows = await self._reads(None).run(fetch, statement, *params, idempotent=True)
         return [row[0] for row in rows]
+
+    async def _activity(self, query: ActivityQuery) -> ActivityCounts:
+        statement, params = self._statements().activity(query)
+        rows = await self._reads(None).run(fetch, statement, *params, idempotent=True)
+        active = next((r[2], r[3], r[4]) for r in rows if r[0] == 1)
+        return ActivityCounts(
+            entities=[(r[1], r[2], r[3]) for r in rows if r[0] == 0],
+            active=active,
+            turns=[
+                (r[1], (to_us(r[5].replace(tzinfo=UTC)) - query.since_us) // query.bucket_us, r[2])
+                for r in rows
+                if r[0] == 2
+            ],
+        )
 
     async def _ping(self) -> None:
         await self._live(self._pool).run(fetchval, "SELECT 1", idempotent=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .._activity import ActivityQuery
 from .._paging import ListQuery
 
 COLUMNS = (
@@ -24,6 +25,8 @@ SELECT_COLUMNS = (
     "CAST(workflow_data AS BLOB), CAST(metadata AS BLOB), CAST(summary AS BLOB), "
     "created_at, updated_at, version, run_count, incarnation"
 )
+# The entity a session counts under in `activity`: its agent, else its team, else its workflow.
+ENTITY = "coalesce(agent_id, team_id, workflow_id)"
 # Positions in a row selected with SELECT_COLUMNS.
 SID, TYPE, USER, AGENT, TEAM, WORKFLOW, DATA = 0, 1, 2, 3, 4, 5, 6
 CREATED, UPDATED, VERSION, RUN_COUNT, INCARNATION = 12, 13, 14, 15, 16
@@ -106,15 +109,22 @@ _FORK_SESSION = """
     FROM "{t}" WHERE session_id = ?2
     RETURNING {select}
 """
+# The copies keep their source's write times.
 _FORK_RUNS = """
-    INSERT INTO "{t}_runs" (session_id, seq, run_id, body)
-    SELECT ?1, seq, run_id, body FROM "{t}_runs" WHERE session_id = ?2 AND seq < ?3
+    INSERT INTO "{t}_runs" (session_id, seq, run_id, body, created_at)
+    SELECT ?1, seq, run_id, body, created_at FROM "{t}_runs" WHERE session_id = ?2 AND seq < ?3
 """
-_INSERT_RUN = 'INSERT INTO "{t}_runs" (session_id, seq, run_id, body) VALUES (?, ?, ?, ?)'
-# Rewriting a run that did not change costs a lookup, not a page write.
+# A run's created_at is the time of the write that stored it (the session's updated_at then).
+_INSERT_RUN = """
+    INSERT INTO "{t}_runs" (session_id, seq, run_id, body, created_at) VALUES (?, ?, ?, ?, ?)
+"""
+# Rewriting a run that did not change costs a lookup, not a page write. A run rewritten under
+# its own id keeps its time; another run at that position gets the time of this write.
 _UPSERT_RUN = """
-    INSERT INTO "{t}_runs" (session_id, seq, run_id, body) VALUES (?, ?, ?, ?)
-    ON CONFLICT (session_id, seq) DO UPDATE SET run_id = excluded.run_id, body = excluded.body
+    INSERT INTO "{t}_runs" (session_id, seq, run_id, body, created_at) VALUES (?, ?, ?, ?, ?)
+    ON CONFLICT (session_id, seq) DO UPDATE SET run_id = excluded.run_id, body = excluded.body,
+        created_at = CASE WHEN run_id IS excluded.run_id THEN created_at
+                          ELSE excluded.created_at END
     WHERE run_id IS NOT excluded.run_id OR body IS NOT excluded.body
 """
 _DELETE_RUNS_FROM = 'DELETE FROM "{t}_runs" WHERE session_id = ? AND seq >= ?'
@@ -252,3 +262,33 @@ class SQL:
             sql += " LIMIT ?"
             params.append(query.limit + 1)
         return sql, params
+
+    def activity(self, query: ActivityQuery) -> tuple[tuple[str, list[Any]], ...]:
+        """`activity`'s three counts (see `ActivityCounts`): per entity, active sessions, runs
+        per entity and bucket. Each is one GROUP BY (or one aggregate) in the database."""
+        t, runs = f'"{self.table}"', f'"{self.table}_runs"'
+        owner = "" if query.user_id is None else " WHERE user_id = ?"
+        mine = [] if query.user_id is None else [query.user_id]
+        hour, day, week = query.active_after_us
+        entities = (
+            f"SELECT {ENTITY}, count(*), coalesce(sum(run_count), 0) FROM {t}{owner} GROUP BY 1",
+            mine,
+        )
+        active = (
+            "SELECT coalesce(sum(updated_at > ?), 0), coalesce(sum(updated_at > ?), 0), count(*) "
+            f"FROM {t} WHERE updated_at > ? AND updated_at <= ?"
+            + ("" if query.user_id is None else " AND user_id = ?"),
+            [hour, day, week, query.now_us, *mine],
+        )
+        # Runs grouped by session first (one lookup of the session per session and bucket, not
+        # per run), from the (created_at, session_id) index.
+        turns = (
+            f"SELECT {ENTITY}, r.b, sum(r.n) FROM ("
+            f"SELECT session_id, (created_at - ?) / ? AS b, count(*) AS n FROM {runs} "
+            "WHERE created_at >= ? AND created_at <= ? GROUP BY session_id, b"
+            f") r JOIN {t} s ON s.session_id = r.session_id"
+            + ("" if query.user_id is None else " WHERE s.user_id = ?")
+            + " GROUP BY 1, 2",
+            [query.since_us, query.bucket_us, query.since_us, query.now_us, *mine],
+        )
+        return entities, active, turns

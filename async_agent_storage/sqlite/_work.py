@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from .._activity import ActivityCounts, ActivityQuery
 from .._encoding import EncodedAppend, EncodedSession
 from .._paging import ListQuery
 from .._rules import RETRY, OwnerRule, Stored, Verdict, conflict, decide
@@ -25,6 +26,7 @@ from ._sql import SID, SQL, USER, VERSION
 
 __all__ = [
     "Appended",
+    "activity",
     "append",
     "count",
     "delete",
@@ -164,7 +166,7 @@ def _upsert_one(
             # replaced: the runs it holds unchanged are stored as they are and need no write.
             skip = enc.may_skip_unchanged(store, incarnation, version - 1)
             rows = [
-                (sid, start + i, r.run_id, r.body.decode())
+                (sid, start + i, r.run_id, r.body.decode(), now)
                 for i, r in enumerate(enc.runs)
                 if not (skip and r.unchanged)
             ]
@@ -198,7 +200,7 @@ def _upsert_one(
             if enc.runs:
                 db.executemany(
                     sql.insert_run,
-                    [(sid, i, r.run_id, r.body.decode()) for i, r in enumerate(enc.runs)],
+                    [(sid, i, r.run_id, r.body.decode(), now) for i, r in enumerate(enc.runs)],
                 )
             return now, now, 1, 0, incarnation
     raise RETRY.exhausted(label, sid)
@@ -254,11 +256,11 @@ def append(sql: SQL, label: str, append: EncodedAppend, db: sqlite3.Connection) 
         row = db.execute(sql.append_insert, (*params, _new_incarnation())).fetchone()
     start = run_count(row) - len(runs)
     if len(runs) == 1:
-        db.execute(sql.insert_run, (sid, start, runs[0].run_id, runs[0].body.decode()))
+        db.execute(sql.insert_run, (sid, start, runs[0].run_id, runs[0].body.decode(), now))
     elif runs:
         db.executemany(
             sql.insert_run,
-            [(sid, start + i, r.run_id, r.body.decode()) for i, r in enumerate(runs)],
+            [(sid, start + i, r.run_id, r.body.decode(), now) for i, r in enumerate(runs)],
         )
     return row, start, [r.body for r in runs], [r.run_id for r in runs]
 
@@ -358,6 +360,17 @@ def delete(sql: SQL, session_id: str, user_id: str | None, db: sqlite3.Connectio
     if deleted:
         db.execute(sql.delete_runs_from, (session_id, 0))
     return bool(deleted)
+
+
+def activity(sql: SQL, query: ActivityQuery, db: sqlite3.Connection) -> ActivityCounts:
+    """The counts of `activity`, in one read transaction (one snapshot)."""
+    (entities, e_params), (active, a_params), (turns, t_params) = sql.activity(query)
+    hour, day, week = db.execute(active, a_params).fetchone()
+    return ActivityCounts(
+        entities=[(e, n, r) for e, n, r in db.execute(entities, e_params)],
+        active=(hour, day, week),
+        turns=[(e, b, n) for e, b, n in db.execute(turns, t_params)],
+    )
 
 
 def ping(db: sqlite3.Connection) -> None:

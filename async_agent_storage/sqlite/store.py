@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Final, Literal, TypeVar, Unpack
 
+from .._activity import ActivityCounts, ActivityQuery
 from .._checks import DEFAULT_TABLE_NAME, check_int_option, check_name, check_seconds
 from .._encoding import EncodedAppend, EncodedSession, decode_runs
 from .._paging import ListQuery, PageKey, page_key
@@ -248,6 +249,9 @@ class SqliteStore(StoreBase):
 
     async def _list_ids(self, query: ListQuery) -> list[str]:
         return await self._live(self._io).readers.run(partial(work.list_ids, self._sql, query))
+
+    async def _activity(self, query: ActivityQuery) -> ActivityCounts:
+        return await self._live(self._io).readers.run(partial(work.activity, self._sql, query))
 
     async def _drop(self) -> None:
         await self._write(partial(work.drop, self._sql))

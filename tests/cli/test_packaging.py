@@ -77,6 +77,9 @@ def test_a_wheel_build_leaves_the_source_tree_as_it_was(tmp_path: Path) -> None:
     assert "async_agent_storage/py.typed" in names
     assert "async_agent_storage/cli.py" in names
     assert "async_agent_storage/_cli/agno.py" in names
+    # The dashboard's templates and stylesheet ship with it.
+    for shipped in ("templates/base.html", "templates/session.html", "static/style.css"):
+        assert f"async_agent_storage/_dashboard/{shipped}" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert not [n for n in names if n.split("/")[0] in ("tests", "benchmarks", "examples")]
     assert "aas = async_agent_storage.cli:main" in scripts

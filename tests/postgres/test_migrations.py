@@ -21,6 +21,7 @@ RELEASED_CHECKSUMS = {
     1: "e9767f548c50490b031000d9e8610d937283556ec4ab61a6cd0a09454bd3e2d2",
     2: "8db46497271fa2aa08901b0c9e60e68d0e8a6d7977223db305965d6e04e683b7",
     3: "094973a1eaeadf07e3466c6d61c071ed6147438a47cdae9b680fc9ece12aeb18",
+    4: "50fde3aeb38d0554e107bfb083df9ea2aa4dd0b301ecfb4e0a34ff84acdc7d18",
 }
 
 
@@ -98,6 +99,14 @@ async def test_upgrade_from_version_1_keeps_the_data(
         assert appended.version == 4
         assert appended.runs_offset == 1
         assert await store.get_all_session_ids(entity_id="a1") == ["old"]
+        # The run stored before migration 4 has no write time: in the totals, in no bucket.
+        activity = await store.activity()
+        assert (activity.sessions, activity.runs) == (1, 2)
+        assert [(t.entity_id, t.runs) for t in activity.turns] == [("a1", 1)]
+        times = await admin.fetch(
+            f"SELECT created_at FROM {store._statements().runs_table} ORDER BY seq"
+        )
+        assert [r[0] for r in times] == [None, appended.updated_at]
         assert [v for v, _, _ in await history(admin, store)] == list(range(1, LATEST + 1))
         assert f"{store.table_name}_agent_idx" in await indexes(admin, store)
 

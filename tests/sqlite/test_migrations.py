@@ -12,6 +12,7 @@ import pytest
 
 from async_agent_storage import MigrationError, SqliteStore
 from async_agent_storage._migrations import Migration
+from async_agent_storage._time import to_us
 from async_agent_storage.testing.migrations import MigrationConformance, StoreURL, seed_at
 
 pytestmark = pytest.mark.anyio
@@ -42,6 +43,7 @@ class TestSqliteMigrations(MigrationConformance):
             2: "46969d969c24a79795a8178c9940541ad4fa2fa0e157054052baa53ace21c638",
             3: "d6ed372a291073032934caad0888ae8f6ce0dc53c7530540845468406e7efb4a",
             4: "94550f3ca16196b7b43b525cb5cd278330cc1a0aeb0d09798066a0e8137e8221",
+            5: "50d154c2c5a7793aeea267145db8a6a328ab4ec41ad1606c0d2bf953e3babb17",
         }
 
 
@@ -105,6 +107,10 @@ async def test_upgrade_from_version_1_keeps_the_data(tmp_path: Path) -> None:
         assert appended.version == 4
         assert appended.runs_offset == 1
         assert await store.get_all_session_ids(entity_id="a1") == ["old"]
+        # The run stored before migration 5 has no write time: in the totals, in no bucket.
+        activity = await store.activity()
+        assert (activity.sessions, activity.runs) == (1, 2)
+        assert [(t.entity_id, t.runs) for t in activity.turns] == [("a1", 1)]
     assert [v for v, _, _ in history(db_file)] == list(range(1, LATEST + 1))
     assert {"agent_sessions_agent_recent", "agent_sessions_runs_key"} <= indexes(db_file)
     with sqlite3.connect(db_file) as db:
@@ -113,10 +119,10 @@ async def test_upgrade_from_version_1_keeps_the_data(tmp_path: Path) -> None:
         ).fetchone()[0]
         assert "WITHOUT ROWID" not in runs_sql
         assert db.execute(
-            "SELECT seq, run_id FROM agent_sessions_runs ORDER BY seq"
+            "SELECT seq, run_id, created_at FROM agent_sessions_runs ORDER BY seq"
         ).fetchall() == [
-            (0, "r0"),
-            (1, appended.run_ids[0]),
+            (0, "r0", None),
+            (1, appended.run_ids[0], to_us(appended.updated_at)),
         ]
 
 
