@@ -17,12 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 from ._codec import DEFAULT_MAX_SESSION_BYTES
 from ._factory import open_store
+from ._leases import Lease
 from .errors import (
     ConfigurationError,
     InvalidInputError,
     MigrationError,
     SerializationError,
+    SessionBusyError,
     SessionConflictError,
+    SessionFencedError,
     SessionOwnershipError,
     StorageError,
     StorageUnavailableError,
@@ -49,6 +52,7 @@ __all__ = [
     "DEFAULT_MAX_SESSION_BYTES",
     "ConfigurationError",
     "InvalidInputError",
+    "Lease",
     "MigrationError",
     "MigrationReport",
     "MigrationStep",
@@ -56,7 +60,9 @@ __all__ = [
     "PostgresStore",
     "SerializationError",
     "Session",
+    "SessionBusyError",
     "SessionConflictError",
+    "SessionFencedError",
     "SessionOwnershipError",
     "SessionPage",
     "SessionStore",

@@ -42,6 +42,7 @@ class TestSqliteMigrations(MigrationConformance):
             2: "46969d969c24a79795a8178c9940541ad4fa2fa0e157054052baa53ace21c638",
             3: "d6ed372a291073032934caad0888ae8f6ce0dc53c7530540845468406e7efb4a",
             4: "94550f3ca16196b7b43b525cb5cd278330cc1a0aeb0d09798066a0e8137e8221",
+            5: "c67b534b5898d6a86160cfd10b347e6a548b1f517bafb204b50bd62f00e61af0",
         }
 
 
