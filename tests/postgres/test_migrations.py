@@ -38,6 +38,7 @@ class TestPostgresMigrations(MigrationConformance):
             1: "e9767f548c50490b031000d9e8610d937283556ec4ab61a6cd0a09454bd3e2d2",
             2: "8db46497271fa2aa08901b0c9e60e68d0e8a6d7977223db305965d6e04e683b7",
             3: "094973a1eaeadf07e3466c6d61c071ed6147438a47cdae9b680fc9ece12aeb18",
+            4: "9dcf26a74fd70a00f9514d7133e5d8d3c9191d44905fba5a12694bb5c57e27bd",
         }
 
 
