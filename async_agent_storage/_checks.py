@@ -179,5 +179,7 @@ def check_duration(name: str, value: object, *, allow_zero: bool = False) -> flo
         or value > 86_400
     ):
         bound = ">= 0" if allow_zero else "> 0"
-        raise InvalidInputError(f"{name} must be a number of seconds {bound} (at most a day), got {value!r}")
+        raise InvalidInputError(
+            f"{name} must be a number of seconds {bound} (at most a day), got {value!r}"
+        )
     return float(value)

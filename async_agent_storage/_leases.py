@@ -30,6 +30,7 @@ import os
 import random
 import socket
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -284,8 +285,8 @@ class Lease:
 _BACKGROUND: set[asyncio.Future[object]] = set()
 
 
-def _background(work: object) -> None:
-    future: asyncio.Future[object] = asyncio.ensure_future(work)  # type: ignore[arg-type]
+def _background(work: Awaitable[object]) -> None:
+    future: asyncio.Future[object] = asyncio.ensure_future(work)
     _BACKGROUND.add(future)
 
     def done(f: asyncio.Future[object]) -> None:

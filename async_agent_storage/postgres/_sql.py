@@ -138,10 +138,10 @@ SELECT created_at, updated_at, version, run_count FROM up
 # $3 session_data (NULL: keep), $4 run ids, $5 run bodies, $6 state_patch (NULL: none; an RFC 7396
 # merge patch applied by the store's merge-patch function), $7 if_version (NULL: any; 0: the
 # session must not exist), $8 the lease token of a session it creates (NULL, or under a fence the
-# token of its lease row, see `_writes`). Returns the session without runs (session_data only when it was not
-# replaced: the caller has the one it passed). A run id the session holds already fails the
-# statement on the runs' unique (session_id, run_id) constraint, checked at its end: the driver
-# then appends only the new ones (see `PostgresStore._append_row`).
+# token of its lease row, see `_writes`). Returns the session without runs (session_data only
+# when it was not replaced: the caller has the one it passed). A run id the session holds
+# already fails the statement on the runs' unique (session_id, run_id) constraint, checked at
+# its end: the driver then appends only the new ones (see `PostgresStore._append_row`).
 _APPEND = """
 WITH up AS (
     INSERT INTO {t} AS s (session_id, session_type, user_id, session_data,

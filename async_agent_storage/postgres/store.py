@@ -19,7 +19,6 @@ from typing import Any, ClassVar, Final, Never
 import asyncpg
 
 from .. import _codec as codec
-from .._leases import Busy, Grant
 from .._checks import (
     DEFAULT_TABLE_NAME,
     check_int_option,
@@ -28,6 +27,7 @@ from .._checks import (
     check_seconds,
 )
 from .._encoding import EncodedAppend, EncodedSession, session_from_encoded
+from .._leases import Busy, Grant
 from .._paging import ListQuery, PageKey, page_key
 from .._store import StoreBase
 from ..errors import ConfigurationError

@@ -84,7 +84,8 @@ _FENCE_OK = """({fence} IS NULL OR (coalesce(lease_token, 0) <= {fence} AND NOT 
 _UPDATE_SESSION = """
     UPDATE "{t}" SET session_type = ?1, agent_id = ?2, team_id = ?3, workflow_id = ?4,
         session_data = ?5, agent_data = ?6, team_data = ?7, workflow_data = ?8, metadata = ?9,
-        summary = ?10, updated_at = ?11, version = version + 1, run_count = min(run_count, ?12) + ?13
+        summary = ?10, updated_at = ?11, version = version + 1,
+        run_count = min(run_count, ?12) + ?13
     WHERE session_id = ?14 AND user_id IS ?15 AND (?16 IS NULL OR version = ?16)
         AND {fence_ok}
     RETURNING created_at, version, run_count, incarnation

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, ClassVar, Final, Literal, Never, TypeVar
 
 from .. import _codec as codec
-from .._leases import Busy, Grant
 from .._checks import DEFAULT_TABLE_NAME, check_int_option, check_name, check_seconds
 from .._encoding import EncodedAppend, EncodedSession, decode_runs
+from .._leases import Busy, Grant
 from .._paging import ListQuery, PageKey, page_key
 from .._store import StoreBase
 from ..errors import ConfigurationError

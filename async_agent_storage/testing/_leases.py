@@ -48,7 +48,9 @@ class LeaseConformance:
             assert lease.expires_at is not None
             assert lease.expires_at.tzinfo is not None
             host, pid, suffix = lease.holder.rsplit(":", 2)
-            assert host and pid.isdigit() and suffix
+            assert host
+            assert pid.isdigit()
+            assert suffix
             assert not lease.lost
             with pytest.raises(SessionBusyError) as busy:
                 async with store.lease(sid, user_id="u"):
@@ -184,7 +186,8 @@ class LeaseConformance:
         assert most == 1
         assert tokens == sorted(tokens) == list(range(1, 13))
         read = await store.read(sid)
-        assert read is not None and len(read.runs) == 12
+        assert read is not None
+        assert len(read.runs) == 12
 
     async def test_a_lease_is_acquired_once(self, store: SessionStore) -> None:
         lease = store.lease(_sid())
@@ -205,7 +208,7 @@ class LeaseConformance:
             {"renew_every": 0},
         ):
             with pytest.raises(InvalidInputError):
-                store.lease(_sid(), **options)  # type: ignore[arg-type]
+                store.lease(_sid(), **options)
         with pytest.raises(InvalidInputError):
             store.lease("")
         for bad in (-1, "1", 1.0, True, 2**63):
@@ -280,7 +283,8 @@ class LeaseConformance:
             await store.upsert(read)
             await store.append_runs(sid, [{"i": 1}], user_id="u", if_version=2)
         read = await store.read(sid)
-        assert read is not None and read.version == 3 and len(read.runs) == 2
+        assert read is not None
+        assert (read.version, len(read.runs)) == (3, 2)
 
     async def test_a_lease_on_a_missing_session_then_a_fenced_append_creates_it(
         self, store: SessionStore
@@ -301,11 +305,10 @@ class LeaseConformance:
             with pytest.raises(SessionFencedError):
                 await store.append_runs(sid, [{"i": "stale"}], user_id="u", fence=first.token)
         read = await store.read(sid)
-        assert read is not None and [run["i"] for run in read.runs] == [0]
+        assert read is not None
+        assert [run["i"] for run in read.runs] == [0]
 
-    async def test_an_upsert_creating_a_leased_session_is_fenced(
-        self, store: SessionStore
-    ) -> None:
+    async def test_an_upsert_creating_a_leased_session_is_fenced(self, store: SessionStore) -> None:
         sid = _sid()
         async with store.lease(sid, user_id="u") as lease:
             stored = await store.upsert(
@@ -330,4 +333,5 @@ class LeaseConformance:
                 await store.append_runs(sid, [{"i": "stale"}], fence=old.token)
             await store.append_runs(sid, [{"i": 2}], fence=new.token)
         read = await store.read(sid)
-        assert read is not None and [run["i"] for run in read.runs] == [1, 2]
+        assert read is not None
+        assert [run["i"] for run in read.runs] == [1, 2]
