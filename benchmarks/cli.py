@@ -224,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for target in report.targets(report.cells_from(data)):
         mark = {True: "[green]met[/green]", False: "[red]not met[/red]", None: "[dim]n/a[/dim]"}
         console.print(f"  {mark[target.met]}  {target.name}: {target.detail}")
+    for line in report.lease_cost_lines(report.cells_from(data)):
+        console.print(f"  lease cost: {line}")
     for s in data["systems"]:
         if not s["available"]:
             console.print(f"  [yellow]{s['backend']} {s['name']}: {s['reason']}[/yellow]")

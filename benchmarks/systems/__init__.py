@@ -1,5 +1,6 @@
-"""The systems under test, per backend: the store (two turn variants) and the raw driver. The
-peers run in their own virtual environment (see `benchmarks.peers`)."""
+"""The systems under test, per backend: the store (three turn variants: append, upsert, and
+append under a lease) and the raw driver. The peers run in their own virtual environment (see
+`benchmarks.peers`)."""
 
 from __future__ import annotations
 
@@ -100,12 +101,13 @@ def _store_data(backend: str, url: str, workdir: Path) -> StoreData:
 
 
 def build(backend: str, url: str | None, workdir: Path) -> list[System]:
-    """The in-process systems of one backend: store append, store upsert, the raw driver."""
+    """The in-process systems of one backend: store append, store leased, store upsert, the raw
+    driver."""
     if backend == "sqlite":
         from .raw_sqlite import RawSqlite
 
         data = _store_data(backend, "", workdir)
-        return [StoreSystem(data, "append"), StoreSystem(data, "upsert"), RawSqlite(workdir)]
+        return [*_stores(data), RawSqlite(workdir)]
     if url is None:
         raise ValueError(f"--backend {backend} needs --url")
     data = _store_data(backend, url, workdir)
@@ -118,4 +120,8 @@ def build(backend: str, url: str | None, workdir: Path) -> list[System]:
         from .raw_mongo import RawMongo
 
         raw = RawMongo(url)
-    return [StoreSystem(data, "append"), StoreSystem(data, "upsert"), raw]
+    return [*_stores(data), raw]
+
+
+def _stores(data: StoreData) -> list[System]:
+    return [StoreSystem(data, "append"), StoreSystem(data, "leased"), StoreSystem(data, "upsert")]
