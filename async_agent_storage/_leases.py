@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Self
 
+from ._checks import check_duration
 from ._observe import logger_for
 from .errors import InvalidInputError, SessionBusyError, StorageError
 
@@ -200,8 +201,6 @@ class Lease:
         """Push the expiry on to now + `ttl` (default: the lease's ttl) and return it. When the
         lease was taken over meanwhile (it had expired), `lost` becomes True and this raises
         `SessionBusyError` naming the new holder."""
-        from ._checks import check_duration
-
         seconds = self.ttl if ttl is None else check_duration("ttl", ttl)
         if self._state != "held":
             raise InvalidInputError(
