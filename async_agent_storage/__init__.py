@@ -17,13 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 from ._codec import DEFAULT_MAX_SESSION_BYTES
 from ._factory import open_store
+from ._leases import Lease
 from ._store import StoreOptions
 from .errors import (
     ConfigurationError,
     InvalidInputError,
     MigrationError,
     SerializationError,
+    SessionBusyError,
     SessionConflictError,
+    SessionFencedError,
     SessionOwnershipError,
     StorageError,
     StorageUnavailableError,
@@ -55,6 +58,7 @@ __all__ = [
     "ConfigurationError",
     "EntityActivity",
     "InvalidInputError",
+    "Lease",
     "MigrationError",
     "MigrationReport",
     "MigrationStep",
@@ -62,7 +66,9 @@ __all__ = [
     "PostgresStore",
     "SerializationError",
     "Session",
+    "SessionBusyError",
     "SessionConflictError",
+    "SessionFencedError",
     "SessionOwnershipError",
     "SessionPage",
     "SessionStore",

@@ -21,6 +21,8 @@ __all__ = [
     "MAX_VERSION",
     "SESSION_TYPES",
     "check_count",
+    "check_duration",
+    "check_fence",
     "check_id",
     "check_if_version",
     "check_int_option",
@@ -154,3 +156,30 @@ def check_session_type(value: object) -> str:
             f"session_type must be one of {sorted(SESSION_TYPES)}, got {value!r}"
         )
     return str(value)
+
+
+def check_fence(fence: object) -> int | None:
+    """A lease token a write carries (`Lease.token`): None, or an int from 0 to 2**63-1."""
+    if fence is None:
+        return None
+    if type(fence) is not int or not 0 <= fence <= MAX_VERSION:
+        raise InvalidInputError(f"fence must be None or a lease token (an int >= 0), got {fence!r}")
+    return fence
+
+
+def check_duration(name: str, value: object, *, allow_zero: bool = False) -> float:
+    """A duration argument of a call (a lease's ttl, wait...): a finite number of seconds > 0
+    (>= 0 with `allow_zero`), at most a day. Booleans, NaN and infinities are refused."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+        or (value == 0 and not allow_zero)
+        or value > 86_400
+    ):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise InvalidInputError(
+            f"{name} must be a number of seconds {bound} (at most a day), got {value!r}"
+        )
+    return float(value)

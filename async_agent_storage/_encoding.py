@@ -16,7 +16,13 @@ from typing import Any, NamedTuple, cast
 from pydantic import BaseModel
 
 from . import _codec as codec
-from ._checks import check_id, check_if_version, check_optional_id, check_session_type
+from ._checks import (
+    check_fence,
+    check_id,
+    check_if_version,
+    check_optional_id,
+    check_session_type,
+)
 from .errors import InvalidInputError, SerializationError
 from .models import Session, trusted_session
 
@@ -100,6 +106,7 @@ class EncodedSession:
     runs_offset: int
     size: int
     source: RunSource | None = None  # where `runs` were read, when they came from a RunList
+    fence: int | None = None  # the lease token the write carries (`upsert(fence=...)`)
 
     def may_skip_unchanged(self, store: str, incarnation: str | None, previous: int) -> bool:
         """Whether the runs marked `unchanged` are stored as they are: the session was read from
@@ -128,6 +135,7 @@ class EncodedAppend(NamedTuple):
     state_patch: bytes | None  # an RFC 7396 merge patch of the stored one
     if_version: int | None
     runs: list[EncodedRun]
+    fence: int | None = None  # the lease token the write carries (refused if older than the latest)
 
     @property
     def given_ids(self) -> list[str]:
@@ -243,6 +251,7 @@ def encode_append(
     if_version: object,
     run_ids: object,
     max_bytes: int,
+    fence: object = None,
 ) -> EncodedAppend:
     """Check and encode `append_runs`' arguments, before anything is written."""
     sid = check_id(session_id, "session_id")
@@ -254,11 +263,12 @@ def encode_append(
     data = None if session_data is None else encode_session_data(session_data)
     patch = None if state_patch is None else encode_session_data(state_patch, "state_patch")
     expected = check_if_version(if_version)
+    token = check_fence(fence)
     extra = len(data or patch or b"")
     encoded = encode_runs(
         runs, session_id=sid, max_bytes=max_bytes, base_size=extra, run_ids=run_ids
     )
-    return EncodedAppend(sid, uid, data, patch, expected, encoded)
+    return EncodedAppend(sid, uid, data, patch, expected, encoded, token)
 
 
 def encode_session(session: object, *, max_bytes: int) -> EncodedSession:

@@ -1,19 +1,26 @@
 """Who may write a session, and at which version: one decision for every driver.
 
-A driver writes with one conditional statement (the owner and, when asked, the version are part
-of its condition). When that statement changes nothing, the driver reads what is stored (the
-owner and the version, or nothing) and asks `decide` why:
+A driver writes with one conditional statement (the owner, when asked the version, and for a
+fenced write the lease token are part of its condition). When that statement changes nothing,
+the driver reads what is stored (the owner, the version and the latest lease token, or nothing)
+and asks `decide` why:
 
-======================  ===================  ======================  ============================
-stored                  owner                if_version              verdict
-======================  ===================  ======================  ============================
-absent                  -                    None or 0               CREATE
-absent                  -                    v >= 1                  SessionConflictError (v, 0)
-present                 another user         any                     SessionOwnershipError
-present                 the caller's         None                    RETRY
-present                 the caller's         == stored version       RETRY
-present                 the caller's         != stored version       SessionConflictError (v, n)
-======================  ===================  ======================  ============================
+============  ============  ====================  ===================  ============================
+stored        owner         fence                 if_version           verdict
+============  ============  ====================  ===================  ============================
+absent        -             -                     None or 0            CREATE
+absent        -             -                     v >= 1               SessionConflictError (v, 0)
+present       another user  any                   any                  SessionOwnershipError
+present       the caller's  f < stored token      any                  SessionFencedError (f, t)
+present       the caller's  None or f >= token    None                 RETRY
+present       the caller's  None or f >= token    == stored version    RETRY
+present       the caller's  None or f >= token    != stored version    SessionConflictError (v, n)
+============  ============  ====================  ===================  ============================
+
+Ownership comes first (a caller learns nothing of another user's session), then the fence (a
+holder that lost its lease must stop, whatever the version), then the version. An absent session
+has no token on its row: a driver whose write would create it checks the leases table itself and
+raises `fenced` (see `docs/architecture.md`, "Leases and fencing").
 
 "The caller's owner" depends on the call (`OwnerRule`): an upsert writes the session's own
 `user_id`, which must be the stored one (None included: the owner never changes); an append
@@ -32,7 +39,12 @@ import random
 from dataclasses import dataclass
 from typing import Final
 
-from .errors import SessionConflictError, SessionOwnershipError, StorageUnavailableError
+from .errors import (
+    SessionConflictError,
+    SessionFencedError,
+    SessionOwnershipError,
+    StorageUnavailableError,
+)
 
 __all__ = [
     "RETRY",
@@ -42,6 +54,7 @@ __all__ = [
     "Verdict",
     "conflict",
     "decide",
+    "fenced",
     "not_owner",
 ]
 
@@ -60,10 +73,12 @@ class OwnerRule(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Stored:
-    """What is stored of a session: its owner and its version."""
+    """What is stored of a session: its owner, its version and the token of its latest lease
+    (0: never leased)."""
 
     owner: str | None
     version: int
+    lease_token: int = 0
 
 
 def owns(stored_owner: str | None, user_id: str | None, rule: OwnerRule) -> bool:
@@ -80,11 +95,14 @@ def decide(
     user_id: str | None,
     if_version: int | None,
     rule: OwnerRule,
+    fence: int | None = None,
 ) -> Verdict:
     """Why a conditional write changed nothing: raise the error it deserves, or say what to do.
     See the module's table."""
     if stored is not None and not owns(stored.owner, user_id, rule):
         raise not_owner(label, session_id, user_id)
+    if stored is not None and fence is not None and stored.lease_token > fence:
+        raise fenced(label, session_id, fence, stored.lease_token)
     actual = 0 if stored is None else stored.version
     if if_version is not None and actual != if_version:
         raise conflict(label, session_id, if_version, actual)
@@ -106,6 +124,16 @@ def conflict(label: str, session_id: str, expected: int, actual: int) -> Session
         session_id=session_id,
         expected=expected,
         actual=actual,
+    )
+
+
+def fenced(label: str, session_id: str, token: int, latest: int) -> SessionFencedError:
+    return SessionFencedError(
+        f"{label}: session {session_id!r} has a newer lease (token {latest}) than this write's "
+        f"fence (token {token}): its lease was lost (expired and taken over); nothing was written",
+        session_id=session_id,
+        token=token,
+        latest=latest,
     )
 
 

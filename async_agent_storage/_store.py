@@ -28,7 +28,13 @@ hook                                  what the driver does
                                       database: per entity, active sessions, runs per bucket
 `_drop`                               drop the store's tables
 `_ping`, `_stats`                     one cheap round trip; the pool or batching figures
+`_take_lease`, `_renew_lease`,        a session's lease: take it (owner checked, token + 1,
+`_release_lease`                      written on the session too), renew it, end it (`_leases`)
 ====================================  ===========================================================
+
+A write that carries `fence=` (a lease token) reaches the hooks inside its `EncodedAppend` /
+`EncodedSession`; the driver refuses it in the same statement as the write when the session's
+latest lease token is newer (`_rules.decide`).
 
 A hook gets checked, encoded arguments and raises its driver's own exceptions (or an error of the
 tree it decided on, such as `SessionOwnershipError` from `_rules.decide`); it never translates.
@@ -53,6 +59,8 @@ from ._activity import ActivityCounts, ActivityQuery, activity_from_counts, acti
 from ._boundary import ErrorTable
 from ._checks import (
     check_count,
+    check_duration,
+    check_fence,
     check_id,
     check_if_version,
     check_last_runs,
@@ -62,6 +70,7 @@ from ._checks import (
 )
 from ._codec import DEFAULT_MAX_SESSION_BYTES
 from ._encoding import EncodedAppend, EncodedSession, encode_append, encode_session, encode_sessions
+from ._leases import Busy, Grant, Lease
 from ._migrations import Migration, MigrationTarget
 from ._observe import Observer, logger_for
 from ._paging import ListQuery, PageKey, list_query
@@ -92,6 +101,9 @@ _WRITES: Final = frozenset(
         "truncate_runs",
         "clear_runs",
         "fork_session",
+        "lease",
+        "renew_lease",
+        "release_lease",
     }
 )
 
@@ -303,6 +315,27 @@ class StoreBase(abc.ABC):
     def _stats(self) -> dict[str, Any]:
         """The driver's figures: its pool (in use, idle, waiting) or its batching."""
 
+    @abc.abstractmethod
+    async def _take_lease(
+        self, session_id: str, user_id: str | None, holder: str, ttl: float
+    ) -> Grant | Busy:
+        """In one atomic step: refuse another user's session (`SessionOwnershipError`, rule
+        IF_GIVEN; an absent session may be leased); take the lease when it is absent (token 1),
+        expired (token + 1) or released, for `ttl` seconds of the database's clock; and write
+        its token on the session (when it exists) as its latest lease token, so that writes
+        fenced with an older token are refused from then on. `Busy` when another holder has it."""
+
+    @abc.abstractmethod
+    async def _renew_lease(
+        self, session_id: str, holder: str, token: int, ttl: float
+    ) -> Grant | Busy:
+        """Expire the lease (`holder`, `token`) `ttl` seconds from now; `Busy` (who holds the
+        session's lease now) when its token moved on."""
+
+    @abc.abstractmethod
+    async def _release_lease(self, session_id: str, holder: str, token: int) -> None:
+        """End the lease (`holder`, `token`) now, keeping its token; nothing when it moved on."""
+
     # --- the boundary -----------------------------------------------------------------------------
 
     def _translate(self, exc: BaseException, *, write: bool = False) -> StorageError:
@@ -459,7 +492,9 @@ class StoreBase(abc.ABC):
         tail = check_last_runs(last_runs)
         return await self._call("read", self._read, sid, uid, tail)
 
-    async def upsert(self, session: Session, *, if_version: int | None = None) -> Session:
+    async def upsert(
+        self, session: Session, *, if_version: int | None = None, fence: int | None = None
+    ) -> Session:
         """Write the whole session and return what was stored, with its new version.
 
         With `if_version`, the write happens only if the stored version is `if_version` (0: the
@@ -467,9 +502,13 @@ class StoreBase(abc.ABC):
         A session read with `last_runs` (or listed) keeps its older runs: only its tail is replaced.
         The owner never changes: `session.user_id` must be the stored one (None included), else
         `SessionOwnershipError`.
+
+        With `fence=lease.token` (see `lease`), the write is refused with `SessionFencedError`,
+        nothing written, when a newer lease of the session was taken since.
         """
         enc = encode_session(session, max_bytes=self.max_session_bytes)
         self._user(enc.user_id, "session.user_id")
+        enc.fence = check_fence(fence)
         expected = check_if_version(if_version)
         return await self._call("upsert", self._upsert, enc, expected)
 
@@ -495,6 +534,7 @@ class StoreBase(abc.ABC):
         state_patch: dict[str, Any] | None = None,
         if_version: int | None = None,
         run_ids: Sequence[str] | None = None,
+        fence: int | None = None,
     ) -> Session:
         """Append runs atomically, creating the session (owned by `user_id`) when it does not
         exist, in one write that also updates the state: `session_data` replaces it, or
@@ -510,6 +550,10 @@ class StoreBase(abc.ABC):
         With `if_version`, the write happens only if the stored version is `if_version` (0: the
         session must not exist); otherwise `SessionConflictError`.
 
+        With `fence=lease.token` (see `lease`), the write is refused with `SessionFencedError`,
+        nothing written, when a newer lease of the session was taken since: a turn whose holder
+        stalled past its ttl cannot write over the next holder's turn.
+
         Returns the session with only the runs this call appended (`runs_offset` is the position
         of the first), and the state as it is after the write.
         """
@@ -522,8 +566,43 @@ class StoreBase(abc.ABC):
             if_version=if_version,
             run_ids=run_ids,
             max_bytes=self.max_session_bytes,
+            fence=fence,
         )
         return await self._call("append_runs", self._append, append)
+
+    def lease(
+        self,
+        session_id: str,
+        *,
+        user_id: str | None = None,
+        ttl: float = 30.0,
+        wait: float = 0.0,
+        renew_every: float | None = None,
+    ) -> Lease:
+        """An exclusive lease on the session for every process sharing the database, to run one
+        turn at a time: ``async with store.lease(session_id, user_id=user) as lease:``.
+
+        Entering the block takes the lease, polling for up to `wait` seconds while another
+        holder has it, else raises `SessionBusyError` (who holds it, until when). The lease
+        expires `ttl` seconds after it was taken or last renewed (`await lease.renew()`, or
+        every `renew_every` seconds in the background while the block runs); leaving the block
+        releases it. Pass `fence=lease.token` to the turn's writes: once the lease is lost (it
+        expired and another holder took it) they are refused with `SessionFencedError`.
+
+        A lease on another user's session is `SessionOwnershipError`; a session that does not
+        exist yet may be leased (the turn may create it). Writes without `fence` ignore leases.
+        """
+        sid = check_id(session_id, "session_id")
+        uid = self._user(user_id)
+        seconds = check_duration("ttl", ttl)
+        patience = check_duration("wait", wait, allow_zero=True)
+        every = None if renew_every is None else check_duration("renew_every", renew_every)
+        if every is not None and every >= seconds:
+            raise InvalidInputError(
+                f"renew_every={renew_every!r} must be shorter than ttl={ttl!r}, or the lease "
+                "expires between renewals"
+            )
+        return Lease(self, sid, uid, ttl=seconds, wait=patience, renew_every=every)
 
     async def delete_session(self, session_id: str, *, user_id: str | None = None) -> bool:
         """Delete the session and its runs; False when it is absent or another user's."""

@@ -7,6 +7,8 @@ StorageError
 ├── SerializationError        not encodable, NaN/Infinity, too large, too deep
 ├── SessionConflictError      if_version did not match the stored version
 ├── SessionOwnershipError     the session belongs to another user
+├── SessionBusyError          another process holds the session's lease (who, until when)
+├── SessionFencedError        a write's fence token is older than the session's latest lease
 ├── MigrationError            failed step, checksum drift, schema newer than the code, not upgraded
 ├── StorageUnavailableError   cannot connect, pool timeout, connection lost, database locked
 └── StoreClosedError          the store is not open (never opened, or closed)
@@ -19,12 +21,16 @@ them is raised.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 __all__ = [
     "ConfigurationError",
     "InvalidInputError",
     "MigrationError",
     "SerializationError",
+    "SessionBusyError",
     "SessionConflictError",
+    "SessionFencedError",
     "SessionOwnershipError",
     "StorageError",
     "StorageUnavailableError",
@@ -74,6 +80,29 @@ class SessionOwnershipError(StorageError):
     def __init__(self, message: str, *, session_id: str) -> None:
         super().__init__(message)
         self.session_id = session_id
+
+
+class SessionBusyError(StorageError):
+    """Another holder has the session's lease (`store.lease`): `holder` (``host:pid:random``)
+    holds it until `until` (an aware datetime, by the database's clock where it has one). Also
+    raised by `Lease.renew` when the lease was taken over."""
+
+    def __init__(self, message: str, *, session_id: str, holder: str, until: datetime) -> None:
+        super().__init__(message)
+        self.session_id = session_id
+        self.holder = holder
+        self.until = until
+
+
+class SessionFencedError(StorageError):
+    """A write carrying `fence=token` found a newer lease on the session (`latest`): its holder
+    lost the lease (it stalled past its ttl) and another turn has begun. Nothing was written."""
+
+    def __init__(self, message: str, *, session_id: str, token: int, latest: int) -> None:
+        super().__init__(message)
+        self.session_id = session_id
+        self.token = token
+        self.latest = latest
 
 
 class MigrationError(StorageError):

@@ -7,6 +7,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
+from ._leases import Lease
 from .models import Activity, ActivityBucket, MigrationReport, Session, SessionPage
 
 __all__ = ["SessionStore"]
@@ -44,9 +45,12 @@ class SessionStore(Protocol):
         `last_runs=N` loads only the last N runs (the cost does not grow with the history)."""
         ...
 
-    async def upsert(self, session: Session, *, if_version: int | None = None) -> Session:
+    async def upsert(
+        self, session: Session, *, if_version: int | None = None, fence: int | None = None
+    ) -> Session:
         """Write the whole session and return what was stored (with its new version).
-        With `if_version`, write only if the stored version is that (0: must not exist)."""
+        With `if_version`, write only if the stored version is that (0: must not exist); with
+        `fence=lease.token`, only if no newer lease of the session was taken since."""
         ...
 
     async def upsert_many(self, sessions: Sequence[Session]) -> list[Session]:
@@ -63,10 +67,27 @@ class SessionStore(Protocol):
         state_patch: dict[str, Any] | None = None,
         if_version: int | None = None,
         run_ids: Sequence[str] | None = None,
+        fence: int | None = None,
     ) -> Session:
         """Atomically append runs and update the state (`session_data` replaces it, `state_patch`
         merges into it in the database), creating the session when missing. Run ids already
-        stored are not appended again. Returns the session with only these runs."""
+        stored are not appended again. With `fence=lease.token`, refused (`SessionFencedError`)
+        when a newer lease of the session was taken since. Returns the session with only these
+        runs."""
+        ...
+
+    def lease(
+        self,
+        session_id: str,
+        *,
+        user_id: str | None = None,
+        ttl: float = 30.0,
+        wait: float = 0.0,
+        renew_every: float | None = None,
+    ) -> Lease:
+        """An exclusive lease on the session for every process sharing the database (an async
+        context manager): one turn at a time. Waits up to `wait` seconds, else
+        `SessionBusyError`; expires after `ttl` unless renewed; released when the block ends."""
         ...
 
     async def get_run(

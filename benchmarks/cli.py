@@ -251,6 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"  {mark[target.met]}  {target.name}: {target.detail}")
     for line in report.scaling_lines(report.cells_from(data)):
         console.print(f"  {line}", markup=False)
+    for line in report.lease_cost_lines(report.cells_from(data)):
+        console.print(f"  lease cost: {line}")
     for s in data["systems"]:
         if not s["available"]:
             console.print(f"  [yellow]{s['backend']} {s['name']}: {s['reason']}[/yellow]")

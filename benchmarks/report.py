@@ -22,6 +22,7 @@ SCENARIO_TITLES = {
     BULK: "Bulk load (upsert_many), sessions/s",
 }
 STORE_SYSTEMS = ("store append", "store upsert")
+LEASED, UNLEASED = "store leased", "store append"
 
 
 def cells_from(data: dict[str, Any]) -> list[CellResult]:
@@ -54,6 +55,49 @@ def p99_ratio(
     if raw is None or not raw.p99_ms or not cell.p99_ms:
         return None
     return cell.p99_ms / raw.p99_ms
+
+
+@dataclass
+class LeaseCost:
+    """What a turn under a lease costs against the same turn without one, in the same run:
+    `time` is the unleased turns/s over the leased (how much longer a leased turn takes at that
+    load), `p50` the leased p50 over the unleased p50."""
+
+    backend: str
+    concurrency: int
+    time: float | None
+    p50: float | None
+
+
+def lease_costs(cells: list[CellResult]) -> list[LeaseCost]:
+    out = []
+    for c in cells:
+        if (c.scenario, c.system) != (TURN, LEASED):
+            continue
+        plain = _find(cells, c.backend, TURN, UNLEASED, c.concurrency)
+        if plain is None:
+            continue
+        time = plain.ops_per_s / c.ops_per_s if c.ops_per_s and plain.ops_per_s else None
+        p50 = c.p50_ms / plain.p50_ms if c.p50_ms and plain.p50_ms else None
+        out.append(LeaseCost(c.backend, c.concurrency, time, p50))
+    return out
+
+
+def lease_cost_lines(cells: list[CellResult]) -> list[str]:
+    """One line per backend: the leased turn's cost at each concurrency of the run."""
+    by_backend: dict[str, list[LeaseCost]] = {}
+    for cost in lease_costs(cells):
+        by_backend.setdefault(cost.backend, []).append(cost)
+    return [
+        f"{backend}: a leased turn costs "
+        + ", ".join(
+            f"{c.time:.2f}x (p50 {c.p50:.2f}x) at {c.concurrency}"
+            for c in costs
+            if c.time is not None and c.p50 is not None
+        )
+        + " an unleased one (callers)"
+        for backend, costs in by_backend.items()
+    ]
 
 
 @dataclass
@@ -352,6 +396,11 @@ def markdown(data: dict[str, Any]) -> str:
         mark = {True: "met", False: "**not met**", None: "not measured"}[t.met]
         lines.append(f"- {t.name}: {mark} ({t.detail})")
     lines.append("")
+    costs = lease_cost_lines(cells)
+    if costs:
+        lines += ["## Leases (issue 16)", ""]
+        lines += [f"- {line}" for line in costs]
+        lines.append("")
     current: tuple[str, str] | None = None
     for row in rows(cells):
         c: CellResult = row["cell"]

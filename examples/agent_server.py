@@ -3,23 +3,29 @@
     AAS_URL=sqlite:///tmp/agent_server.db uvicorn examples.agent_server:app --workers 4
 
 - ``POST /sessions/{session_id}/messages`` ``{"user_id": "u1", "message": "...", "state": {...}}``:
-  reads the session's last runs, answers (a deterministic stand-in for a model), and appends the
-  turn with its state update as one atomic write: ``state`` is merged into the session state in
-  the database, so concurrent requests on one session lose neither a run nor a key. A
+  takes the session's lease (one turn at a time per session, across every worker and replica),
+  reads the session's last runs, answers (a deterministic stand-in for a model; ``think_ms``
+  makes it take that long), and appends the turn with its state update as one atomic write
+  fenced with the lease's token: ``state`` is merged into the session state in the database. A
   ``run_id`` in the body makes a retry of the same turn a no-op.
+  A request for a session whose turn is still running waits for it (``AAS_BUSY=wait``, the
+  default, up to ``AAS_BUSY_WAIT`` seconds, 60) or is answered 409 at once (``AAS_BUSY=reject``)
+  with who holds the session until when.
 - ``GET /users/{user_id}/sessions?limit=20&cursor=...``: the user's sessions, most recent first,
   in keyset pages.
 - ``DELETE /sessions/{session_id}?user_id=u1``.
 
 Errors map to statuses: bad input 400, another user's session 403, not found 404, a version
-conflict 409, the database unavailable 503. `AAS_URL` is any store URL (``sqlite:///...``,
-``postgresql://...``, ``mongodb://...``), `AAS_TABLE` the table (default ``agent_sessions``).
+conflict, a busy session or a lost lease 409, the database unavailable 503. `AAS_URL` is any
+store URL (``sqlite:///...``, ``postgresql://...``, ``mongodb://...``), `AAS_TABLE` the table
+(default ``agent_sessions``).
 Every worker opens the store with ``auto_upgrade_schema=True``: workers starting together on a
 fresh database apply each migration exactly once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -35,7 +41,9 @@ from async_agent_storage import (
     InvalidInputError,
     SerializationError,
     Session,
+    SessionBusyError,
     SessionConflictError,
+    SessionFencedError,
     SessionOwnershipError,
     SessionStore,
     StorageError,
@@ -45,6 +53,11 @@ from async_agent_storage import (
 )
 
 HISTORY_RUNS = 20
+BUSY = os.environ.get("AAS_BUSY", "wait")  # wait | reject: a request on a session mid-turn
+BUSY_WAIT = float(os.environ.get("AAS_BUSY_WAIT", "60"))  # seconds a request waits for its turn
+LEASE_TTL = 30.0  # a worker that dies mid-turn holds its session this long at most
+if BUSY not in ("wait", "reject"):
+    raise SystemExit(f"AAS_BUSY must be 'wait' or 'reject', not {BUSY!r}")
 FOLLOW_UP = "What was my last question?"
 KNOWLEDGE = {"What is the capital of France?": "Paris"}
 
@@ -62,6 +75,7 @@ class Message(BaseModel):
     message: str = Field(min_length=1, max_length=100_000)
     state: dict[str, Any] = Field(default_factory=dict)
     run_id: str | None = Field(default=None, min_length=1, max_length=255)
+    think_ms: int = Field(default=0, ge=0, le=10_000)  # the stand-in model's thinking time
 
 
 @asynccontextmanager
@@ -79,6 +93,8 @@ app = FastAPI(title="agent server", lifespan=lifespan)
 STATUS: list[tuple[type[StorageError], int]] = [
     (SessionOwnershipError, 403),
     (SessionConflictError, 409),
+    (SessionBusyError, 409),  # another request's turn runs on this session (AAS_BUSY=reject)
+    (SessionFencedError, 409),  # this turn outlived its lease and another one began
     (InvalidInputError, 400),
     (SerializationError, 400),
     (ConfigurationError, 400),
@@ -90,7 +106,10 @@ STATUS: list[tuple[type[StorageError], int]] = [
 @app.exception_handler(StorageError)
 async def storage_error(request: Request, exc: StorageError) -> JSONResponse:
     status = next((code for kind, code in STATUS if isinstance(exc, kind)), 500)
-    return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, status_code=status)
+    body: dict[str, Any] = {"error": type(exc).__name__, "detail": str(exc)}
+    if isinstance(exc, SessionBusyError):
+        body |= {"holder": exc.holder, "until": exc.until.isoformat()}
+    return JSONResponse(body, status_code=status)
 
 
 def store_of(request: Request) -> SessionStore:
@@ -101,17 +120,33 @@ def store_of(request: Request) -> SessionStore:
 @app.post("/sessions/{session_id}/messages")
 async def post_message(session_id: str, body: Message, request: Request) -> dict[str, Any]:
     store = store_of(request)
-    session = await store.read(session_id, user_id=body.user_id, last_runs=HISTORY_RUNS)
-    history = session.runs if session is not None else []
-    reply = answer(body.message, history)
-    run = {"run_id": body.run_id or uuid.uuid4().hex, "input": body.message, "output": reply}
-    written: Session = await store.append_runs(
+    # One turn at a time per session: the next request reads this turn's run.
+    async with store.lease(
         session_id,
-        [run],
         user_id=body.user_id,
-        state_patch={"session_state": body.state} if body.state else None,
-    )
-    return {"session_id": session_id, "reply": reply, "version": written.version}
+        ttl=LEASE_TTL,
+        wait=BUSY_WAIT if BUSY == "wait" else 0,
+        renew_every=LEASE_TTL / 3,
+    ) as lease:
+        session = await store.read(session_id, user_id=body.user_id, last_runs=HISTORY_RUNS)
+        history = session.runs if session is not None else []
+        await asyncio.sleep(body.think_ms / 1000)  # the model at work
+        reply = answer(body.message, history)
+        run = {"run_id": body.run_id or uuid.uuid4().hex, "input": body.message, "output": reply}
+        written: Session = await store.append_runs(
+            session_id,
+            [run],
+            user_id=body.user_id,
+            state_patch={"session_state": body.state} if body.state else None,
+            fence=lease.token,  # refused if this turn outlived its lease and another began
+        )
+    return {
+        "session_id": session_id,
+        "reply": reply,
+        "version": written.version,
+        "turn": lease.token,
+        "history": len(history),
+    }
 
 
 @app.get("/users/{user_id}/sessions")

@@ -80,6 +80,7 @@ def test_make_bench_on_sqlite_writes_the_table_json_markdown_and_plot(
     assert code == 0, printed
     assert "store append" in printed
     assert "raw aiosqlite" in printed
+    assert "lease cost: sqlite: a leased turn costs" in printed
 
     [json_file] = out.glob("*-sqlite-smoke.json")
     data = json.loads(json_file.read_text())
@@ -100,6 +101,8 @@ def test_make_bench_on_sqlite_writes_the_table_json_markdown_and_plot(
             assert cells[(system, "turn", callers, None)]["ops"] > 0
         for length in (5, 20):
             assert cells[(system, "history", 4, length)]["ops"] > 0
+    for callers in (1, 4):  # the turn under a lease: turns only
+        assert cells[("store leased", "turn", callers, None)]["ops"] > 0
     for system in ("store append", "raw aiosqlite"):
         for callers in (1, 4):
             assert cells[(system, "list", callers, None)]["ops"] > 0
@@ -114,6 +117,7 @@ def test_make_bench_on_sqlite_writes_the_table_json_markdown_and_plot(
 
     markdown = json_file.with_suffix(".md").read_text()
     assert "## Targets (issue 5)" in markdown
+    assert "## Leases (issue 16)" in markdown
     assert "| store append |" in markdown
     png = json_file.with_suffix(".png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -192,3 +196,19 @@ def test_the_postgres_cells_run_against_the_local_server(pg_url: str, tmp_path: 
     written = report.write_all(data, tmp_path / "out", "pg")
     assert written["json"].exists()
     assert written["markdown"].exists()
+
+
+def test_the_lease_cost_runs_interleaved_rounds_on_sqlite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks import lease_cost
+
+    args = ["--rounds", "2", "--duration", "0.2", "--warmup", "0.05", "--concurrency", "1,4"]
+    code = lease_cost.main([*args, "--sessions", "40", "--workdir", str(tmp_path), "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    for callers in ("1", "4"):
+        cell = result["cells"][callers]
+        assert len(cell["turns_per_s"]["store leased"]) == 2
+        ratio = cell["time_ratio"]
+        assert 0 < ratio["min"] <= ratio["median"] <= ratio["max"]

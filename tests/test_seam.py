@@ -30,6 +30,7 @@ from async_agent_storage import (
     PostgresStore,
     SerializationError,
     SessionConflictError,
+    SessionFencedError,
     SessionOwnershipError,
     SqliteStore,
     StorageError,
@@ -91,6 +92,59 @@ def test_the_write_decision(
         with pytest.raises(SessionConflictError, match=f"at version {actual}, not {expected}") as c:
             call()
         assert (c.value.expected, c.value.actual, c.value.session_id) == (expected, actual, "s1")
+
+
+# The fence (a write's lease token) against the session's latest lease token: decided after the
+# owner, before the version; None ignores leases.
+FENCED = SessionFencedError
+FENCE_TABLE: list[tuple[Stored | None, str | None, int | None, OwnerRule, int | None, object]] = [
+    # stored                 user_id  if_version  rule      fence  outcome
+    (Stored("u", 2, 5), "u", None, EXACT, 4, (FENCED, 4, 5)),
+    (Stored("u", 2, 5), "u", None, EXACT, 5, Verdict.RETRY),
+    (Stored("u", 2, 5), "u", None, EXACT, 9, Verdict.RETRY),  # no lease has it: not stale
+    (Stored("u", 2, 5), "u", None, EXACT, None, Verdict.RETRY),  # unfenced: leases ignored
+    (Stored("u", 2, 5), "v", None, EXACT, 4, OWNER),  # the owner before the fence
+    (Stored("u", 2, 5), None, None, IF_GIVEN, 4, (FENCED, 4, 5)),
+    (Stored("u", 2, 5), "u", 7, EXACT, 4, (FENCED, 4, 5)),  # the fence before the version
+    (Stored("u", 2, 5), "u", 7, EXACT, 5, (CONFLICT, 7, 2)),
+    (Stored("u", 2, 5), "u", 2, IF_GIVEN, 5, Verdict.RETRY),
+    (Stored("u", 2), "u", None, IF_GIVEN, 0, Verdict.RETRY),  # never leased: token 0
+    (None, "u", None, IF_GIVEN, 3, Verdict.CREATE),  # absent: the driver checks its lease row
+    (None, "u", 3, IF_GIVEN, 3, (CONFLICT, 3, 0)),
+]
+
+
+@pytest.mark.parametrize(
+    ("stored", "user_id", "if_version", "rule", "fence", "outcome"), FENCE_TABLE
+)
+def test_the_write_decision_with_a_fence(
+    stored: Stored | None,
+    user_id: str | None,
+    if_version: int | None,
+    rule: OwnerRule,
+    fence: int | None,
+    outcome: Any,
+) -> None:
+    def call() -> Verdict:
+        return decide(
+            "store", "s1", stored, user_id=user_id, if_version=if_version, rule=rule, fence=fence
+        )
+
+    if isinstance(outcome, Verdict):
+        assert call() is outcome
+    elif outcome is OWNER:
+        with pytest.raises(SessionOwnershipError):
+            call()
+    elif outcome[0] is FENCED:
+        _, token, latest = outcome
+        with pytest.raises(SessionFencedError, match=f"token {latest}") as info:
+            call()
+        assert (info.value.token, info.value.latest, info.value.session_id) == (token, latest, "s1")
+    else:
+        _, expected, actual = outcome
+        with pytest.raises(SessionConflictError) as c:
+            call()
+        assert (c.value.expected, c.value.actual) == (expected, actual)
 
 
 # --- options -------------------------------------------------------------------------------

@@ -23,10 +23,10 @@ from pymongo.errors import DuplicateKeyError
 
 from .. import _codec as codec
 from .._encoding import EncodedAppend, EncodedRun, decode_runs
-from .._rules import RETRY, OwnerRule, Stored, conflict, decide
+from .._rules import RETRY, OwnerRule, Stored, Verdict, conflict, decide
 from .._time import now_us
 from ..models import Session
-from . import _bson
+from . import _bson, _leases
 from . import _queries as q
 from ._patch import patch_expression
 from ._queries import Entry, RunDoc
@@ -54,6 +54,7 @@ class _Plan:
     gen: ObjectId | None = None  # the incarnation read, when the plan comes from a read
     logged: list[str] | None = None  # the given ids it writes (None: none, or no read)
     unseen: bool = False  # `version` may have moved on, if no write added one of `logged`
+    created_with: int | None = None  # a fenced append's lease token for a session it creates
 
     @property
     def reread(self) -> bool:
@@ -73,12 +74,13 @@ async def append(writer: Writer, append: EncodedAppend) -> Session:
     ]
     stored_data = None if data is None else _bson.encode(data)
     given = append.given_ids
+    created_with: int | None = None  # a fenced append's lease token for a session it creates
     for attempt in range(RETRY.attempts):
         plan: _Plan | Session | None
         if given:
             plan = await _check_stored(writer, append, runs, given)
         else:
-            plan = _Plan(runs, append.if_version)
+            plan = _Plan(runs, append.if_version, created_with=created_with)
         if isinstance(plan, Session):
             return plan  # every run was already stored: nothing written
         if plan is not None:
@@ -91,9 +93,15 @@ async def append(writer: Writer, append: EncodedAppend) -> Session:
                 logged=plan.logged,
                 now=now,
                 gen=ObjectId(),
+                lease_token=plan.created_with,
             )
             after = await _update(writer, append, plan, pipeline, data is not None)
+            if isinstance(after, int):
+                created_with = after  # absent, and the fence is current: create it next
+                continue
             if after is not None:
+                if append.fence is not None and after["version"] == 1:
+                    await _leases.after_create(writer.parts, append.session_id, append.fence)
                 return await _appended(writer, after, plan.runs, data, now)
         await RETRY.pause(attempt)
     raise RETRY.exhausted(writer.label, append.session_id)
@@ -105,17 +113,24 @@ async def _check_stored(
     """The plan of an append whose runs carry given ids, from the session as stored: the runs it
     does not hold yet, at its version; or the session as stored with them when it holds them
     all; or None when the history changed while it was read."""
-    sid, expected = append.session_id, append.if_version
+    sid, expected, fence = append.session_id, append.if_version, append.fence
     doc = await writer.parts.sessions.find_one({"_id": sid}, q.READ_FIELDS)
     if doc is None:
         if expected:
             raise conflict(writer.label, sid, expected, 0)
-        return _Plan(runs, 0, logged=_given(runs))
+        created_with = None
+        if fence is not None:
+            created_with = await _leases.check_create(writer.parts, writer.label, sid, fence)
+        return _Plan(runs, 0, logged=_given(runs), created_with=created_with)
     stored_version = int(doc["version"])
-    owner = Stored(doc.get("user_id"), stored_version)
+    token = doc.get("lease_token")
+    if fence is not None and token is None:  # no token on the document yet: write it there
+        token = await _leases.fence_state(writer.parts, sid, token)
+    owner = Stored(doc.get("user_id"), stored_version, token or 0)
     decide(
-        writer.label, sid, owner, user_id=append.user_id, if_version=None, rule=OwnerRule.IF_GIVEN
-    )
+        writer.label, sid, owner, user_id=append.user_id, if_version=None,
+        rule=OwnerRule.IF_GIVEN, fence=fence,
+    )  # fmt: skip
     stored = await runs_by_id(writer.parts, doc, given)
     if stored is None:
         return None
@@ -147,11 +162,14 @@ async def _update(
     plan: _Plan,
     pipeline: list[dict[str, Any]],
     replaced: bool,
-) -> dict[str, Any] | None:
+) -> dict[str, Any] | int | None:
     """The one atomic update, returning the document as written (without the runs of `pending`,
-    nor a state the call replaced); None when it missed and should be tried again."""
-    sid, uid = append.session_id, append.user_id
+    nor a state the call replaced); None when it missed and should be tried again. A fenced
+    append updates only, until it finds the session absent and its fence current: then this
+    returns the lease token the session it creates takes (`_leases.check_create`)."""
+    sid, uid, fence = append.session_id, append.user_id, append.fence
     filter_: dict[str, Any] = {"_id": sid} if uid is None else {"_id": sid, "user_id": uid}
+    filter_.update(q.fence_filter(fence))
     if plan.version == 0:
         filter_["version"] = {"$exists": False}
     elif plan.version is not None:
@@ -161,26 +179,34 @@ async def _update(
             filter_.update(q.unseen_since(plan.version, plan.logged))
         else:
             filter_["version"] = plan.version
+    create = plan.version is None or plan.version == 0
+    if fence is not None and plan.created_with is None:
+        create = False
     try:
         after: dict[str, Any] | None = await writer.parts.sessions.find_one_and_update(
             filter_,
             pipeline,
             projection=q.WITHOUT_DATA_OR_PENDING_RUNS if replaced else q.PENDING_WITHOUT_RUNS,
-            upsert=plan.version is None or plan.version == 0,
+            upsert=create,
             return_document=ReturnDocument.AFTER,
         )
     except DuplicateKeyError:
         after = None  # the session exists: another user's, or created meanwhile
-    if after is not None or plan.reread:
+    if after is not None or (plan.reread and fence is None):
         return after
-    decide(
+    verdict = decide(
         writer.label,
         sid,
-        await writer.stored(sid),
+        await writer.stored(sid, fenced=fence is not None),
         user_id=uid,
-        if_version=plan.version,
+        if_version=None if plan.reread else plan.version,  # a plan from a read: read again
         rule=OwnerRule.IF_GIVEN,
+        fence=fence,
     )
+    if plan.reread:
+        return None
+    if verdict is Verdict.CREATE and fence is not None:
+        return await _leases.check_create(writer.parts, writer.label, sid, fence)
     return None  # changed between the two statements: try again
 
 

@@ -117,6 +117,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             ),
         ),
     ),
+    Migration(
+        version=4,
+        name="session leases",
+        steps=(
+            # One document per session ever leased (store.lease), keyed by the session id: its
+            # holder, its token and its expiry (see `_leases`).
+            _step({"create": "{table}_leases"}),
+        ),
+    ),
 )
 
 

@@ -14,13 +14,18 @@ Three collections per store (``{name}`` is the checked collection name):
      esc,                             # bit mask of the JSON fields stored in an escaped form
      pending: [{v, start, t, w, runs: [{run_id, run, esc}]}],   # see below
      log_since, ids_log: [{v, ids}],  # the run ids given to the latest appends (see below)
-     holds: [{v, low, high, t}]}      # seqs a pop_runs is reading back (see below)
+     holds: [{v, low, high, t}],      # seqs a pop_runs is reading back (see below)
+     lease_token}                     # the token of the session's latest lease (`_leases`)
 
 ``{name}_runs`` — one document per run, unique on ``(session_id, gen, seq)``::
 
     {session_id, gen, seq, version, run_id, run, esc}   # version: the session write that wrote it
 
 ``{name}_migrations`` — the migration history (``_id`` = version) and the lease lock document.
+
+``{name}_leases`` — one document per session ever leased (`store.lease`, see `_leases`)::
+
+    {_id: session_id, holder, token, expires}    # expires: a BSON date, the server's clock
 
 **How a write is atomic without a multi-document transaction.** Every write (append, upsert) is
 one atomic update of the session document. The runs it writes go into that same update, as an
@@ -118,6 +123,7 @@ class Collections:
     sessions: Any
     runs: Any
     history: Any
+    leases: Any
 
 
 @dataclass(slots=True)
@@ -167,8 +173,10 @@ def new_session_document(
     runs: Sequence[RunDoc],
     gen: ObjectId,
     token: str | None = None,
+    lease_token: int | None = None,
 ) -> dict[str, Any]:
-    """The document of a session written for the first time (version 1)."""
+    """The document of a session written for the first time (version 1); `lease_token`: that
+    of a fenced write (see `_leases`)."""
     document: dict[str, Any] = {
         "_id": session_id,
         "session_type": fields["session_type"],
@@ -181,6 +189,8 @@ def new_session_document(
         "gen": gen,
         "log_since": 1,
     }
+    if lease_token is not None:
+        document["lease_token"] = lease_token
     if runs or token is not None:
         document["pending"] = [pending_entry(1, 0, now, runs, token)]
     return document
@@ -200,11 +210,28 @@ def _append_pending(entry: dict[str, Any]) -> dict[str, Any]:
     return {"$concatArrays": [{"$ifNull": ["$pending", []]}, [entry]]}
 
 
+def fence_filter(fence: int | None) -> dict[str, Any]:
+    """The filter of a write fenced with `fence`: no newer lease was taken (a document without
+    ``lease_token`` misses it once, see `_leases.fence_state`)."""
+    return {} if fence is None else {"lease_token": {"$lte": fence}}
+
+
+def _created_lease_token(lease_token: int | None) -> dict[str, Any]:
+    return {"lease_token": {"$ifNull": ["$lease_token", lease_token]}} if lease_token else {}
+
+
 def upsert_pipeline(
-    fields: dict[str, Any], *, runs_offset: int, runs: Sequence[RunDoc], now: int, gen: ObjectId
+    fields: dict[str, Any],
+    *,
+    runs_offset: int,
+    runs: Sequence[RunDoc],
+    now: int,
+    gen: ObjectId,
+    lease_token: int | None = None,
 ) -> list[dict[str, Any]]:
     """One atomic update that writes a whole session (creating it when missing): the history is
-    kept up to ``min(runs_offset, run_count)`` and replaced from there by `runs`."""
+    kept up to ``min(runs_offset, run_count)`` and replaced from there by `runs`. `lease_token`:
+    the one a fenced write gives the session it creates."""
     start = {"$min": [_OLD_COUNT, runs_offset]}
     update: dict[str, Any] = {name: _literal(value) for name, value in fields.items()}
     update.update(
@@ -215,6 +242,7 @@ def upsert_pipeline(
         gen={"$ifNull": ["$gen", gen]},
         log_since=_NEW_VERSION,  # a new history: the ids of the old one say nothing of it
         ids_log="$$REMOVE",
+        **_created_lease_token(lease_token),
     )
     if runs:
         entry = {
@@ -248,11 +276,13 @@ def append_pipeline(
     logged: Sequence[str] | None,
     now: int,
     gen: ObjectId,
+    lease_token: int | None = None,
 ) -> list[dict[str, Any]]:
     """One atomic update that appends runs after the last one, creating the session when
-    missing, and replaces `session_data` (its stored form, and whether it is escaped) or applies
-    `patch` to it (`_patch.patch_expression` over `STORED_STATE`, and whether it is escaped).
-    `logged`: the run ids the caller gave, recorded in ``ids_log`` (None: none given)."""
+    missing (`lease_token`: the one a fenced write gives it), and replaces `session_data` (its
+    stored form, and whether it is escaped) or applies `patch` to it (`_patch.patch_expression`
+    over `STORED_STATE`, and whether it is escaped). `logged`: the run ids the caller gave,
+    recorded in ``ids_log`` (None: none given)."""
     bit = ESC_BIT["session_data"]
     update: dict[str, Any] = {
         "session_type": {"$ifNull": ["$session_type", "agent"]},
@@ -280,6 +310,7 @@ def append_pipeline(
         run_count={"$add": [_OLD_COUNT, len(runs)]},
         gen={"$ifNull": ["$gen", gen]},
         log_since={"$ifNull": ["$log_since", _NEW_VERSION]},
+        **_created_lease_token(lease_token),
     )
     if logged:
         update.update(_log_ids(logged))

@@ -32,6 +32,7 @@ class Prepared:
     runs: list[dict[str, Any]]
     run_docs: list[RunDoc]
     runs_offset: int
+    fence: int | None = None  # the lease token the write carries
 
     @property
     def fields(self) -> dict[str, Any]:
@@ -82,6 +83,7 @@ def prepare(enc: EncodedSession) -> Prepared:
         runs=runs,
         run_docs=[run_doc(r.run_id, value) for r, value in zip(enc.runs, runs, strict=True)],
         runs_offset=enc.runs_offset,
+        fence=enc.fence,
     )
 
 

@@ -22,6 +22,7 @@ from .._rules import RETRY, OwnerRule, Stored, Verdict, decide, not_owner, owns
 from .._time import now_us
 from ..errors import SessionOwnershipError
 from ..models import Session
+from . import _leases
 from . import _queries as q
 from ._queries import Collections, Entry
 from ._rows import Prepared
@@ -110,9 +111,17 @@ class Writer:
         self.parts = parts
         self.label = label
 
-    async def stored(self, sid: str) -> Stored | None:
-        doc = await self.parts.sessions.find_one({"_id": sid}, {"user_id": 1, "version": 1})
-        return None if doc is None else Stored(doc.get("user_id"), int(doc["version"]))
+    async def stored(self, sid: str, *, fenced: bool = False) -> Stored | None:
+        """The owner and version of a session (None: absent); for a fenced write that missed,
+        its latest lease token too (`_leases.fence_state`)."""
+        fields = {"user_id": 1, "version": 1, "lease_token": 1}
+        doc = await self.parts.sessions.find_one({"_id": sid}, fields)
+        if doc is None:
+            return None
+        token = doc.get("lease_token")
+        if fenced:
+            token = await _leases.fence_state(self.parts, sid, token)
+        return Stored(doc.get("user_id"), int(doc["version"]), token or 0)
 
     # --- upsert ---------------------------------------------------------------------------------
 
@@ -124,6 +133,8 @@ class Writer:
             await self._insert_new(p, now, gen)
         else:
             before = await self._update_whole(p, expected, now, gen)
+        if before is None and p.fence is not None:
+            await _leases.after_create(self.parts, p.session_id, p.fence)
         if before is None:
             version, start, created, old_count = 1, 0, now, 0
         else:
@@ -144,18 +155,27 @@ class Writer:
 
     async def _insert_new(self, p: Prepared, now: int, gen: ObjectId) -> None:
         """An upsert with ``if_version=0``: the session must not exist."""
+        created_with = None
+        if p.fence is not None:
+            created_with = await _leases.check_create(self.parts, self.label, p.session_id, p.fence)
         document = q.new_session_document(
-            p.session_id, p.user_id, p.fields, now=now, runs=p.run_docs, gen=gen
+            p.session_id,
+            p.user_id,
+            p.fields,
+            now=now,
+            runs=p.run_docs,
+            gen=gen,
+            lease_token=created_with,
         )
         for attempt in range(RETRY.attempts):
             try:
                 await self.parts.sessions.insert_one(document)
                 return
             except DuplicateKeyError:
-                stored = await self.stored(p.session_id)
+                stored = await self.stored(p.session_id, fenced=p.fence is not None)
                 decide(
                     self.label, p.session_id, stored, user_id=p.user_id, if_version=0,
-                    rule=OwnerRule.EXACT,
+                    rule=OwnerRule.EXACT, fence=p.fence,
                 )  # fmt: skip
                 await RETRY.pause(attempt)  # deleted since: insert again
         raise RETRY.exhausted(self.label, p.session_id)
@@ -163,38 +183,53 @@ class Writer:
     async def _update_whole(
         self, p: Prepared, expected: int | None, now: int, gen: ObjectId
     ) -> dict[str, Any] | None:
-        """The one update of an upsert; returns the document as it was before (None: created)."""
+        """The one update of an upsert; returns the document as it was before (None: created).
+        A fenced upsert only updates, until it finds the session absent and its fence current
+        (`_leases.check_create`): then it may create it."""
         filter_: dict[str, Any] = {"_id": p.session_id, "user_id": p.user_id}
         if expected is not None:
             filter_["version"] = expected
-        pipeline = q.upsert_pipeline(
-            p.fields, runs_offset=p.runs_offset, runs=p.run_docs, now=now, gen=gen
-        )
+        filter_.update(q.fence_filter(p.fence))
+        created_with: int | None = None  # a fenced upsert's lease token for a session it creates
         for attempt in range(RETRY.attempts):
+            pipeline = q.upsert_pipeline(
+                p.fields,
+                runs_offset=p.runs_offset,
+                runs=p.run_docs,
+                now=now,
+                gen=gen,
+                lease_token=created_with,
+            )
+            create = expected is None and (p.fence is None or created_with is not None)
             try:
                 before: dict[str, Any] | None = await self.parts.sessions.find_one_and_update(
                     filter_,
                     pipeline,
                     projection=q.BEFORE_UPSERT,
-                    upsert=expected is None,
+                    upsert=create,
                     return_document=ReturnDocument.BEFORE,
                 )
             except DuplicateKeyError:
                 # The filter missed a session that exists: another user's, or one just created.
                 before, missed = None, True
             else:
-                missed = before is None and expected is not None
+                missed = before is None and not create
             if not missed:
                 return before
             verdict = decide(
                 self.label,
                 p.session_id,
-                await self.stored(p.session_id),
+                await self.stored(p.session_id, fenced=p.fence is not None),
                 user_id=p.user_id,
                 if_version=expected,
                 rule=OwnerRule.EXACT,
+                fence=p.fence,
             )
-            if verdict is Verdict.RETRY:
+            if verdict is Verdict.CREATE and p.fence is not None:
+                created_with = await _leases.check_create(
+                    self.parts, self.label, p.session_id, p.fence
+                )
+            elif verdict is Verdict.RETRY:
                 await RETRY.pause(attempt)
         raise RETRY.exhausted(self.label, p.session_id)
 

@@ -37,11 +37,12 @@ from .._checks import (
     check_seconds,
 )
 from .._encoding import EncodedAppend, EncodedSession
+from .._leases import Busy, Grant
 from .._paging import ListQuery, PageKey
 from .._store import StoreBase, StoreOptions
 from ..errors import ConfigurationError
 from ..models import Session
-from . import _activity, _append, _bson, _history, _reads
+from . import _activity, _append, _bson, _history, _leases, _reads
 from ._errors import ERRORS
 from ._migrations import MIGRATIONS, MigrationTarget
 from ._queries import Collections
@@ -168,6 +169,7 @@ class MongoStore(StoreBase):
         self.client_options = dict(client_options or {})
         self.runs_collection_name = f"{self.collection_name}_runs"
         self.history_collection_name = f"{self.collection_name}_migrations"
+        self.leases_collection_name = f"{self.collection_name}_leases"
         self._label = (
             f"mongodb {hosts} database {self.db_name!r} collection {self.collection_name!r}"
         )
@@ -208,6 +210,7 @@ class MongoStore(StoreBase):
             sessions=database.get_collection(self.collection_name),
             runs=database.get_collection(self.runs_collection_name),
             history=database.get_collection(self.history_collection_name),
+            leases=database.get_collection(self.leases_collection_name),
         )
 
     async def _open_resources(self) -> None:
@@ -332,5 +335,28 @@ class MongoStore(StoreBase):
 
     async def _drop(self) -> None:
         database = self._live(self._writer).parts.database
-        for name in (self.runs_collection_name, self.collection_name, self.history_collection_name):
+        for name in (
+            self.leases_collection_name,
+            self.runs_collection_name,
+            self.collection_name,
+            self.history_collection_name,
+        ):
             await database.drop_collection(name)
+
+    async def _take_lease(
+        self, session_id: str, user_id: str | None, holder: str, ttl: float
+    ) -> Grant | Busy:
+        parts = self._live(self._writer).parts
+        return await self._shielded(
+            _leases.take(parts, self.label, session_id, user_id, holder, ttl)
+        )
+
+    async def _renew_lease(
+        self, session_id: str, holder: str, token: int, ttl: float
+    ) -> Grant | Busy:
+        parts = self._live(self._writer).parts
+        return await self._shielded(_leases.renew(parts, session_id, holder, token, ttl))
+
+    async def _release_lease(self, session_id: str, holder: str, token: int) -> None:
+        parts = self._live(self._writer).parts
+        await self._shielded(_leases.release(parts, session_id, holder, token))

@@ -3,7 +3,8 @@
 `MIGRATIONS` is append only: a released migration never changes (its checksum is recorded), a new
 schema change is a new entry at the end. Placeholders: ``{table}`` and ``{runs}`` are the quoted,
 schema-qualified sessions and runs tables; ``{name}`` is the bare table name, for index names (an
-index lives in its table's schema); ``{merge_patch}`` the store's merge-patch function.
+index lives in its table's schema); ``{merge_patch}`` the store's merge-patch function;
+``{leases}`` the leases table and ``{take_lease}`` the function that takes a lease.
 
 The migration lock is ``pg_advisory_xact_lock`` on a hash of the store's history table, taken
 at the start of each step's transaction (`MigrationTarget.transaction`).
@@ -154,6 +155,71 @@ MIGRATIONS: tuple[Migration, ...] = (
             # Runs in a time range with their session and position, from the index alone.
             """
             CREATE INDEX "{name}_runs_created_idx" ON {runs} (created_at) INCLUDE (session_id, seq)
+            """,
+        ),
+    ),
+    Migration(
+        version=5,
+        name="session leases",
+        steps=(
+            # One row per session ever leased (store.lease): its holder, its token (grows by one
+            # per lease, never reset: rows are taken over, never deleted) and its expiry, by the
+            # server's clock. A session deleted and created again keeps its lease row.
+            """
+            CREATE TABLE {leases} (
+                session_id text COLLATE "C" PRIMARY KEY,
+                holder     text NOT NULL,
+                token      bigint NOT NULL,
+                expires_at timestamptz NOT NULL
+            )
+            """,
+            # The token of the session's latest lease, written when a lease is taken: a write
+            # fenced with an older token is refused by the write's own statement.
+            "ALTER TABLE {table} ADD COLUMN lease_token bigint",
+            # Taking a lease, in one round trip and one transaction (a function call is one
+            # statement, which works through transaction poolers). Each statement of a VOLATILE
+            # function takes a new snapshot: the UPDATE of the session, which runs after the
+            # lease row is locked, sees every write that committed before, including a fenced
+            # write that created the session while holding that row FOR SHARE (see `_writes`).
+            # Returns ('granted', token, holder, expiry), ('busy', NULL, holder, expiry) or
+            # ('not_owner', ...): the owner is checked first (IF_GIVEN: NULL checks none), so
+            # another user learns nothing of the lease.
+            """
+            CREATE OR REPLACE FUNCTION {take_lease}(
+                p_session_id text, p_user_id text, p_holder text, p_ttl double precision
+            ) RETURNS TABLE (o_outcome text, o_token bigint, o_holder text, o_expires timestamptz)
+            LANGUAGE plpgsql VOLATILE AS $$
+            DECLARE
+                v_owner text;
+                v_token bigint;
+                v_expires timestamptz;
+            BEGIN
+                IF p_user_id IS NOT NULL THEN
+                    SELECT s.user_id INTO v_owner FROM {table} s WHERE s.session_id = p_session_id;
+                    IF FOUND AND v_owner IS DISTINCT FROM p_user_id THEN
+                        RETURN QUERY SELECT 'not_owner'::text, NULL::bigint, NULL::text,
+                            NULL::timestamptz;
+                        RETURN;
+                    END IF;
+                END IF;
+                INSERT INTO {leases} AS l (session_id, holder, token, expires_at)
+                VALUES (p_session_id, p_holder, 1,
+                        clock_timestamp() + p_ttl * interval '1 second')
+                ON CONFLICT (session_id) DO UPDATE SET
+                    holder = excluded.holder, token = l.token + 1,
+                    expires_at = excluded.expires_at
+                WHERE l.expires_at <= clock_timestamp()
+                RETURNING l.token, l.expires_at INTO v_token, v_expires;
+                IF NOT FOUND THEN
+                    RETURN QUERY SELECT 'busy'::text, NULL::bigint, l.holder, l.expires_at
+                        FROM {leases} l WHERE l.session_id = p_session_id;
+                    RETURN;
+                END IF;
+                UPDATE {table} s SET lease_token = greatest(coalesce(s.lease_token, 0), v_token)
+                WHERE s.session_id = p_session_id;
+                RETURN QUERY SELECT 'granted'::text, v_token, p_holder, v_expires;
+            END
+            $$
             """,
         ),
     ),

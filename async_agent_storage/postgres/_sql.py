@@ -81,18 +81,27 @@ tail AS (
     DELETE FROM {runs} r USING up WHERE r.session_id = $1 AND r.seq >= up.run_count
 )"""
 
+# A fenced write ({fence} NULL: none) passes when no lease newer than its token was taken: the
+# session row's lease_token, which taking a lease writes in the same transaction as the lease row
+# (an UPDATE re-checks it on the row it locked, so it serializes with that transaction), and the
+# lease row itself (a session deleted and created again by an unfenced write has no token).
+_FENCE_OK = """({fence}::bigint IS NULL OR (coalesce(s.lease_token, 0) <= {fence}::bigint
+        AND NOT EXISTS (SELECT 1 FROM {leases} l
+                        WHERE l.session_id = $1 AND l.token > {fence}::bigint)))"""
+
 # upsert, $1..$12 the session's columns, $13 runs_offset, $14 run ids, $15 run bodies,
-# $16 if_version (NULL or 0 here; 0: the session must not exist).
+# $16 if_version (NULL or 0 here; 0: the session must not exist), $17 the lease token of a
+# session it creates (NULL, or under a fence the token of its lease row, see `_writes`).
 # The session's runs before min(runs_offset, stored run_count) were not loaded: they are kept.
 # The owner never changes: the stored user_id must be the session's, NULL included.
 _UPSERT = """
 WITH up AS (
     INSERT INTO {t} AS s (session_id, session_type, user_id, agent_id, team_id, workflow_id,
         session_data, agent_data, team_data, workflow_data, metadata, summary,
-        created_at, updated_at, version, run_count)
+        created_at, updated_at, version, run_count, lease_token)
     VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, $8::text::jsonb, $9::text::jsonb,
         $10::text::jsonb, $11::text::jsonb, $12::text::jsonb, now(), now(), 1,
-        cardinality($14::text[]))
+        cardinality($14::text[]), $17::bigint)
     ON CONFLICT (session_id) DO UPDATE SET
         session_type = excluded.session_type, agent_id = excluded.agent_id,
         team_id = excluded.team_id, workflow_id = excluded.workflow_id,
@@ -110,8 +119,8 @@ WITH up AS (
 SELECT created_at, updated_at, version, run_count FROM up
 """
 
-# upsert with if_version >= 1: the same parameters; only an existing session at that version
-# owned by the same user is written.
+# upsert with if_version >= 1 or a fence: the same parameters but $17, the fence; only an existing
+# session at that version (if given) owned by the same user, with no newer lease, is written.
 _UPDATE = """
 WITH up AS (
     UPDATE {t} AS s SET
@@ -122,7 +131,7 @@ WITH up AS (
         updated_at = now(), version = s.version + 1,
         run_count = least($13::integer, s.run_count) + cardinality($14::text[])
     WHERE s.session_id = $1 AND s.user_id IS NOT DISTINCT FROM $3::text
-      AND s.version = $16::bigint
+      AND ($16::bigint IS NULL OR s.version = $16::bigint) AND {fence_ok}
     RETURNING s.created_at, s.updated_at, s.version, s.run_count
 ),
 {tail},
@@ -133,17 +142,18 @@ SELECT created_at, updated_at, version, run_count FROM up
 # append_runs: $1 session_id, $2 user_id (NULL: no owner check; the owner of a new session),
 # $3 session_data (NULL: keep), $4 run ids, $5 run bodies, $6 state_patch (NULL: none; an RFC 7396
 # merge patch applied by the store's merge-patch function), $7 if_version (NULL: any; 0: the
-# session must not exist). Returns the session without runs (session_data only when it was not
-# replaced: the caller has the one it passed). A run id the session holds already fails the
-# statement on the runs' unique (session_id, run_id) constraint, checked at its end: the driver
-# then appends only the new ones (see `PostgresStore._append_row`).
+# session must not exist), $8 the lease token of a session it creates (NULL, or under a fence the
+# token of its lease row, see `_writes`). Returns the session without runs (session_data only
+# when it was not replaced: the caller has the one it passed). A run id the session holds
+# already fails the statement on the runs' unique (session_id, run_id) constraint, checked at
+# its end: the driver then appends only the new ones (see `PostgresStore._append_row`).
 _APPEND = """
 WITH up AS (
     INSERT INTO {t} AS s (session_id, session_type, user_id, session_data,
-        created_at, updated_at, version, run_count)
+        created_at, updated_at, version, run_count, lease_token)
     SELECT $1, 'agent', $2,
         coalesce($3::text::jsonb, {merge_patch}('{{}}'::jsonb, $6::text::jsonb), '{{}}'::jsonb),
-        now(), now(), 1, cardinality($4::text[])
+        now(), now(), 1, cardinality($4::text[]), $8::bigint
     WHERE $7::bigint IS NULL OR $7::bigint = 0
     ON CONFLICT (session_id) DO UPDATE SET
         session_data = CASE WHEN $3::text IS NOT NULL THEN excluded.session_data
@@ -162,7 +172,8 @@ WITH up AS (
 {write_runs}
 SELECT * FROM up
 """
-# With if_version >= 1 the session must exist: the append is an UPDATE.
+# With if_version >= 1 or a fence ($8) the append is an UPDATE of an existing session (a fenced
+# append that creates the session is `_APPEND` under the lease row's lock, see `_writes`).
 _APPEND_UPDATE = """
 WITH up AS (
     UPDATE {t} AS s SET
@@ -173,7 +184,7 @@ WITH up AS (
         updated_at = now(), version = s.version + 1,
         run_count = s.run_count + cardinality($4::text[])
     WHERE s.session_id = $1 AND ($2::text IS NULL OR s.user_id = $2::text)
-      AND s.version = $7::bigint
+      AND ($7::bigint IS NULL OR s.version = $7::bigint) AND {append_fence_ok}
     RETURNING s.session_id, s.session_type, s.user_id, s.agent_id, s.team_id, s.workflow_id,
         CASE WHEN $3::text IS NULL THEN s.session_data::text END,
         s.agent_data::text, s.team_data::text, s.workflow_data::text, s.metadata::text,
@@ -270,8 +281,17 @@ runs AS (
 SELECT count(*) FROM gone
 """
 
-# Only on the error path of a write: who owns the session and at which version it is.
-_SELECT_OWNER = "SELECT user_id, version FROM {t} WHERE session_id = $1"
+# Only on the error path of a write: who owns the session, at which version it is, and the token
+# of its latest lease (its own, or its lease row's when newer).
+_SELECT_OWNER = """
+SELECT s.user_id, s.version,
+       greatest(coalesce(s.lease_token, 0),
+                coalesce((SELECT l.token FROM {leases} l WHERE l.session_id = $1), 0))
+FROM {t} s WHERE s.session_id = $1
+"""
+# A fenced write creating its session: the lease row's token, locked until the write commits, so
+# no lease can be taken (and no new holder start its turn) in between.
+_LOCK_LEASE = "SELECT token FROM {leases} WHERE session_id = $1 FOR SHARE"
 
 # upsert_many, in one transaction: lock the sessions that exist (in session_id order, so two
 # batches never deadlock), check owners and compute each one's run_count, then write all.
@@ -392,7 +412,9 @@ class SQL:
     table: str
     runs_table: str
     history_table: str
+    leases_table: str
     merge_patch: str
+    take_lease: str
     read: str
     upsert: str
     update: str
@@ -411,6 +433,7 @@ class SQL:
     fork: str
     delete: str
     select_owner: str
+    lock_lease: str
     lock_many: str
     upsert_many: str
     create_schema: str
@@ -425,11 +448,21 @@ class SQL:
         t = f"{quote(schema)}.{quote(name)}"
         runs = f"{quote(schema)}.{quote(name + '_runs')}"
         history = f"{quote(schema)}.{quote(name + '_migrations')}"
+        leases = f"{quote(schema)}.{quote(name + '_leases')}"
         merge_patch = f"{quote(schema)}.{quote(name + '_merge_patch')}"
+        take_lease = f"{quote(schema)}.{quote(name + '_take_lease')}"
 
         def f(template: str, **extra: str) -> str:
             return template.format(
-                t=t, runs=runs, history=history, cols=_COLUMNS, merge_patch=merge_patch, **extra
+                t=t,
+                runs=runs,
+                history=history,
+                leases=leases,
+                cols=_COLUMNS,
+                merge_patch=merge_patch,
+                fence_ok=_FENCE_OK.format(fence="$17", leases=leases),
+                append_fence_ok=_FENCE_OK.format(fence="$8", leases=leases),
+                **extra,
             )
 
         write_runs = f(_WRITE_RUNS, sid="$1", ids="$14", bodies="$15")
@@ -441,7 +474,9 @@ class SQL:
             table=t,
             runs_table=runs,
             history_table=history,
+            leases_table=leases,
             merge_patch=merge_patch,
+            take_lease=take_lease,
             read=f(_READ, runs_of=f(_RUNS_OF, first="greatest(s.run_count - $3::integer, 0)")),
             upsert=f(_UPSERT, tail=tail, write_runs=write_runs),
             update=f(_UPDATE, tail=tail, write_runs=write_runs),
@@ -460,6 +495,7 @@ class SQL:
             fork=f(_FORK),
             delete=f(_DELETE),
             select_owner=f(_SELECT_OWNER),
+            lock_lease=f(_LOCK_LEASE),
             lock_many=f(_LOCK_MANY),
             upsert_many=f(_UPSERT_MANY),
             create_schema=_CREATE_SCHEMA.format(schema=quote(schema)),
@@ -468,10 +504,12 @@ class SQL:
             insert_history=f(_INSERT_HISTORY),
             schema_version=f(_SCHEMA_VERSION),
             drop=(
+                f"DROP TABLE IF EXISTS {leases}",
                 f"DROP TABLE IF EXISTS {runs}",
                 f"DROP TABLE IF EXISTS {t}",
                 f"DROP TABLE IF EXISTS {history}",
                 f"DROP FUNCTION IF EXISTS {merge_patch}(jsonb, jsonb)",
+                f"DROP FUNCTION IF EXISTS {take_lease}(text, text, text, double precision)",
             ),
         )
 
@@ -482,6 +520,8 @@ class SQL:
             "runs": self.runs_table,
             "name": self.name,
             "merge_patch": self.merge_patch,
+            "leases": self.leases_table,
+            "take_lease": self.take_lease,
         }
 
     def listing(

@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 
 from .._encoding import EncodedAppend, EncodedRun, EncodedSession
-from .._rules import RETRY, OwnerRule, Stored, conflict, decide, not_owner, owns
+from .._rules import RETRY, OwnerRule, Stored, Verdict, conflict, decide, fenced, not_owner, owns
 from ..errors import InvalidInputError
 from ._jsonb import to_db
 from ._pool import Connection
@@ -26,7 +26,27 @@ __all__ = ["Appended", "append", "fork", "pop", "truncate", "write_many", "write
 
 async def _stored(connection: Connection, sql: SQL, session_id: str) -> Stored | None:
     row = await connection.fetchrow(sql.select_owner, session_id)
-    return None if row is None else Stored(row[0], row[1])
+    return None if row is None else Stored(row[0], row[1], row[2])
+
+
+async def _create_fenced(
+    connection: Connection,
+    sql: SQL,
+    label: str,
+    session_id: str,
+    fence: int,
+    statement: str,
+    args: tuple[Any, ...],
+) -> Any:
+    """A fenced write whose session does not exist: in one transaction, lock the session's lease
+    row (FOR SHARE: a lease being taken waits for this write to commit, and this write waits for
+    a lease being taken), refuse the write when that lease is newer than the fence, else run the
+    creating statement (`statement`, whose last parameter is the new row's lease_token)."""
+    async with connection.transaction():
+        latest = await connection.fetchval(sql.lock_lease, session_id)
+        if latest is not None and latest > fence:
+            raise fenced(label, session_id, fence, latest)
+        return await connection.fetchrow(statement, *args[:-1], latest)
 
 
 def _duplicate_run_id(exc: asyncpg.UniqueViolationError, sql: SQL) -> bool:
@@ -43,10 +63,25 @@ async def write_session(
     if_version: int | None,
 ) -> Any:
     """One upsert statement (which creates a missing session itself), retried when the session
-    changed between it and the check of why it wrote nothing."""
+    changed between it and the check of why it wrote nothing. A fenced write is an UPDATE (its
+    last parameter the fence); one whose session is absent is `_create_fenced`."""
     for _ in range(RETRY.attempts):
         try:
             row = await connection.fetchrow(statement, *args)
+            if row is None and enc.fence is not None:
+                verdict = decide(
+                    label,
+                    enc.session_id,
+                    await _stored(connection, sql, enc.session_id),
+                    user_id=enc.user_id,
+                    if_version=if_version,
+                    rule=OwnerRule.EXACT,
+                    fence=enc.fence,
+                )
+                if verdict is Verdict.CREATE:
+                    row = await _create_fenced(
+                        connection, sql, label, enc.session_id, enc.fence, sql.upsert, args
+                    )
         except asyncpg.UniqueViolationError as exc:
             if not _duplicate_run_id(exc, sql):
                 raise
@@ -64,6 +99,7 @@ async def write_session(
             user_id=enc.user_id,
             if_version=if_version,
             rule=OwnerRule.EXACT,
+            fence=enc.fence,
         )
     raise RETRY.exhausted(label, enc.session_id)
 
@@ -120,7 +156,9 @@ async def append(connection: Connection, sql: SQL, label: str, append: EncodedAp
     runs = append.runs
     data = None if append.session_data is None else to_db(append.session_data)
     patch = None if append.state_patch is None else to_db(append.state_patch)
-    statement = sql.append_update if append.if_version else sql.append
+    fence = append.fence
+    # With a fence, an UPDATE of an existing session; an absent one is `_create_fenced`.
+    statement = sql.append_update if append.if_version or fence is not None else sql.append
     for _ in range(RETRY.attempts):
         args = (
             append.session_id,
@@ -130,9 +168,24 @@ async def append(connection: Connection, sql: SQL, label: str, append: EncodedAp
             [to_db(r.body) for r in runs],
             patch,
             append.if_version,
+            fence,
         )
         try:
             row = await connection.fetchrow(statement, *args)
+            if row is None and fence is not None:
+                verdict = decide(
+                    label,
+                    append.session_id,
+                    await _stored(connection, sql, append.session_id),
+                    user_id=append.user_id,
+                    if_version=append.if_version,
+                    rule=OwnerRule.IF_GIVEN,
+                    fence=fence,
+                )
+                if verdict is Verdict.CREATE:
+                    row = await _create_fenced(
+                        connection, sql, label, append.session_id, fence, sql.append, args
+                    )
         except asyncpg.UniqueViolationError as exc:
             if not _duplicate_run_id(exc, sql):
                 raise
@@ -153,6 +206,7 @@ async def append(connection: Connection, sql: SQL, label: str, append: EncodedAp
             user_id=append.user_id,
             if_version=append.if_version,
             rule=OwnerRule.IF_GIVEN,
+            fence=fence,
         )
         # Deleted between the two statements: the next attempt creates it.
     raise RETRY.exhausted(label, append.session_id)
@@ -178,15 +232,16 @@ async def _retried(
     runs: list[EncodedRun],
     found: dict[str, tuple[int, str]],
 ) -> Appended:
-    row = await connection.fetchrow(sql.select_session, append.session_id)
     decide(
         label,
         append.session_id,
-        None if row is None else Stored(row[2], row[14]),
+        await _stored(connection, sql, append.session_id),
         user_id=append.user_id,
         if_version=None,
         rule=OwnerRule.IF_GIVEN,
+        fence=append.fence,
     )
+    row = await connection.fetchrow(sql.select_session, append.session_id)
     stored = [found[r.run_id] for r in runs]
     bodies = [body for _, body in stored]
     return Appended(row, runs, (bodies, [r.run_id for r in runs], min(s for s, _ in stored)))

@@ -28,12 +28,13 @@ from .._checks import (
     check_seconds,
 )
 from .._encoding import EncodedAppend, EncodedSession, session_from_encoded
+from .._leases import Busy, Grant
 from .._paging import ListQuery, PageKey, page_key
 from .._store import StoreBase, StoreOptions
 from .._time import to_us
 from ..errors import ConfigurationError
 from ..models import Session
-from . import _pool, _writes
+from . import _leases, _pool, _writes
 from . import _sql as q
 from ._errors import ERRORS
 from ._jsonb import from_db, to_db
@@ -149,6 +150,7 @@ class PostgresStore(StoreBase):
             self._sql = SQL.for_table(self.schema, self.table_name)
         self._pool: GatedPool | None = None
         self._router: Router | None = None
+        self._lease_sql: _leases.LeaseSQL | None = None
 
     @property
     def label(self) -> str:
@@ -249,6 +251,11 @@ class PostgresStore(StoreBase):
         assert self._sql is not None, "resolved at open()"
         return self._sql
 
+    def _lease_statements(self) -> _leases.LeaseSQL:
+        if self._lease_sql is None:
+            self._lease_sql = _leases.LeaseSQL(self._statements())
+        return self._lease_sql
+
     @asynccontextmanager
     async def _migration_target(self) -> AsyncIterator[MigrationTarget]:
         """On a pooled connection; before `open()`, on the pool passed in or a connection made
@@ -300,8 +307,9 @@ class PostgresStore(StoreBase):
             [r.run_id for r in session.runs],
             [to_db(r.body) for r in session.runs],
             if_version,
+            session.fence,  # the UPDATE's fence; NULL: the lease token of a session UPSERT creates
         )
-        statement = sql.update if if_version else sql.upsert
+        statement = sql.update if if_version or session.fence is not None else sql.upsert
         row = await self._writes(session.session_id).run(
             _writes.write_session, sql, self.label, statement, args, session, if_version
         )
@@ -441,6 +449,23 @@ class PostgresStore(StoreBase):
 
     async def _drop(self) -> None:
         await self._live(self._pool).run(self._drop_tables)
+
+    async def _take_lease(
+        self, session_id: str, user_id: str | None, holder: str, ttl: float
+    ) -> Grant | Busy:
+        return await self._live(self._pool).run(
+            _leases.take, self._lease_statements(), self.label, session_id, user_id, holder, ttl
+        )
+
+    async def _renew_lease(
+        self, session_id: str, holder: str, token: int, ttl: float
+    ) -> Grant | Busy:
+        sql = self._lease_statements()
+        return await self._live(self._pool).run(_leases.renew, sql, session_id, holder, token, ttl)
+
+    async def _release_lease(self, session_id: str, holder: str, token: int) -> None:
+        sql = self._lease_statements()
+        await self._live(self._pool).run(_leases.release, sql, session_id, holder, token)
 
     async def _drop_tables(self, connection: Connection) -> None:
         async with connection.transaction():

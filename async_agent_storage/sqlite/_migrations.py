@@ -143,6 +143,26 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        version=6,
+        name="session leases",
+        steps=(
+            # One row per session ever leased (store.lease): its holder, its token (grows by one
+            # per lease, never reset: rows are taken over, never deleted) and its expiry (epoch
+            # microseconds). A session deleted and created again keeps its lease row.
+            """
+            CREATE TABLE "{table}_leases" (
+                session_id TEXT PRIMARY KEY NOT NULL,
+                holder     TEXT NOT NULL,
+                token      INTEGER NOT NULL,
+                expires_at INTEGER NOT NULL
+            ) WITHOUT ROWID
+            """,
+            # The token of the session's latest lease, written when a lease is taken: a write
+            # fenced with an older token is refused by the write's own statement.
+            'ALTER TABLE "{table}" ADD COLUMN lease_token INTEGER',
+        ),
+    ),
 )
 
 

@@ -43,7 +43,16 @@ _NEW_DATA = """CASE
         ELSE {old} END"""
 
 _SELECT_SESSION = 'SELECT {select} FROM "{t}" WHERE session_id = ?'
-_SELECT_OWNER = 'SELECT user_id, version, run_count, incarnation FROM "{t}" WHERE session_id = ?'
+# The owner, version, run count, incarnation, and the latest lease token: the session's own, or
+# its lease row's when newer (a session deleted and created again by an unfenced write).
+_SELECT_OWNER = """
+    SELECT user_id, version, run_count, incarnation,
+        max(coalesce(lease_token, 0),
+            coalesce((SELECT token FROM "{t}_leases" l WHERE l.session_id = s.session_id), 0))
+    FROM "{t}" s WHERE session_id = ?
+"""
+# The token of a session's lease row (a write that creates the session starts from it).
+_LEASE_TOKEN = 'SELECT token FROM "{t}_leases" WHERE session_id = ?'
 _SELECT_RUNS_FROM = """
     SELECT CAST(body AS BLOB), run_id FROM "{t}_runs" WHERE session_id = ? AND seq >= ? ORDER BY seq
 """
@@ -61,33 +70,44 @@ _SELECT_RUN = """
     SELECT CAST(r.body AS BLOB) FROM "{t}_runs" r JOIN "{t}" s ON s.session_id = r.session_id
     WHERE r.session_id = ?1 AND r.run_id = ?2 AND (?3 IS NULL OR s.user_id = ?3)
 """
+# The new row's lease_token is its lease row's token: a stale holder's fence stays refused.
 _INSERT_SESSION = """
-    INSERT INTO "{t}" ({cols})
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    INSERT INTO "{t}" ({cols}, lease_token)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
+            (SELECT token FROM "{t}_leases" WHERE session_id = ?))
 """
-# Ownership and if_version are checked by the UPDATE itself; no row back means one of them failed
-# (or the session does not exist) and only then is the row read to say which. Runs before the
-# session's `runs_offset` were not loaded by the caller and are kept: run_count restarts from
-# min(stored run_count, runs_offset).
+# A fenced write (the fence NULL: none) passes when no lease newer than its token was taken:
+# neither the session's lease_token nor its lease row holds a larger one.
+_FENCE_OK = """({fence} IS NULL OR (coalesce(lease_token, 0) <= {fence} AND NOT EXISTS (
+        SELECT 1 FROM "{t}_leases" l WHERE l.session_id = {sid} AND l.token > {fence})))"""
+# Ownership, if_version and the fence are checked by the UPDATE itself; no row back means one of
+# them failed (or the session does not exist) and only then is the row read to say which. Runs
+# before the session's `runs_offset` were not loaded by the caller and are kept: run_count
+# restarts from min(stored run_count, runs_offset).
 _UPDATE_SESSION = """
-    UPDATE "{t}" SET session_type = ?, agent_id = ?, team_id = ?, workflow_id = ?,
-        session_data = ?, agent_data = ?, team_data = ?, workflow_data = ?, metadata = ?,
-        summary = ?, updated_at = ?, version = version + 1, run_count = min(run_count, ?) + ?
-    WHERE session_id = ? AND user_id IS ? AND (? IS NULL OR version = ?)
+    UPDATE "{t}" SET session_type = ?1, agent_id = ?2, team_id = ?3, workflow_id = ?4,
+        session_data = ?5, agent_data = ?6, team_data = ?7, workflow_data = ?8, metadata = ?9,
+        summary = ?10, updated_at = ?11, version = version + 1,
+        run_count = min(run_count, ?12) + ?13
+    WHERE session_id = ?14 AND user_id IS ?15 AND (?16 IS NULL OR version = ?16)
+        AND {fence_ok}
     RETURNING created_at, version, run_count, incarnation
 """
 # append_runs: ?1 session_data, ?2 state_patch, ?3 now, ?4 runs appended, ?5 session_id,
-# ?6 user_id (NULL: no owner check; the owner of a new session), ?7 if_version, ?8 incarnation.
+# ?6 user_id (NULL: no owner check; the owner of a new session), ?7 if_version, ?8 incarnation,
+# ?9 fence (NULL: none).
 _APPEND_INSERT = """
-    INSERT INTO "{t}" ({cols})
+    INSERT INTO "{t}" ({cols}, lease_token)
     VALUES (?5, 'agent', ?6, NULL, NULL, NULL, {new_data_insert}, NULL, NULL, NULL,
-            NULL, NULL, ?3, ?3, 1, ?4, ?8)
+            NULL, NULL, ?3, ?3, 1, ?4, ?8,
+            (SELECT token FROM "{t}_leases" WHERE session_id = ?5))
     RETURNING {select}
 """
 _APPEND_UPDATE = """
     UPDATE "{t}" SET session_data = {new_data}, updated_at = ?3,
         version = version + 1, run_count = run_count + ?4
     WHERE session_id = ?5 AND (?6 IS NULL OR user_id = ?6) AND (?7 IS NULL OR version = ?7)
+        AND {append_fence_ok}
     RETURNING {select}
 """
 # pop_runs, truncate_runs, clear_runs: the history shrinks to ?2 runs.
@@ -103,9 +123,10 @@ _MOVE_RUNS_DOWN = """
 _MOVE_RUNS_BACK = 'UPDATE "{t}_runs" SET seq = -1 - seq WHERE session_id = ?1 AND seq < 0'
 # fork_session: ?1 the new id, ?2 the source id, ?3 now, ?4 runs copied, ?5 incarnation.
 _FORK_SESSION = """
-    INSERT INTO "{t}" ({cols})
+    INSERT INTO "{t}" ({cols}, lease_token)
     SELECT ?1, session_type, user_id, agent_id, team_id, workflow_id, session_data, agent_data,
-        team_data, workflow_data, metadata, summary, ?3, ?3, 1, ?4, ?5
+        team_data, workflow_data, metadata, summary, ?3, ?3, 1, ?4, ?5,
+        (SELECT token FROM "{t}_leases" WHERE session_id = ?1)
     FROM "{t}" WHERE session_id = ?2
     RETURNING {select}
 """
@@ -156,6 +177,7 @@ class SQL:
     history_table: str
     select_session: str
     select_owner: str
+    lease_token: str
     select_runs_from: str
     select_runs_of_page: str
     select_run_ids: str
@@ -191,6 +213,8 @@ class SQL:
                 select=SELECT_COLUMNS,
                 new_data=_NEW_DATA.format(old="session_data"),
                 new_data_insert=_NEW_DATA.format(old="'{}'"),
+                fence_ok=_FENCE_OK.format(t=table, fence="?17", sid="?14"),
+                append_fence_ok=_FENCE_OK.format(t=table, fence="?9", sid="?5"),
             )
 
         return cls(
@@ -198,6 +222,7 @@ class SQL:
             history_table=f"{table}_migrations",
             select_session=f(_SELECT_SESSION),
             select_owner=f(_SELECT_OWNER),
+            lease_token=f(_LEASE_TOKEN),
             select_runs_from=f(_SELECT_RUNS_FROM),
             select_runs_of_page=f(_SELECT_RUNS_OF_PAGE),
             select_run_ids=f(_SELECT_RUN_IDS),
@@ -223,6 +248,7 @@ class SQL:
             insert_history=f(_INSERT_HISTORY),
             schema_version=f(_SCHEMA_VERSION),
             drop=(
+                f('DROP TABLE IF EXISTS "{t}_leases"'),
                 f('DROP TABLE IF EXISTS "{t}_runs"'),
                 f('DROP TABLE IF EXISTS "{t}"'),
                 f('DROP TABLE IF EXISTS "{t}_migrations"'),

@@ -17,12 +17,12 @@ import orjson
 from .._activity import ActivityCounts, ActivityQuery
 from .._encoding import EncodedAppend, EncodedSession
 from .._paging import ListQuery
-from .._rules import RETRY, OwnerRule, Stored, Verdict, conflict, decide
+from .._rules import RETRY, OwnerRule, Stored, Verdict, conflict, decide, fenced
 from .._time import now_us
 from ..errors import InvalidInputError
 from ..models import Session
 from ._rows import StoredRow, run_count, session_from_row
-from ._sql import SID, SQL, USER, VERSION
+from ._sql import SID, SQL, USER
 
 __all__ = [
     "Appended",
@@ -112,7 +112,19 @@ def list_ids(sql: SQL, query: ListQuery, db: sqlite3.Connection) -> list[str]:
 
 def _stored(sql: SQL, session_id: str, db: sqlite3.Connection) -> Stored | None:
     row = db.execute(sql.select_owner, (session_id,)).fetchone()
-    return None if row is None else Stored(row[0], row[1])
+    return None if row is None else Stored(row[0], row[1], row[4])
+
+
+def _check_fence_to_create(
+    sql: SQL, label: str, session_id: str, fence: int | None, db: sqlite3.Connection
+) -> None:
+    """A fenced write about to create the session: refused when its lease row holds a newer
+    token (under the write lock, so no lease can be taken in between)."""
+    if fence is None:
+        return
+    row = db.execute(sql.lease_token, (session_id,)).fetchone()
+    if row is not None and row[0] > fence:
+        raise fenced(label, session_id, fence, row[0])
 
 
 def upsert(
@@ -156,7 +168,7 @@ def _upsert_one(
                 sid,
                 enc.user_id,
                 if_version,
-                if_version,
+                enc.fence,
             ),
         ).fetchone()
         if updated is not None:
@@ -176,9 +188,16 @@ def _upsert_one(
             return created, now, version, start, incarnation
         stored = _stored(sql, sid, db)
         verdict = decide(
-            label, sid, stored, user_id=enc.user_id, if_version=if_version, rule=OwnerRule.EXACT
+            label,
+            sid,
+            stored,
+            user_id=enc.user_id,
+            if_version=if_version,
+            rule=OwnerRule.EXACT,
+            fence=enc.fence,
         )
         if verdict is Verdict.CREATE:
+            _check_fence_to_create(sql, label, sid, enc.fence, db)
             incarnation = _new_incarnation()
             db.execute(
                 sql.insert_session,
@@ -195,6 +214,7 @@ def _upsert_one(
                     1,
                     len(enc.runs),
                     incarnation,
+                    sid,
                 ),
             )
             if enc.runs:
@@ -227,9 +247,17 @@ def append(sql: SQL, label: str, append: EncodedAppend, db: sqlite3.Connection) 
     if stored:
         fresh = [r for r in runs if r.run_id not in stored]
         if not fresh:
+            stored_owner = _stored(sql, sid, db)
+            decide(
+                label,
+                sid,
+                stored_owner,
+                user_id=uid,
+                if_version=None,
+                rule=OwnerRule.IF_GIVEN,
+                fence=append.fence,
+            )
             row = db.execute(sql.select_session, (sid,)).fetchone()
-            stored_owner = Stored(row[USER], row[VERSION])
-            decide(label, sid, stored_owner, user_id=uid, if_version=None, rule=OwnerRule.IF_GIVEN)
             found = [stored[r.run_id] for r in runs]
             return (
                 row,
@@ -242,7 +270,7 @@ def append(sql: SQL, label: str, append: EncodedAppend, db: sqlite3.Connection) 
     patch = None if append.state_patch is None else append.state_patch.decode()
     now = now_us()
     params = (data, patch, now, len(runs), sid, uid, append.if_version)
-    row = db.execute(sql.append_update, params).fetchone()
+    row = db.execute(sql.append_update, (*params, None, append.fence)).fetchone()
     if row is None:
         decide(
             label,
@@ -251,8 +279,10 @@ def append(sql: SQL, label: str, append: EncodedAppend, db: sqlite3.Connection) 
             user_id=uid,
             if_version=append.if_version,
             rule=OwnerRule.IF_GIVEN,
+            fence=append.fence,
         )
         # Under the write lock the row cannot have changed since the UPDATE: it is absent.
+        _check_fence_to_create(sql, label, sid, append.fence, db)
         row = db.execute(sql.append_insert, (*params, _new_incarnation())).fetchone()
     start = run_count(row) - len(runs)
     if len(runs) == 1:

@@ -21,11 +21,13 @@ from typing import Any, ClassVar, Final, Literal, TypeVar, Unpack
 from .._activity import ActivityCounts, ActivityQuery
 from .._checks import DEFAULT_TABLE_NAME, check_int_option, check_name, check_seconds
 from .._encoding import EncodedAppend, EncodedSession, decode_runs
+from .._leases import Busy, Grant
 from .._paging import ListQuery, PageKey, page_key
 from .._store import StoreBase, StoreOptions
 from ..errors import ConfigurationError
 from ..models import Session
 from . import _connection as conn
+from . import _leases as leases
 from . import _work as work
 from ._errors import ERRORS
 from ._migrations import MIGRATIONS, MigrationTarget
@@ -100,6 +102,7 @@ class SqliteStore(StoreBase):
         self.synchronous = synchronous
         self.max_batch = check_int_option("max_batch", max_batch, low=1)
         self._sql = SQL.for_table(self.table_name)
+        self._lease_sql = leases.LeaseSQL.for_table(self.table_name)
         self._io: _Connections | None = None
 
     @property
@@ -255,6 +258,23 @@ class SqliteStore(StoreBase):
 
     async def _drop(self) -> None:
         await self._write(partial(work.drop, self._sql))
+
+    async def _take_lease(
+        self, session_id: str, user_id: str | None, holder: str, ttl: float
+    ) -> Grant | Busy:
+        return await self._write(
+            partial(leases.take, self._lease_sql, self.label, session_id, user_id, holder, ttl)
+        )
+
+    async def _renew_lease(
+        self, session_id: str, holder: str, token: int, ttl: float
+    ) -> Grant | Busy:
+        return await self._write(
+            partial(leases.renew, self._lease_sql, session_id, holder, token, ttl)
+        )
+
+    async def _release_lease(self, session_id: str, holder: str, token: int) -> None:
+        await self._write(partial(leases.release, self._lease_sql, session_id, holder, token))
 
     async def _ping(self) -> None:
         await self._live(self._io).readers.run(work.ping)

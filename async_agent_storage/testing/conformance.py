@@ -39,6 +39,7 @@ from ..errors import (
 from ..models import Session
 from ..protocol import SessionStore
 from ._activity import ActivityConformance
+from ._leases import LeaseConformance
 from ._turns import TurnConformance
 from .strategies import json_objects, json_values
 
@@ -87,7 +88,7 @@ async def _snapshot(store: SessionStore, session_id: str) -> Session | None:
     return await store.read(session_id)
 
 
-class SessionStoreConformance(TurnConformance, ActivityConformance):
+class SessionStoreConformance(TurnConformance, ActivityConformance, LeaseConformance):
     """Every rule every backend shares. Subclass it and provide a `store_factory` fixture."""
 
     pytestmark = pytest.mark.anyio

@@ -1,5 +1,6 @@
-"""The systems under test, per backend: the store (two turn variants) and the raw driver. The
-peers run in their own virtual environment (see `benchmarks.peers`)."""
+"""The systems under test, per backend: the store (three turn variants: append, upsert, and
+append under a lease) and the raw driver. The peers run in their own virtual environment (see
+`benchmarks.peers`)."""
 
 from __future__ import annotations
 
@@ -107,13 +108,14 @@ def build(
     replica_url: str | None = None,
     pgbouncer_url: str | None = None,
 ) -> list[System]:
-    """The in-process systems of one backend: store append, store upsert, the raw driver; on
+    """The in-process systems of one backend: store append, store leased, store upsert, the raw
+    driver; on
     PostgreSQL also store append reading from a replica, and through PgBouncer, when given."""
     if backend == "sqlite":
         from .raw_sqlite import RawSqlite
 
         data = _store_data(backend, "", workdir)
-        return [StoreSystem(data, "append"), StoreSystem(data, "upsert"), RawSqlite(workdir)]
+        return [*_stores(data), RawSqlite(workdir)]
     if url is None:
         raise ValueError(f"--backend {backend} needs --url")
     data = _store_data(backend, url, workdir)
@@ -126,7 +128,7 @@ def build(
         from .raw_mongo import RawMongo
 
         raw = RawMongo(url)
-    systems: list[System] = [StoreSystem(data, "append"), StoreSystem(data, "upsert"), raw]
+    systems: list[System] = [*_stores(data), raw]
     if backend == "postgres" and replica_url:
         route = Route("+replica", None, {"replica_urls": [replica_url]})
         systems.insert(1, StoreSystem(data, "append", route))
@@ -134,3 +136,7 @@ def build(
         route = Route("via pgbouncer", pgbouncer_url, {"pooler": "transaction"})
         systems.insert(1, StoreSystem(data, "append", route))
     return systems
+
+
+def _stores(data: StoreData) -> list[System]:
+    return [StoreSystem(data, "append"), StoreSystem(data, "leased"), StoreSystem(data, "upsert")]

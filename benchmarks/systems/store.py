@@ -1,8 +1,10 @@
 """The store under test, on any backend, through the public protocol only (`open_store`).
 
-Two systems share one store's data: "store append" does the turn as `read(last_runs=N)` +
-`append_runs(..., state_patch=...)`, "store upsert" as `read(last_runs=N)` + `upsert(session)`.
-On PostgreSQL, "store append" may also reach the same data by another `Route`: reading from a
+Three systems share one store's data: "store append" does the turn as `read(last_runs=N)` +
+`append_runs(..., state_patch=...)`, "store upsert" as `read(last_runs=N)` + `upsert(session)`,
+and "store leased" as "store append" under the session's lease (`store.lease`, the append fenced
+with its token): the cost of one turn at a time per session, against "store append" in the same
+run. On PostgreSQL, "store append" may also reach the same data by another `Route`: reading from a
 replica (``--replica-url``), or through PgBouncer (``--pgbouncer``); see docs/scaling.md.
 """
 
@@ -142,6 +144,8 @@ class StoreSystem(System):
             self.scenarios = frozenset({TURN, LIST})
         elif variant == "append":
             self.scenarios = frozenset({TURN, LIST, HISTORY, BULK, COLD_START})
+        elif variant == "leased":
+            self.scenarios = frozenset({TURN})
         else:
             self.scenarios = frozenset({TURN, HISTORY})
         self.store: SessionStore | None = None
@@ -195,6 +199,9 @@ class StoreSystem(System):
     async def turn(self, picker: Picker, spec: WorkloadSpec) -> None:
         store = self.store
         assert store is not None
+        if self.variant == "leased":
+            await self._leased_turn(store, picker, spec)
+            return
         ref = picker.session()
         session = await store.read(ref.session_id, user_id=ref.user_id, last_runs=spec.last_runs)
         if session is None:
@@ -210,6 +217,22 @@ class StoreSystem(System):
             session.runs.append(run)
             session.session_data = state
             await store.upsert(session)
+
+    async def _leased_turn(self, store: SessionStore, picker: Picker, spec: WorkloadSpec) -> None:
+        """The append turn under the session's lease (callers that pick a session mid-turn wait
+        for it): lease, read, append fenced with the lease's token, release."""
+        ref = picker.session()
+        async with store.lease(ref.session_id, user_id=ref.user_id, ttl=30, wait=60) as lease:
+            session = await store.read(
+                ref.session_id, user_id=ref.user_id, last_runs=spec.last_runs
+            )
+            if session is None:
+                raise LookupError(f"session {ref.session_id} not found")
+            run = picker.new_run(ref)
+            patch = {"session_state": next_state(session.session_data, picker.rng)["session_state"]}
+            await store.append_runs(
+                ref.session_id, [run], user_id=ref.user_id, state_patch=patch, fence=lease.token
+            )
 
     async def list_recent(self, picker: Picker, spec: WorkloadSpec) -> None:
         store = self.store

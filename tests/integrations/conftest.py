@@ -67,7 +67,7 @@ def pg_url() -> Iterator[str]:
 async def drop_tables(url: str, table: str) -> None:
     connection = await asyncpg.connect(url)
     try:
-        for suffix in ("_runs", "", "_migrations"):
+        for suffix in ("_leases", "_runs", "", "_migrations"):
             await connection.execute(f'DROP TABLE IF EXISTS "{table}{suffix}"')
     finally:
         await connection.close()

@@ -1,5 +1,7 @@
 """examples/agent_server.py over real HTTP: uvicorn with 4 worker processes on a loopback port,
-racing the migrations on a fresh database, then 200 concurrent turns on one session."""
+racing the migrations on a fresh database, then 200 concurrent turns on one session (taking
+their turns under the session's lease), and a second request on a busy session answered 409
+(``AAS_BUSY=reject``) or made to wait (the default)."""
 
 from __future__ import annotations
 
@@ -33,11 +35,11 @@ def free_port() -> int:
 class Server:
     """uvicorn serving the example with `WORKERS` processes; stopped (SIGINT, then SIGKILL)."""
 
-    def __init__(self, url: str, table: str, log: Path) -> None:
+    def __init__(self, url: str, table: str, log: Path, **env_extra: str) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = log
-        env = {**os.environ, "AAS_URL": url, "AAS_TABLE": table}
+        env = {**os.environ, "AAS_URL": url, "AAS_TABLE": table, **env_extra}
         self.log_file = log.open("w")
         self.process = subprocess.Popen(
             [
@@ -85,23 +87,34 @@ class Server:
         self.log_file.close()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+def _serve(
+    request: pytest.FixtureRequest, backend: str, tmp_path: Path, **env: str
+) -> Iterator[Server]:
     table = f"aas_srv_{uuid.uuid4().hex[:12]}"
-    if request.param == "sqlite":
+    if backend == "sqlite":
         target = Target(f"sqlite:///{tmp_path}/fresh.db", table)
     else:
         target = Target(request.getfixturevalue("pg_url"), table)
-    started = Server(target.url, target.table, tmp_path / "uvicorn.log")
+    started = Server(target.url, target.table, tmp_path / "uvicorn.log", **env)
     try:
         started.wait_started()
         yield started
     finally:
         started.stop()
-        if request.param == "postgres":
+        if backend == "postgres":
             asyncio.run(drop_tables(target.url, table))
     log = (tmp_path / "uvicorn.log").read_text()
     assert "Traceback" not in log, log[-4000:]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+    yield from _serve(request, request.param, tmp_path)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def rejecting_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+    yield from _serve(request, request.param, tmp_path, AAS_BUSY="reject")
 
 
 @pytest.mark.slow
@@ -138,6 +151,9 @@ def test_four_workers_race_migrations_then_200_turns_lose_nothing(server: Server
             assert [r.status_code for r in responses] == [200] * 200, [
                 r.text for r in responses if r.status_code != 200
             ][:3]
+            # one turn at a time: each under its own lease, each seeing the turns before it
+            assert sorted(r.json()["turn"] for r in responses) == list(range(1, 201))
+            assert sorted(r.json()["version"] for r in responses) == list(range(1, 201))
             race = await client.get("/sessions/race", params={"user_id": "u1"})
             assert race.status_code == 200
             session = race.json()
@@ -208,3 +224,55 @@ def test_listing_deleting_and_errors_map_to_statuses(server: Server) -> None:
             assert gone.status_code == 404
 
     asyncio.run(scenario())
+
+
+async def _overlapping_turns(server: Server) -> tuple[httpx.Response, httpx.Response]:
+    """A turn that thinks for 1.5 s, and a second request on its session 0.3 s after it."""
+    async with httpx.AsyncClient(base_url=server.base, timeout=60) as client:
+        first = asyncio.create_task(
+            client.post(
+                "/sessions/busy/messages",
+                json={"user_id": "u1", "message": "What is the capital of France?",
+                      "think_ms": 1500},
+            )
+        )  # fmt: skip
+        await asyncio.sleep(0.3)
+        second = await client.post(
+            "/sessions/busy/messages",
+            json={"user_id": "u1", "message": "What was my last question?"},
+        )
+        return await first, second
+
+
+@pytest.mark.slow
+def test_a_second_request_on_a_busy_session_waits_for_its_turn(server: Server) -> None:
+    started = time.monotonic()
+    first, second = asyncio.run(_overlapping_turns(server))
+    assert time.monotonic() - started >= 1.4
+    assert (first.status_code, second.status_code) == (200, 200), second.text
+    # the second turn ran after the first and read it
+    assert (first.json()["turn"], second.json()["turn"]) == (1, 2)
+    assert second.json()["history"] == 1
+    assert second.json()["reply"] == 'Your last question was: "What is the capital of France?"'
+
+
+@pytest.mark.slow
+def test_a_second_request_on_a_busy_session_is_answered_409(rejecting_server: Server) -> None:
+    first, second = asyncio.run(_overlapping_turns(rejecting_server))
+    assert first.status_code == 200
+    assert second.status_code == 409, second.text
+    body = second.json()
+    assert body["error"] == "SessionBusyError"
+    assert body["holder"]
+    assert body["until"]
+    assert body["holder"] in body["detail"]
+
+    async def after() -> httpx.Response:
+        async with httpx.AsyncClient(base_url=rejecting_server.base, timeout=60) as client:
+            return await client.post(
+                "/sessions/busy/messages", json={"user_id": "u1", "message": "again"}
+            )
+
+    again = asyncio.run(after())  # the first turn is over: the session is free
+    assert again.status_code == 200
+    assert again.json()["history"] == 1

@@ -62,13 +62,13 @@ def collection_name(admin: MongoClient[dict[str, object]]) -> Iterator[str]:
     name = f"t_{uuid.uuid4().hex[:12]}"
     yield name
     database = admin[DB_NAME]
-    for suffix in ("_runs", "", "_migrations"):
+    for suffix in ("_runs", "", "_migrations", "_leases"):
         database.drop_collection(name + suffix)
 
 
 def cleanup(name: str) -> Callable[[MongoClient[dict[str, object]]], None]:
     def drop(admin: MongoClient[dict[str, object]]) -> None:
-        for suffix in ("_runs", "", "_migrations"):
+        for suffix in ("_runs", "", "_migrations", "_leases"):
             admin[DB_NAME].drop_collection(name + suffix)
 
     return drop

@@ -176,7 +176,7 @@ async def drop_tables(url: str, schema: str, table: str) -> None:
         url,
         *(
             f'DROP TABLE IF EXISTS "{schema}"."{table}{suffix}"'
-            for suffix in ("_runs", "", "_migrations")
+            for suffix in ("_leases", "_runs", "", "_migrations")
         ),
     )
 

@@ -44,6 +44,7 @@ class TestSqliteMigrations(MigrationConformance):
             3: "d6ed372a291073032934caad0888ae8f6ce0dc53c7530540845468406e7efb4a",
             4: "94550f3ca16196b7b43b525cb5cd278330cc1a0aeb0d09798066a0e8137e8221",
             5: "50d154c2c5a7793aeea267145db8a6a328ab4ec41ad1606c0d2bf953e3babb17",
+            6: "a8665dda48f68476f61551c8ced39990e74105679b15d736541ed6ce165d0bbe",
         }
 
 
