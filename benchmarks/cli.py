@@ -15,7 +15,7 @@ from typing import Any
 from . import environment, report
 from .loadgen import CellResult
 from .suite import Plan, Progress, run
-from .systems import BACKENDS, BULK, COLD_START, HISTORY, LIST, SCENARIOS, TURN
+from .systems import BACKENDS, BULK, COLD_START, HISTORY, LIST, LIST_RUNS, SCENARIOS, TURN
 from .workload import WorkloadSpec
 
 DEFAULT_PEERS_PYTHON = ".venv-peers/bin/python"
@@ -34,7 +34,7 @@ def _ints(text: str) -> list[int]:
 
 
 def _scenarios(text: str) -> list[str]:
-    aliases = {"cold": COLD_START, "bulk": BULK, "listing": LIST}
+    aliases = {"cold": COLD_START, "bulk": BULK, "listing": LIST, "listing-runs": LIST_RUNS}
     names = [aliases.get(s.strip(), s.strip()) for s in text.split(",") if s.strip()]
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:

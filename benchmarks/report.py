@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from .loadgen import CellResult
-from .systems import BULK, HISTORY, LIST, TURN
+from .systems import BULK, HISTORY, LIST, LIST_RUNS, TURN
 
 RAW = {"sqlite": "raw aiosqlite", "postgres": "raw asyncpg", "mongo": "raw pymongo"}
 SCENARIO_TITLES = {
     TURN: "Turn (read last N runs + write), turns/s",
     LIST: "List a user's 10 most recent sessions, lists/s",
+    LIST_RUNS: "List a user's 10 most recent sessions with their runs, lists/s",
     HISTORY: "Turn on sessions of 10 / 100 / 1,000 runs, turns/s",
     "cold_start_fresh": "Cold start: open() on a fresh database",
     "cold_start_current": "Cold start: open() on an up-to-date database",
@@ -193,6 +194,20 @@ def targets(cells: list[CellResult]) -> list[Target]:
                 ", ".join(f"{n}: {x(r)}" for n, r in known) or "n/a",
             )
         )
+        with_runs = [
+            (c.concurrency, ratio(c, base))
+            for c in cells
+            if (c.backend, c.scenario, c.system) == (backend, LIST_RUNS, "store append")
+        ]
+        known_runs = [(n, r) for n, r in with_runs if r is not None]
+        if known_runs:
+            out.append(
+                Target(
+                    f"{backend} listing with runs >= 2x raw fetching full rows",
+                    all(r >= 2.0 for _, r in known_runs),
+                    ", ".join(f"{n}: {x(r)}" for n, r in known_runs),
+                )
+            )
     # History scaling.
     for backend in ("sqlite", "postgres", "mongo"):
         for system in STORE_SYSTEMS:
@@ -526,7 +541,7 @@ def ratio_tables(data: dict[str, Any]) -> str:
     base = baseline(cells)
     out: list[str] = []
     for backend in sorted({c.backend for c in cells}):
-        for scenario in (TURN, LIST, HISTORY):
+        for scenario in (TURN, LIST, LIST_RUNS, HISTORY):
             mine = [c for c in cells if c.backend == backend and c.scenario == scenario]
             if not mine:
                 continue

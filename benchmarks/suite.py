@@ -28,6 +28,8 @@ from .systems import (
     COLD_START,
     HISTORY,
     LIST,
+    LIST_RUNS,
+    LOAD_SCENARIOS,
     TURN,
     Dataset,
     NotAvailable,
@@ -54,7 +56,9 @@ class Plan:
     """What to run. The defaults are `make bench`: SQLite, about a minute."""
 
     backends: list[tuple[str, str | None]] = field(default_factory=lambda: [("sqlite", None)])
-    scenarios: list[str] = field(default_factory=lambda: [TURN, LIST, HISTORY, COLD_START, BULK])
+    scenarios: list[str] = field(
+        default_factory=lambda: [TURN, LIST, LIST_RUNS, HISTORY, COLD_START, BULK]
+    )
     concurrency: list[int] = field(default_factory=lambda: [1, 16, 64, 256])
     duration: float = 1.0
     warmup: float = 0.5
@@ -145,7 +149,7 @@ def count_cells(plan: Plan, systems: dict[str, list[System]]) -> int:
 
 def _peer_cells(plan: Plan, backend: str) -> int:
     """Agno takes part in turn, list and history; LangGraph (PostgreSQL only) has no listing."""
-    cells = _system_cells(plan, frozenset({TURN, LIST, HISTORY}))
+    cells = _system_cells(plan, frozenset({TURN, LIST, LIST_RUNS, HISTORY}))
     if backend == "postgres":
         cells += _system_cells(plan, frozenset({TURN, HISTORY}))
     return cells
@@ -156,7 +160,7 @@ def _system_cells(plan: Plan, scenarios: frozenset[str]) -> int:
     for scenario in plan.scenarios:
         if scenario not in scenarios:
             continue
-        if scenario in (TURN, LIST):
+        if scenario in LOAD_SCENARIOS:
             n += len(plan.concurrency) * plan.rounds
         elif scenario == HISTORY:
             n += len(plan.history_lengths)
@@ -254,7 +258,7 @@ async def _run_backend(
 
     for scenario in plan.scenarios:
         takers = [s for s in systems if scenario in s.scenarios]
-        if scenario in (TURN, LIST):
+        if scenario in LOAD_SCENARIOS:
             for concurrency in plan.concurrency:
                 rounds: dict[str, list[CellResult]] = {s.name: [] for s in takers}
                 for r in range(plan.rounds):
@@ -345,6 +349,10 @@ async def _load_cell(plan: Plan, system: System, dataset: Dataset, result: CellR
 
             def op(i: int) -> Any:
                 return system.list_recent(pickers[i], spec)
+        elif result.scenario == LIST_RUNS:
+
+            def op(i: int) -> Any:
+                return system.list_with_runs(pickers[i], spec)
         else:
 
             def op(i: int) -> Any:

@@ -79,24 +79,27 @@ def read_session(
     return session_from_row(row, bodies, ids, start, store)
 
 
+PageRuns = dict[str, tuple[str, str, bool]]
+"""The runs of a listing page by session: bodies joined with commas, ids joined with NUL, and
+whether a body holds integers beyond 64 bits."""
+
+
 def list_sessions(
-    sql: SQL, store: str, query: ListQuery, db: sqlite3.Connection
-) -> tuple[list[Session], bool]:
+    sql: SQL, query: ListQuery, db: sqlite3.Connection
+) -> tuple[list[Any], PageRuns, bool]:
+    """The rows of one listing page (decoded by the caller, on the event loop, so that decoding
+    runs beside the next batch's SQL), and with `include_runs` their runs, one row per session."""
     statement, params = sql.listing(query)
     rows = db.execute(statement, params).fetchall()
     more = query.limit is not None and len(rows) > query.limit
     if more:
         del rows[query.limit :]
-    if not query.include_runs:  # no runs loaded: an `upsert` of such a session keeps its history
-        return [session_from_row(row, [], [], run_count(row), store) for row in rows], more
-    # The runs of the whole page in one statement, in session and seq order.
-    runs: dict[str, tuple[list[bytes], list[str]]] = {row[SID]: ([], []) for row in rows}
-    page = orjson.dumps(list(runs)).decode()
-    for session_id, body, run_id in db.execute(sql.select_runs_of_page, (page,)):
-        bodies, ids = runs[session_id]
-        bodies.append(body)
-        ids.append(run_id)
-    return [session_from_row(row, *runs[row[SID]], 0, store) for row in rows], more
+    runs: PageRuns = {}
+    if query.include_runs and rows:
+        page = orjson.dumps([row[SID] for row in rows]).decode()
+        for session_id, bodies, ids, exact in db.execute(sql.select_runs_of_page, (page,)):
+            runs[session_id] = (bodies, ids, bool(exact))
+    return rows, runs, more
 
 
 def count(sql: SQL, query: ListQuery, db: sqlite3.Connection) -> int:

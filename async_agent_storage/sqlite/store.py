@@ -31,7 +31,7 @@ from . import _leases as leases
 from . import _work as work
 from ._errors import ERRORS
 from ._migrations import MIGRATIONS, MigrationTarget
-from ._rows import session_from_row, stored_session
+from ._rows import listed_session, session_from_row, stored_session
 from ._sql import SQL
 
 __all__ = ["SqliteStore"]
@@ -245,9 +245,12 @@ class SqliteStore(StoreBase):
         )
 
     async def _list_page(self, query: ListQuery) -> tuple[list[Session], PageKey | None]:
-        sessions, more = await self._live(self._io).readers.run(
-            partial(work.list_sessions, self._sql, self.token, query)
+        rows, runs, more = await self._live(self._io).readers.run(
+            partial(work.list_sessions, self._sql, query)
         )
+        sessions = [
+            listed_session(row, runs.get(row[0]), query.include_runs, self.token) for row in rows
+        ]
         return sessions, page_key(sessions, more)
 
     async def _list_ids(self, query: ListQuery) -> list[str]:

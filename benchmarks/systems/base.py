@@ -14,10 +14,12 @@ SEED_CHUNK: Final = 200  # sessions per bulk write while seeding
 
 TURN: Final = "turn"
 LIST: Final = "list"
+LIST_RUNS: Final = "list_runs"
 HISTORY: Final = "history"
 COLD_START: Final = "cold_start"
 BULK: Final = "bulk_load"
-SCENARIOS: Final = (TURN, LIST, HISTORY, COLD_START, BULK)
+SCENARIOS: Final = (TURN, LIST, LIST_RUNS, HISTORY, COLD_START, BULK)
+LOAD_SCENARIOS: Final = (TURN, LIST, LIST_RUNS)  # run at every concurrency
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ class System(abc.ABC):
     """One system under test on one backend."""
 
     kind: ClassVar[str] = "raw"  # "store", "raw" or "peer"
-    scenarios: frozenset[str] = frozenset({TURN, LIST, HISTORY, BULK})
+    scenarios: frozenset[str] = frozenset({TURN, LIST, LIST_RUNS, HISTORY, BULK})
 
     def __init__(self, name: str, backend: str) -> None:
         self.name = name
@@ -80,6 +82,12 @@ class System(abc.ABC):
     async def list_recent(self, picker: Picker, spec: WorkloadSpec) -> None:
         """A user's most recent sessions, without run payloads where the system can do that."""
         raise NotImplementedError
+
+    async def list_with_runs(self, picker: Picker, spec: WorkloadSpec) -> None:
+        """A user's most recent sessions with all their runs (what an export or a dashboard's
+        conversation list loads). A system that always loads whole rows does what it does for
+        `list_recent`."""
+        await self.list_recent(picker, spec)
 
     async def bulk_load(self, sessions: list[SeedSession], batch: int) -> float:
         """Write these new sessions into an empty table, `batch` at a time, through the system's

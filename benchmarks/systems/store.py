@@ -25,6 +25,7 @@ from .base import (
     COLD_START,
     HISTORY,
     LIST,
+    LIST_RUNS,
     SEED_CHUNK,
     TURN,
     Dataset,
@@ -141,9 +142,9 @@ class StoreSystem(System):
         # The bulk-load and cold-start scenarios are about the store, not a turn variant; a
         # route is about turns and listings.
         if route is not None:
-            self.scenarios = frozenset({TURN, LIST})
+            self.scenarios = frozenset({TURN, LIST, LIST_RUNS})
         elif variant == "append":
-            self.scenarios = frozenset({TURN, LIST, HISTORY, BULK, COLD_START})
+            self.scenarios = frozenset({TURN, LIST, LIST_RUNS, HISTORY, BULK, COLD_START})
         elif variant == "leased":
             self.scenarios = frozenset({TURN})
         else:
@@ -238,6 +239,15 @@ class StoreSystem(System):
         store = self.store
         assert store is not None
         found = await store.get_recent_sessions(user_id=picker.user(), limit=spec.list_limit)
+        if not found:
+            raise LookupError("no session listed")
+
+    async def list_with_runs(self, picker: Picker, spec: WorkloadSpec) -> None:
+        store = self.store
+        assert store is not None
+        found = await store.get_recent_sessions(
+            user_id=picker.user(), limit=spec.list_limit, include_runs=True
+        )
         if not found:
             raise LookupError("no session listed")
 
