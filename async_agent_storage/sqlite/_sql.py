@@ -85,6 +85,10 @@ _SELECT_RUN_IDS = """
     SELECT run_id, seq, CAST(body AS BLOB) FROM "{t}_runs"
     WHERE session_id = ?1 AND run_id IN (SELECT value FROM json_each(?2))
 """
+# Which of the sessions in ?1 (a JSON array of ids) exist: an upsert_many's check.
+_SELECT_EXISTING = """
+    SELECT session_id FROM "{t}" WHERE session_id IN (SELECT value FROM json_each(?1))
+"""
 _SELECT_RUN = """
     SELECT CAST(r.body AS BLOB) FROM "{t}_runs" r JOIN "{t}" s ON s.session_id = r.session_id
     WHERE r.session_id = ?1 AND r.run_id = ?2 AND (?3 IS NULL OR s.user_id = ?3)
@@ -200,6 +204,7 @@ class SQL:
     select_runs_from: str
     select_runs_of_page: str
     select_run_ids: str
+    select_existing: str
     select_run: str
     insert_session: str
     update_session: str
@@ -245,6 +250,7 @@ class SQL:
             select_runs_from=f(_SELECT_RUNS_FROM),
             select_runs_of_page=f(_SELECT_RUNS_OF_PAGE),
             select_run_ids=f(_SELECT_RUN_IDS),
+            select_existing=f(_SELECT_EXISTING),
             select_run=f(_SELECT_RUN),
             insert_session=f(_INSERT_SESSION),
             update_session=f(_UPDATE_SESSION),

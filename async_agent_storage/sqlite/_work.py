@@ -139,7 +139,55 @@ def upsert(
     db: sqlite3.Connection,
 ) -> list[StoredRow]:
     now = now_us()
-    return [_upsert_one(sql, label, store, enc, if_version, now, db) for enc in sessions]
+    if len(sessions) == 1:
+        return [_upsert_one(sql, label, store, sessions[0], if_version, now, db)]
+    # A batch (upsert_many, no if_version): the sessions not stored yet are inserted together,
+    # two statements for the lot; the others are written one by one. Under the write lock the
+    # check of which exist and the writes see one state.
+    ids = orjson.dumps([enc.session_id for enc in sessions]).decode()
+    existing = {row[0] for row in db.execute(sql.select_existing, (ids,))}
+    written = _insert_new([enc for enc in sessions if enc.session_id not in existing], now, sql, db)
+    return [
+        written[enc.session_id]
+        if enc.session_id in written
+        else _upsert_one(sql, label, store, enc, if_version, now, db)
+        for enc in sessions
+    ]
+
+
+def _insert_new(
+    sessions: list[EncodedSession], now: int, sql: SQL, db: sqlite3.Connection
+) -> dict[str, StoredRow]:
+    written: dict[str, StoredRow] = {}
+    rows: list[tuple[Any, ...]] = []
+    runs: list[tuple[Any, ...]] = []
+    for enc in sessions:
+        sid, incarnation = enc.session_id, _new_incarnation()
+        rows.append(
+            (
+                sid,
+                enc.session_type,
+                enc.user_id,
+                enc.agent_id,
+                enc.team_id,
+                enc.workflow_id,
+                enc.session_data.decode(),
+                *(None if f is None else f.decode() for f in enc.optional_json()),
+                now,
+                now,
+                1,
+                len(enc.runs),
+                incarnation,
+                sid,
+            )
+        )
+        runs += [(sid, i, r.run_id, r.body.decode(), now) for i, r in enumerate(enc.runs)]
+        written[sid] = (now, now, 1, 0, incarnation)
+    if rows:
+        db.executemany(sql.insert_session, rows)
+    if runs:
+        db.executemany(sql.insert_run, runs)
+    return written
 
 
 def _upsert_one(
