@@ -41,6 +41,7 @@ from .models import (
     SessionPage,
     SessionType,
     SessionValidationError,
+    StoreUsage,
     TurnCount,
 )
 from .protocol import SessionStore
@@ -79,6 +80,7 @@ __all__ = [
     "StorageUnavailableError",
     "StoreClosedError",
     "StoreOptions",
+    "StoreUsage",
     "TurnCount",
     "__version__",
     "open_store",

@@ -81,7 +81,7 @@ from .errors import (
     StorageError,
     StoreClosedError,
 )
-from .models import Activity, ActivityBucket, MigrationReport, Session, SessionPage
+from .models import Activity, ActivityBucket, MigrationReport, Session, SessionPage, StoreUsage
 
 __all__ = ["StoreBase", "StoreOptions", "StoreState"]
 
@@ -278,6 +278,10 @@ class StoreBase(abc.ABC):
 
     @abc.abstractmethod
     async def _count(self, query: ListQuery) -> int: ...
+
+    @abc.abstractmethod
+    async def _usage(self) -> tuple[int, int, dict[str, int]]:
+        """Sessions, runs (the sum of the histories), and bytes per table or collection."""
 
     @abc.abstractmethod
     async def _fork(
@@ -736,6 +740,12 @@ class StoreBase(abc.ABC):
         )
         sessions, _ = await self._call("get_recent_sessions", self._list_page, query)
         return sessions
+
+    async def usage(self) -> StoreUsage:
+        """How many sessions and runs the store holds and the bytes its tables take (with their
+        indexes), counted by the database: for capacity planning and `aas status`."""
+        sessions, runs, sizes = await self._call("usage", self._usage)
+        return StoreUsage(sessions=sessions, runs=runs, bytes=sizes)
 
     async def count_sessions(
         self,

@@ -21,6 +21,7 @@ __all__ = [
     "SessionPage",
     "SessionType",
     "SessionValidationError",
+    "StoreUsage",
     "TurnCount",
     "trusted_session",
 ]
@@ -172,6 +173,19 @@ def trusted_session(
     object.__setattr__(session, "__pydantic_extra__", None)
     object.__setattr__(session, "__pydantic_private__", None)
     return session
+
+
+class StoreUsage(BaseModel):
+    """What a store holds (`store.usage()`): sessions, runs, and the bytes each of its tables or
+    collections takes with its indexes (empty when the database cannot tell)."""
+
+    sessions: int
+    runs: int
+    bytes: dict[str, int] = Field(default_factory=dict)
+
+    @property
+    def total_bytes(self) -> int | None:
+        return sum(self.bytes.values()) if self.bytes else None
 
 
 class SessionPage(BaseModel):

@@ -8,7 +8,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
 from ._leases import Lease
-from .models import Activity, ActivityBucket, MigrationReport, Session, SessionPage
+from .models import Activity, ActivityBucket, MigrationReport, Session, SessionPage, StoreUsage
 
 __all__ = ["SessionStore"]
 
@@ -121,6 +121,10 @@ class SessionStore(Protocol):
         user_id: str | None = None,
     ) -> Session | None:
         """A copy of the session with its history up to `at_run`, made in the database."""
+        ...
+
+    async def usage(self) -> StoreUsage:
+        """Sessions, runs and bytes per table, counted by the database."""
         ...
 
     async def count_sessions(

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from async_agent_storage import MigrationReport, MigrationStep
+from async_agent_storage import MigrationReport, MigrationStep, StoreUsage
 
 from .common import (
     DEFAULT_TABLE,
@@ -56,6 +56,17 @@ def _steps_table(steps: list[MigrationStep], title: str) -> Table:
     return table
 
 
+def _size(count: int) -> str:
+    if count < 1024:
+        return f"{count} bytes"
+    size = float(count)
+    for unit in ("KiB", "MiB", "GiB"):
+        size /= 1024
+        if size < 1024 or unit == "GiB":
+            break
+    return f"{size:.1f} {unit}"
+
+
 def _plural(count: int, word: str) -> str:
     return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
@@ -66,22 +77,23 @@ def status(
     table: TableOption = DEFAULT_TABLE,
     as_json: JsonOption = False,
 ) -> None:
-    """Show the schema version of a store, the migrations it lacks, and how many sessions it holds.
+    """Show the schema version of a store, the migrations it lacks, and what it holds: sessions,
+    runs and the size of its tables.
 
     Reads only: creates no file, table or directory. Exits with status 1 when the store
     cannot be reached or its schema is newer than this version of async-agent-storage.
     """
 
-    async def main() -> tuple[int, MigrationReport, int | None]:
+    async def main() -> tuple[int, MigrationReport, StoreUsage | None]:
         _, store = store_for(_url(url_argument, url), table)
         version, plan = await store.schema_version(), await store.upgrade_schema(dry_run=True)
-        sessions = None
+        usage = None
         if plan.up_to_date:  # opening a current schema changes nothing
             async with store:
-                sessions = await store.count_sessions()
-        return version, plan, sessions
+                usage = await store.usage()
+        return version, plan, usage
 
-    version, plan, sessions = run(main())
+    version, plan, usage = run(main())
     # Facts in display order.
     facts: dict[str, Any] = {
         "store": plan.store,
@@ -90,7 +102,9 @@ def status(
         "latest_version": plan.to_version,
         "up_to_date": plan.up_to_date,
         "pending": _steps_json(plan.pending),
-        "sessions": sessions,
+        "sessions": None if usage is None else usage.sessions,
+        "runs": None if usage is None else usage.runs,
+        "bytes": None if usage is None else usage.bytes,
     }
     if as_json:
         print_json(facts)
@@ -102,8 +116,11 @@ def status(
         f"schema version: {version} (this code: {plan.to_version})",
         f"pending migrations: {pending}",
     ]
-    if sessions is not None:
-        lines.append(f"sessions: {sessions}")
+    if usage is not None:
+        lines += [f"sessions: {usage.sessions}", f"runs: {usage.runs}"]
+        if usage.bytes:
+            sizes = ", ".join(f"{name} {_size(n)}" for name, n in sorted(usage.bytes.items()))
+            lines.append(f"size: {_size(sum(usage.bytes.values()))} ({sizes})")
     for line in lines:
         console.print(text(line))
     if plan.pending:

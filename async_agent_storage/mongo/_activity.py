@@ -21,7 +21,6 @@ Wire it into `MongoStore` as::
 
 from __future__ import annotations
 
-import inspect
 from datetime import timedelta
 from typing import Any, Final
 
@@ -29,7 +28,7 @@ from bson import ObjectId
 
 from .._activity import ActivityCounts, ActivityQuery
 from .._time import from_us, to_us
-from ._queries import WRITTEN_US, Collections
+from ._queries import WRITTEN_US, Collections, aggregate
 
 __all__ = ["WRITTEN_US", "active_pipeline", "activity", "entity_pipeline", "turns_pipeline"]
 
@@ -139,20 +138,10 @@ def turns_pipeline(query: ActivityQuery, sessions_collection: str) -> list[dict[
     ]
 
 
-async def _aggregate(collection: Any, pipeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The results of an aggregation (PyMongo's async `aggregate` is a coroutine, Motor's gives
-    a cursor)."""
-    cursor = collection.aggregate(pipeline)
-    if inspect.isawaitable(cursor):
-        cursor = await cursor
-    rows: list[dict[str, Any]] = await cursor.to_list(None)
-    return rows
-
-
 async def activity(parts: Collections, query: ActivityQuery) -> ActivityCounts:
-    entities = await _aggregate(parts.sessions, entity_pipeline(query))
-    active = await _aggregate(parts.sessions, active_pipeline(query))
-    turns = await _aggregate(parts.runs, turns_pipeline(query, parts.sessions.name))
+    entities = await aggregate(parts.sessions, entity_pipeline(query))
+    active = await aggregate(parts.sessions, active_pipeline(query))
+    turns = await aggregate(parts.runs, turns_pipeline(query, parts.sessions.name))
     counts = active[0] if active else {"hour": 0, "day": 0, "week": 0}
     return ActivityCounts(
         entities=[(e["_id"], int(e["sessions"]), int(e["runs"])) for e in entities],

@@ -18,7 +18,6 @@ The copies are made inside the database (an aggregation of the runs collection i
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -40,15 +39,6 @@ from ._writes import Writer, any_hold
 __all__ = ["fork", "pop_runs", "truncate_runs"]
 
 _log = logging.getLogger("async_agent_storage.mongo")
-
-
-async def _aggregate(collection: Any, pipeline: list[dict[str, Any]]) -> None:
-    """Run an aggregation to its end (PyMongo's async `aggregate` is a coroutine, Motor's gives a
-    cursor that runs when read)."""
-    cursor = collection.aggregate(pipeline)
-    if inspect.isawaitable(cursor):
-        cursor = await cursor
-    await cursor.to_list(None)
 
 
 async def _owned(writer: Writer, sid: str, uid: str | None) -> dict[str, Any] | None:
@@ -176,7 +166,7 @@ async def _copy_history(
         for row in rows:
             if row["version"] > pending[row["seq"]].version:
                 del pending[row["seq"]]  # copied already, and rewritten since by a newer write
-    await _aggregate(
+    await q.aggregate(
         parts.runs,
         q.copy_runs_pipeline(
             sid,
@@ -285,7 +275,7 @@ async def fork(
             run_count=copied,
             now=now_us(),
         )
-        await _aggregate(parts.sessions, pipeline)
+        await q.aggregate(parts.sessions, pipeline)
         created: dict[str, Any] | None = await parts.sessions.find_one({"_id": new_sid})
         if created is not None and created["gen"] == new_gen:
             return session_from_doc(created, [], copied, [])

@@ -57,6 +57,7 @@ removes its hold. A hold older than `HOLD_US` (a pop that died) no longer counts
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -124,6 +125,16 @@ class Collections:
     runs: Any
     history: Any
     leases: Any
+
+
+async def aggregate(collection: Any, pipeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The results of an aggregation, read to its end (PyMongo's async `aggregate` is a
+    coroutine, Motor's gives a cursor that runs when read)."""
+    cursor = collection.aggregate(pipeline)
+    if inspect.isawaitable(cursor):
+        cursor = await cursor
+    rows: list[dict[str, Any]] = await cursor.to_list(None)
+    return rows
 
 
 @dataclass(slots=True)

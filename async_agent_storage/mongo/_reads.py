@@ -8,12 +8,14 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
+from pymongo.errors import PyMongoError
+
 from .._paging import ListQuery, PageKey
 from .._rules import RETRY
 from ..models import Session
 from . import _bson
 from . import _queries as q
-from ._queries import Collections
+from ._queries import Collections, aggregate
 from ._rows import session_from_doc
 
 __all__ = [
@@ -191,3 +193,20 @@ async def list_sessions(
             if again is not None:
                 sessions.append(again)
     return sessions, last
+
+
+async def usage(parts: Collections) -> tuple[int, int, dict[str, int]]:
+    """Sessions, runs (the sum of the histories), and the bytes of each collection with its
+    indexes (empty when the server does not report them)."""
+    sessions = await parts.sessions.count_documents({})
+    totals = await aggregate(
+        parts.sessions, [{"$group": {"_id": None, "runs": {"$sum": "$run_count"}}}]
+    )
+    sizes: dict[str, int] = {}
+    for collection in (parts.sessions, parts.runs, parts.history):
+        try:
+            stats = await parts.database.command("collStats", collection.name)
+        except PyMongoError:
+            return sessions, int(totals[0]["runs"]) if totals else 0, {}
+        sizes[collection.name] = int(stats.get("size", 0)) + int(stats.get("totalIndexSize", 0))
+    return sessions, int(totals[0]["runs"]) if totals else 0, sizes

@@ -309,6 +309,9 @@ class MongoStore(StoreBase):
     async def _count(self, query: ListQuery) -> int:
         return await self._shielded(_reads.count(self._live(self._writer).parts, query))
 
+    async def _usage(self) -> tuple[int, int, dict[str, int]]:
+        return await self._shielded(_reads.usage(self._live(self._writer).parts))
+
     async def _fork(
         self, session_id: str, new_session_id: str, at_run: str | None, user_id: str | None
     ) -> Session | None:

@@ -85,6 +85,14 @@ _SELECT_RUN_IDS = """
     SELECT run_id, seq, CAST(body AS BLOB) FROM "{t}_runs"
     WHERE session_id = ?1 AND run_id IN (SELECT value FROM json_each(?2))
 """
+# usage(): sessions and runs, and the bytes of each of the store's tables with its indexes
+# (SQLite's dbstat table, aggregated per b-tree; ?1 a JSON array of the table names).
+_USAGE_COUNTS = 'SELECT count(*), coalesce(sum(run_count), 0) FROM "{t}"'
+_USAGE_BYTES = """
+    SELECT m.tbl_name, sum(d.pgsize) FROM dbstat('main', 1) d
+    JOIN sqlite_schema m ON m.name = d.name
+    WHERE m.tbl_name IN (SELECT value FROM json_each(?1)) GROUP BY m.tbl_name
+"""
 # Which of the sessions in ?1 (a JSON array of ids) exist: an upsert_many's check.
 _SELECT_EXISTING = """
     SELECT session_id FROM "{t}" WHERE session_id IN (SELECT value FROM json_each(?1))
@@ -205,6 +213,8 @@ class SQL:
     select_runs_of_page: str
     select_run_ids: str
     select_existing: str
+    usage_counts: str
+    usage_bytes: str
     select_run: str
     insert_session: str
     update_session: str
@@ -251,6 +261,8 @@ class SQL:
             select_runs_of_page=f(_SELECT_RUNS_OF_PAGE),
             select_run_ids=f(_SELECT_RUN_IDS),
             select_existing=f(_SELECT_EXISTING),
+            usage_counts=f(_USAGE_COUNTS),
+            usage_bytes=_USAGE_BYTES,
             select_run=f(_SELECT_RUN),
             insert_session=f(_INSERT_SESSION),
             update_session=f(_UPDATE_SESSION),

@@ -40,6 +40,7 @@ __all__ = [
     "read_session",
     "truncate_runs",
     "upsert",
+    "usage",
 ]
 
 Appended = tuple[Sequence[Any], int, list[bytes], list[str]]
@@ -106,6 +107,16 @@ def count(sql: SQL, query: ListQuery, db: sqlite3.Connection) -> int:
     statement, params = sql.listing(query, count=True)
     total: int = db.execute(statement, params).fetchone()[0]
     return total
+
+
+def usage(sql: SQL, db: sqlite3.Connection) -> tuple[int, int, dict[str, int]]:
+    sessions, runs = db.execute(sql.usage_counts).fetchone()
+    tables = [sql.table, f"{sql.table}_runs", sql.history_table, f"{sql.table}_leases"]
+    try:
+        rows = db.execute(sql.usage_bytes, (orjson.dumps(tables).decode(),)).fetchall()
+    except sqlite3.OperationalError:  # a SQLite built without the dbstat table
+        rows = []
+    return int(sessions), int(runs), {name: int(size) for name, size in rows}
 
 
 def list_ids(sql: SQL, query: ListQuery, db: sqlite3.Connection) -> list[str]:

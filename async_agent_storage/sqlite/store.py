@@ -228,6 +228,9 @@ class SqliteStore(StoreBase):
     async def _count(self, query: ListQuery) -> int:
         return await self._live(self._io).readers.run(partial(work.count, self._sql, query))
 
+    async def _usage(self) -> tuple[int, int, dict[str, int]]:
+        return await self._live(self._io).readers.run(partial(work.usage, self._sql))
+
     async def _fork(
         self, session_id: str, new_session_id: str, at_run: str | None, user_id: str | None
     ) -> Session | None:

@@ -363,6 +363,18 @@ class TurnConformance:
         page = await store.list_sessions(user_id="counted", entity_id="b", limit=100)
         assert await store.count_sessions(user_id="counted", entity_id="b") == len(page.items)
 
+    async def test_usage_counts_sessions_runs_and_bytes(self, store: SessionStore) -> None:
+        before = await store.usage()
+        await store.append_runs(_sid(), [{"i": i} for i in range(3)])
+        await store.append_runs(_sid(), [{"i": 0}], user_id="u")
+        await store.upsert(Session(session_id=_sid()))
+        after = await store.usage()
+        assert (after.sessions - before.sessions, after.runs - before.runs) == (3, 4)
+        assert all(type(size) is int and size >= 0 for size in after.bytes.values())
+        if after.bytes:  # the backend reports sizes: the sessions and runs are among them
+            assert len(after.bytes) >= 2
+            assert after.total_bytes == sum(after.bytes.values())
+
     async def test_fork_copies_the_session_up_to_a_run(self, store: SessionStore) -> None:
         sid, fork, whole = _sid(), _sid(), _sid()
         await store.append_runs(

@@ -55,7 +55,10 @@ def test_status_then_migrate_then_nothing_to_do(tmp_path: Path) -> None:
         "up_to_date": True,
         "pending": [],
         "sessions": 0,
+        "runs": 0,
+        "bytes": orjson.loads(after.stdout)["bytes"],
     }
+    assert set(orjson.loads(after.stdout)["bytes"]) >= {"agent_sessions", "agent_sessions_runs"}
     assert "\nsessions: 0\n" in invoke(["status", "--url", url]).stdout
 
     async def write() -> None:
@@ -64,7 +67,8 @@ def test_status_then_migrate_then_nothing_to_do(tmp_path: Path) -> None:
             await store.append_runs("s2", [{"i": 0}], user_id="u")
 
     asyncio.run(write())
-    assert "\nsessions: 2\n" in invoke(["status", "--url", url]).stdout
+    printed = invoke(["status", "--url", url]).stdout
+    assert "\nsessions: 2\nruns: 2\nsize: " in printed
 
 
 def test_the_url_may_still_come_first(tmp_path: Path) -> None:
