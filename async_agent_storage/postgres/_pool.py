@@ -25,7 +25,7 @@ import asyncpg
 
 from .._boundary import NotSent
 from .._observe import logger_for
-from ..errors import StorageUnavailableError
+from ..errors import ConfigurationError, StorageUnavailableError
 
 __all__ = [
     "Connection",
@@ -319,3 +319,42 @@ async def fetchval(connection: Connection, statement: str, *args: Any) -> Any:
 async def fetch(connection: Connection, statement: str, *args: Any) -> list[Any]:
     rows: list[Any] = await connection.fetch(statement, *args)
     return rows
+
+
+_MIN_SERVER = 120000  # PostgreSQL 12
+
+
+async def check_server(connection: Connection, label: str) -> str | None:
+    """Refuse a server too old or a database not in UTF8; the connection's current schema."""
+    from . import _sql as q  # the statements module imports this one's types
+
+    schema, version, encoding = await connection.fetchrow(q.SERVER_FACTS)
+    if version < _MIN_SERVER:
+        raise ConfigurationError(
+            f"{label}: PostgreSQL {version // 10000} is too old; async-agent-storage needs "
+            "PostgreSQL 12 or newer"
+        )
+    if encoding != "UTF8":
+        raise ConfigurationError(
+            f"{label}: the database encoding is {encoding}; sessions hold any Unicode text, so "
+            "the database must be UTF8 (CREATE DATABASE ... ENCODING 'UTF8')"
+        )
+    found: str | None = schema
+    return found
+
+
+@asynccontextmanager
+async def one_connection(
+    url: str, label: str, connect_timeout: float, statement_cache_size: int
+) -> AsyncIterator[Connection]:
+    """A connection outside any pool, closed after the block (schema calls before `open()`)."""
+    try:
+        connection = await connect(
+            url, connect_timeout=connect_timeout, statement_cache_size=statement_cache_size
+        )
+    except TimeoutError as exc:
+        raise connect_timed_out(label, connect_timeout) from exc
+    try:
+        yield connection
+    finally:
+        await close_connection(connection)

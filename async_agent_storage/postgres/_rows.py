@@ -3,15 +3,24 @@ wire as text (see `_jsonb` for how `jsonb` is kept lossless)."""
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Any
 
 from .. import _codec as codec
+from .._activity import ActivityCounts, ActivityQuery
 from .._encoding import EncodedAppend, EncodedRun, EncodedSession, decode_runs
+from .._time import to_us
 from ..models import Session, trusted_session
 from . import _sql as q
 from ._jsonb import from_db, to_db
 
-__all__ = ["appended_session", "retried_session", "session_columns", "session_from_row"]
+__all__ = [
+    "activity_counts",
+    "appended_session",
+    "retried_session",
+    "session_columns",
+    "session_from_row",
+]
 
 
 def _optional_db(data: bytes | None) -> str | None:
@@ -84,3 +93,18 @@ def retried_session(row: Any, bodies: list[str], run_ids: list[str], start: int)
     """The session as stored, with the runs an append had already written (found by id)."""
     decoded = from_db("[" + ",".join(bodies) + "]")
     return _session(row, from_db(row[q.DATA]), decoded, run_ids, start)
+
+
+def activity_counts(rows: list[Any], query: ActivityQuery) -> ActivityCounts:
+    """The rows of `_sql.SQL.activity` (a kind tag first: 0 entity totals, 1 active sessions,
+    2 runs per entity and time bucket) as the `_activity` hook's answer."""
+    active = next((r[2], r[3], r[4]) for r in rows if r[0] == 1)
+    return ActivityCounts(
+        entities=[(r[1], r[2], r[3]) for r in rows if r[0] == 0],
+        active=active,
+        turns=[
+            (r[1], (to_us(r[5].replace(tzinfo=UTC)) - query.since_us) // query.bucket_us, r[2])
+            for r in rows
+            if r[0] == 2
+        ],
+    )

@@ -143,7 +143,9 @@ SELECT created_at, updated_at, version, run_count FROM up
 # $3 session_data (NULL: keep), $4 run ids, $5 run bodies, $6 state_patch (NULL: none; an RFC 7396
 # merge patch applied by the store's merge-patch function), $7 if_version (NULL: any; 0: the
 # session must not exist), $8 the lease token of a session it creates (NULL, or under a fence the
-# token of its lease row, see `_writes`). Returns the session without runs (session_data only
+# token of its lease row, see `_writes`), $9 the session_data of a session it creates (the data,
+# or the patch applied to {} in Python: the merge-patch function runs only on a stored state).
+# Returns the session without runs (session_data only
 # when it was not replaced: the caller has the one it passed). A run id the session holds
 # already fails the statement on the runs' unique (session_id, run_id) constraint, checked at
 # its end: the driver then appends only the new ones (see `PostgresStore._append_row`).
@@ -152,7 +154,7 @@ WITH up AS (
     INSERT INTO {t} AS s (session_id, session_type, user_id, session_data,
         created_at, updated_at, version, run_count, lease_token)
     SELECT $1, 'agent', $2,
-        coalesce($3::text::jsonb, {merge_patch}('{{}}'::jsonb, $6::text::jsonb), '{{}}'::jsonb),
+        coalesce($9::text::jsonb, '{{}}'::jsonb),
         now(), now(), 1, cardinality($4::text[]), $8::bigint
     WHERE $7::bigint IS NULL OR $7::bigint = 0
     ON CONFLICT (session_id) DO UPDATE SET
@@ -366,6 +368,15 @@ WHERE r.created_at >= $5::timestamptz AND r.created_at <= $1::timestamptz
 GROUP BY 2, 6
 """
 
+# usage(): sessions and runs; then the bytes of the store's tables with their indexes and TOAST
+# ($1 the schema, $2 the table names).
+_USAGE_COUNTS = "SELECT count(*), coalesce(sum(run_count), 0) FROM {t}"
+USAGE_BYTES = """
+SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = $1 AND c.relname = ANY($2::text[]) AND c.relkind IN ('r', 'p')
+"""
+
 # --- schema and migrations ------------------------------------------------------------------
 
 # $1 the quoted, qualified name of a table: NULL when it does not exist.
@@ -433,6 +444,7 @@ class SQL:
     fork: str
     delete: str
     select_owner: str
+    usage_counts: str
     lock_lease: str
     lock_many: str
     upsert_many: str
@@ -495,6 +507,7 @@ class SQL:
             fork=f(_FORK),
             delete=f(_DELETE),
             select_owner=f(_SELECT_OWNER),
+            usage_counts=f(_USAGE_COUNTS),
             lock_lease=f(_LOCK_LEASE),
             lock_many=f(_LOCK_MANY),
             upsert_many=f(_UPSERT_MANY),

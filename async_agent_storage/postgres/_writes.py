@@ -13,7 +13,8 @@ from typing import Any
 
 import asyncpg
 
-from .._encoding import EncodedAppend, EncodedRun, EncodedSession
+from .. import _codec as codec
+from .._encoding import EncodedAppend, EncodedRun, EncodedSession, merge_patch
 from .._rules import RETRY, OwnerRule, Stored, Verdict, conflict, decide, fenced, not_owner, owns
 from ..errors import InvalidInputError
 from ._jsonb import to_db
@@ -37,16 +38,18 @@ async def _create_fenced(
     fence: int,
     statement: str,
     args: tuple[Any, ...],
+    token_at: int,
 ) -> Any:
     """A fenced write whose session does not exist: in one transaction, lock the session's lease
     row (FOR SHARE: a lease being taken waits for this write to commit, and this write waits for
     a lease being taken), refuse the write when that lease is newer than the fence, else run the
-    creating statement (`statement`, whose last parameter is the new row's lease_token)."""
+    creating statement (`statement`, whose parameter at `token_at` is the new row's
+    lease_token)."""
     async with connection.transaction():
         latest = await connection.fetchval(sql.lock_lease, session_id)
         if latest is not None and latest > fence:
             raise fenced(label, session_id, fence, latest)
-        return await connection.fetchrow(statement, *args[:-1], latest)
+        return await connection.fetchrow(statement, *args[:token_at], latest, *args[token_at + 1 :])
 
 
 def _duplicate_run_id(exc: asyncpg.UniqueViolationError, sql: SQL) -> bool:
@@ -80,7 +83,14 @@ async def write_session(
                 )
                 if verdict is Verdict.CREATE:
                     row = await _create_fenced(
-                        connection, sql, label, enc.session_id, enc.fence, sql.upsert, args
+                        connection,
+                        sql,
+                        label,
+                        enc.session_id,
+                        enc.fence,
+                        sql.upsert,
+                        args,
+                        len(args) - 1,
                     )
         except asyncpg.UniqueViolationError as exc:
             if not _duplicate_run_id(exc, sql):
@@ -149,6 +159,13 @@ class Appended:
     retried: tuple[list[str], list[str], int] | None = None  # bodies, ids, start
 
 
+def _patched_empty(patch: bytes | None) -> str | None:
+    """The state of a session an append with this patch creates: the patch applied to {}."""
+    if patch is None:
+        return None
+    return to_db(codec.dumps(merge_patch({}, codec.loads(patch))))
+
+
 async def append(connection: Connection, sql: SQL, label: str, append: EncodedAppend) -> Appended:
     """The append statement; when a run id is already stored (the runs' unique constraint,
     checked at the end of the statement, rolls the whole statement back), append only the new
@@ -156,11 +173,13 @@ async def append(connection: Connection, sql: SQL, label: str, append: EncodedAp
     runs = append.runs
     data = None if append.session_data is None else to_db(append.session_data)
     patch = None if append.state_patch is None else to_db(append.state_patch)
+    created = data if patch is None else _patched_empty(append.state_patch)
     fence = append.fence
     # With a fence, an UPDATE of an existing session; an absent one is `_create_fenced`.
-    statement = sql.append_update if append.if_version or fence is not None else sql.append
+    updating = bool(append.if_version) or fence is not None
+    statement = sql.append_update if updating else sql.append
     for _ in range(RETRY.attempts):
-        args = (
+        args: tuple[Any, ...] = (
             append.session_id,
             append.user_id,
             data,
@@ -170,6 +189,8 @@ async def append(connection: Connection, sql: SQL, label: str, append: EncodedAp
             append.if_version,
             fence,
         )
+        if not updating:
+            args += (created,)
         try:
             row = await connection.fetchrow(statement, *args)
             if row is None and fence is not None:
@@ -184,7 +205,14 @@ async def append(connection: Connection, sql: SQL, label: str, append: EncodedAp
                 )
                 if verdict is Verdict.CREATE:
                     row = await _create_fenced(
-                        connection, sql, label, append.session_id, fence, sql.append, args
+                        connection,
+                        sql,
+                        label,
+                        append.session_id,
+                        fence,
+                        sql.append,
+                        (*args[:8], created),
+                        7,  # $8
                     )
         except asyncpg.UniqueViolationError as exc:
             if not _duplicate_run_id(exc, sql):
@@ -319,3 +347,10 @@ async def fork(
             target = await _stored(connection, sql, new_session_id)
             raise conflict(label, new_session_id, 0, 0 if target is None else target.version)
     return row, copied
+
+
+async def drop_tables(connection: Connection, sql: SQL) -> None:
+    """drop(): the store's tables and functions, in one transaction."""
+    async with connection.transaction():
+        for statement in sql.drop:
+            await connection.execute(statement)

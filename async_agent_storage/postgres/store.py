@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC
 from typing import Any, ClassVar, Final, Unpack
 
 import asyncpg
@@ -31,7 +30,6 @@ from .._encoding import EncodedAppend, EncodedSession, session_from_encoded
 from .._leases import Busy, Grant
 from .._paging import ListQuery, PageKey, page_key
 from .._store import StoreBase, StoreOptions
-from .._time import to_us
 from ..errors import ConfigurationError
 from ..models import Session
 from . import _leases, _pool, _writes
@@ -41,7 +39,13 @@ from ._jsonb import from_db, to_db
 from ._migrations import MIGRATIONS, MigrationTarget
 from ._pool import Connection, GatedPool, fetch, fetchrow, fetchval
 from ._replicas import ReplicaOptions, Routed, Router, open_router, write_position
-from ._rows import appended_session, retried_session, session_columns, session_from_row
+from ._rows import (
+    activity_counts,
+    appended_session,
+    retried_session,
+    session_columns,
+    session_from_row,
+)
 from ._sql import SQL
 from ._url import normalize_url, where
 
@@ -227,17 +231,7 @@ class PostgresStore(StoreBase):
 
     async def _resolve(self, connection: Connection) -> SQL:
         """Check the server once and fix the schema the statements name."""
-        schema, version, encoding = await connection.fetchrow(q.SERVER_FACTS)
-        if version < _MIN_SERVER:
-            raise ConfigurationError(
-                f"{self.label}: PostgreSQL {version // 10000} is too old; async-agent-storage "
-                "needs PostgreSQL 12 or newer"
-            )
-        if encoding != "UTF8":
-            raise ConfigurationError(
-                f"{self.label}: the database encoding is {encoding}; sessions hold any Unicode "
-                "text, so the database must be UTF8 (CREATE DATABASE ... ENCODING 'UTF8')"
-            )
+        schema = await _pool.check_server(connection, self.label)
         if self._sql is None:
             if schema is None:
                 raise ConfigurationError(
@@ -272,18 +266,10 @@ class PostgresStore(StoreBase):
                 yield MigrationTarget(connection, await self._resolve(connection), self.label)
             return
         assert self.db_url is not None
-        try:
-            connection = await _pool.connect(
-                self.db_url,
-                connect_timeout=self.acquire_timeout,
-                statement_cache_size=self.statement_cache_size,
-            )
-        except TimeoutError as exc:
-            raise self._connect_timed_out() from exc
-        try:
+        async with _pool.one_connection(
+            self.db_url, self.label, self.acquire_timeout, self.statement_cache_size
+        ) as connection:
             yield MigrationTarget(connection, await self._resolve(connection), self.label)
-        finally:
-            await _pool.close_connection(connection)
 
     # --- the calls ------------------------------------------------------------------------------
 
@@ -376,6 +362,14 @@ class PostgresStore(StoreBase):
         total: int = await self._reads(None).run(fetchval, statement, *params, idempotent=True)
         return total
 
+    async def _usage(self) -> tuple[int, int, dict[str, int]]:
+        sql = self._statements()
+        names = [sql.name + suffix for suffix in ("", "_runs", "_migrations", "_leases")]
+        pool = self._reads(None)
+        sessions, runs = await pool.run(fetchrow, sql.usage_counts, idempotent=True)
+        rows = await pool.run(fetch, q.USAGE_BYTES, sql.schema, names, idempotent=True)
+        return int(sessions), int(runs), {row[0]: int(row[1]) for row in rows}
+
     async def _fork(
         self, session_id: str, new_session_id: str, at_run: str | None, user_id: str | None
     ) -> Session | None:
@@ -419,16 +413,7 @@ class PostgresStore(StoreBase):
     async def _activity(self, query: ActivityQuery) -> ActivityCounts:
         statement, params = self._statements().activity(query)
         rows = await self._reads(None).run(fetch, statement, *params, idempotent=True)
-        active = next((r[2], r[3], r[4]) for r in rows if r[0] == 1)
-        return ActivityCounts(
-            entities=[(r[1], r[2], r[3]) for r in rows if r[0] == 0],
-            active=active,
-            turns=[
-                (r[1], (to_us(r[5].replace(tzinfo=UTC)) - query.since_us) // query.bucket_us, r[2])
-                for r in rows
-                if r[0] == 2
-            ],
-        )
+        return activity_counts(rows, query)
 
     async def _ping(self) -> None:
         await self._live(self._pool).run(fetchval, "SELECT 1", idempotent=True)
@@ -448,7 +433,7 @@ class PostgresStore(StoreBase):
         }
 
     async def _drop(self) -> None:
-        await self._live(self._pool).run(self._drop_tables)
+        await self._live(self._pool).run(_writes.drop_tables, self._statements())
 
     async def _take_lease(
         self, session_id: str, user_id: str | None, holder: str, ttl: float
@@ -466,8 +451,3 @@ class PostgresStore(StoreBase):
     async def _release_lease(self, session_id: str, holder: str, token: int) -> None:
         sql = self._lease_statements()
         await self._live(self._pool).run(_leases.release, sql, session_id, holder, token)
-
-    async def _drop_tables(self, connection: Connection) -> None:
-        async with connection.transaction():
-            for statement in self._statements().drop:
-                await connection.execute(statement)
