@@ -15,6 +15,7 @@ __all__ = [
     "Activity",
     "ActivityBucket",
     "EntityActivity",
+    "Erasure",
     "MigrationReport",
     "MigrationStep",
     "Session",
@@ -215,6 +216,15 @@ class MigrationReport(BaseModel):
             f"{self.store}: {verb} {len(steps)} migration(s) {names}: "
             f"version {self.from_version} -> {self.to_version}"
         )
+
+
+class Erasure(BaseModel):
+    """What `delete_user` removed: the user's sessions and their runs (0 and 0 when nothing of
+    the user was left, e.g. on a re-run)."""
+
+    user_id: str
+    sessions: int
+    runs: int
 
 
 class EntityActivity(BaseModel):
