@@ -25,11 +25,13 @@ import asyncpg
 
 from .._boundary import NotSent
 from .._observe import logger_for
-from ..errors import StorageUnavailableError
+from ..errors import ConfigurationError, StorageUnavailableError
+from . import _sql as q
 
 __all__ = [
     "Connection",
     "GatedPool",
+    "checked_server",
     "close_connection",
     "connect",
     "connect_timed_out",
@@ -160,6 +162,23 @@ async def close_connection(connection: Connection) -> None:
     except (Exception, asyncio.CancelledError):
         connection.terminate()
         raise
+
+
+async def checked_server(connection: Connection, label: str, min_version: int) -> str | None:
+    """The connection's current schema, once the server is checked: at least `min_version`
+    (``server_version_num``), and a UTF8 database."""
+    schema, version, encoding = await connection.fetchrow(q.SERVER_FACTS)
+    if version < min_version:
+        raise ConfigurationError(
+            f"{label}: PostgreSQL {version // 10000} is too old; async-agent-storage "
+            "needs PostgreSQL 12 or newer"
+        )
+    if encoding != "UTF8":
+        raise ConfigurationError(
+            f"{label}: the database encoding is {encoding}; sessions hold any Unicode "
+            "text, so the database must be UTF8 (CREATE DATABASE ... ENCODING 'UTF8')"
+        )
+    return schema  # type: ignore[no-any-return]
 
 
 def connect_timed_out(label: str, timeout: float) -> StorageUnavailableError:

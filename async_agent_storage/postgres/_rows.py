@@ -3,15 +3,31 @@ wire as text (see `_jsonb` for how `jsonb` is kept lossless)."""
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Any
 
 from .. import _codec as codec
-from .._encoding import EncodedAppend, EncodedRun, EncodedSession, decode_runs
+from .._activity import ActivityCounts, ActivityQuery
+from .._encoding import (
+    EncodedAppend,
+    EncodedRun,
+    EncodedSession,
+    decode_runs,
+    session_from_encoded,
+)
+from .._time import to_us
 from ..models import Session, trusted_session
 from . import _sql as q
 from ._jsonb import from_db, to_db
 
-__all__ = ["appended_session", "retried_session", "session_columns", "session_from_row"]
+__all__ = [
+    "activity_counts",
+    "appended_session",
+    "retried_session",
+    "session_columns",
+    "session_from_row",
+    "written_sessions",
+]
 
 
 def _optional_db(data: bytes | None) -> str | None:
@@ -84,3 +100,37 @@ def retried_session(row: Any, bodies: list[str], run_ids: list[str], start: int)
     """The session as stored, with the runs an append had already written (found by id)."""
     decoded = from_db("[" + ",".join(bodies) + "]")
     return _session(row, from_db(row[q.DATA]), decoded, run_ids, start)
+
+
+def written_sessions(sessions: list[EncodedSession], rows: list[Any]) -> list[Session]:
+    """The sessions an `upsert_many` wrote, in the caller's order, from its rows (session id,
+    created_at, updated_at, version, run_count)."""
+    stored = {row[0]: row for row in rows}
+    result = []
+    for enc in sessions:
+        _, created, updated, version, run_count = stored[enc.session_id]
+        result.append(
+            session_from_encoded(
+                enc,
+                created_at=created,
+                updated_at=updated,
+                version=version,
+                runs_offset=run_count - len(enc.runs),
+            )
+        )
+    return result
+
+
+def activity_counts(query: ActivityQuery, rows: list[Any]) -> ActivityCounts:
+    """`ActivityCounts` from the rows of `_sql._ACTIVITY` (kind 0 entities, 1 active sessions,
+    2 runs per entity and bucket)."""
+    active = next((r[2], r[3], r[4]) for r in rows if r[0] == 1)
+    return ActivityCounts(
+        entities=[(r[1], r[2], r[3]) for r in rows if r[0] == 0],
+        active=active,
+        turns=[
+            (r[1], (to_us(r[5].replace(tzinfo=UTC)) - query.since_us) // query.bucket_us, r[2])
+            for r in rows
+            if r[0] == 2
+        ],
+    )

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC
 from typing import Any, ClassVar, Final, Unpack
 
 import asyncpg
@@ -27,11 +26,11 @@ from .._checks import (
     check_optional_seconds,
     check_seconds,
 )
+from .._crypto import Reseal
 from .._encoding import EncodedAppend, EncodedSession, session_from_encoded
 from .._leases import Busy, Grant
 from .._paging import ListQuery, PageKey, page_key
 from .._store import StoreBase, StoreOptions
-from .._time import to_us
 from ..errors import ConfigurationError
 from ..models import Session
 from . import _leases, _pool, _writes
@@ -41,7 +40,14 @@ from ._jsonb import from_db, to_db
 from ._migrations import MIGRATIONS, MigrationTarget
 from ._pool import Connection, GatedPool, fetch, fetchrow, fetchval
 from ._replicas import ReplicaOptions, Routed, Router, open_router, write_position
-from ._rows import appended_session, retried_session, session_columns, session_from_row
+from ._rows import (
+    activity_counts,
+    appended_session,
+    retried_session,
+    session_columns,
+    session_from_row,
+    written_sessions,
+)
 from ._sql import SQL
 from ._url import normalize_url, where
 
@@ -227,17 +233,7 @@ class PostgresStore(StoreBase):
 
     async def _resolve(self, connection: Connection) -> SQL:
         """Check the server once and fix the schema the statements name."""
-        schema, version, encoding = await connection.fetchrow(q.SERVER_FACTS)
-        if version < _MIN_SERVER:
-            raise ConfigurationError(
-                f"{self.label}: PostgreSQL {version // 10000} is too old; async-agent-storage "
-                "needs PostgreSQL 12 or newer"
-            )
-        if encoding != "UTF8":
-            raise ConfigurationError(
-                f"{self.label}: the database encoding is {encoding}; sessions hold any Unicode "
-                "text, so the database must be UTF8 (CREATE DATABASE ... ENCODING 'UTF8')"
-            )
+        schema = await _pool.checked_server(connection, self.label, _MIN_SERVER)
         if self._sql is None:
             if schema is None:
                 raise ConfigurationError(
@@ -308,6 +304,7 @@ class PostgresStore(StoreBase):
             [to_db(r.body) for r in session.runs],
             if_version,
             session.fence,  # the UPDATE's fence; NULL: the lease token of a session UPSERT creates
+            *_writes.expiry_args(session.expiry),
         )
         statement = sql.update if if_version or session.fence is not None else sql.upsert
         row = await self._writes(session.session_id).run(
@@ -327,20 +324,7 @@ class PostgresStore(StoreBase):
         rows = await self._writes(*(e.session_id for e in ordered)).run(
             _writes.write_many, self._statements(), self.label, ordered
         )
-        stored = {row[0]: row for row in rows}
-        result = []
-        for enc in sessions:
-            _, created, updated, version, run_count = stored[enc.session_id]
-            result.append(
-                session_from_encoded(
-                    enc,
-                    created_at=created,
-                    updated_at=updated,
-                    version=version,
-                    runs_offset=run_count - len(enc.runs),
-                )
-            )
-        return result
+        return written_sessions(sessions, rows)
 
     async def _append(self, append: EncodedAppend) -> Session:
         done = await self._writes(append.session_id).run(
@@ -387,6 +371,7 @@ class PostgresStore(StoreBase):
             new_session_id,
             at_run,
             user_id,
+            self._default_expiry.ttl_us,
         )
         if done is None:
             return None
@@ -419,16 +404,7 @@ class PostgresStore(StoreBase):
     async def _activity(self, query: ActivityQuery) -> ActivityCounts:
         statement, params = self._statements().activity(query)
         rows = await self._reads(None).run(fetch, statement, *params, idempotent=True)
-        active = next((r[2], r[3], r[4]) for r in rows if r[0] == 1)
-        return ActivityCounts(
-            entities=[(r[1], r[2], r[3]) for r in rows if r[0] == 0],
-            active=active,
-            turns=[
-                (r[1], (to_us(r[5].replace(tzinfo=UTC)) - query.since_us) // query.bucket_us, r[2])
-                for r in rows
-                if r[0] == 2
-            ],
-        )
+        return activity_counts(query, rows)
 
     async def _ping(self) -> None:
         await self._live(self._pool).run(fetchval, "SELECT 1", idempotent=True)
@@ -449,6 +425,17 @@ class PostgresStore(StoreBase):
 
     async def _drop(self) -> None:
         await self._live(self._pool).run(self._drop_tables)
+
+    async def _purge_expired(self, batch: int) -> tuple[int, int]:
+        sql = self._statements()
+        return await self._live(self._pool).run(_writes.delete_batch, sql, None, batch)
+
+    async def _delete_user(self, user_id: str, batch: int) -> tuple[int, int]:
+        sql = self._statements()
+        return await self._live(self._pool).run(_writes.delete_batch, sql, user_id, batch)
+
+    async def _reseal(self, reseal: Reseal) -> bool:
+        return await self._writes(reseal.session_id).run(_writes.reseal, self._statements(), reseal)
 
     async def _take_lease(
         self, session_id: str, user_id: str | None, holder: str, ttl: float
