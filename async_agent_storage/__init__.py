@@ -16,11 +16,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._codec import DEFAULT_MAX_SESSION_BYTES
+from ._crypto import KeyRing
 from ._factory import open_store
 from ._leases import Lease
 from ._store import StoreOptions
 from .errors import (
     ConfigurationError,
+    EncryptionKeyError,
     InvalidInputError,
     MigrationError,
     SerializationError,
@@ -35,6 +37,7 @@ from .errors import (
 from .models import (
     Activity,
     EntityActivity,
+    Erasure,
     MigrationReport,
     MigrationStep,
     Session,
@@ -57,8 +60,11 @@ __all__ = [
     "DEFAULT_MAX_SESSION_BYTES",
     "Activity",
     "ConfigurationError",
+    "EncryptionKeyError",
     "EntityActivity",
+    "Erasure",
     "InvalidInputError",
+    "KeyRing",
     "Lease",
     "MigrationError",
     "MigrationReport",

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple, cast
+from typing import Any, Final, NamedTuple, cast
 
 from pydantic import BaseModel
 
@@ -27,9 +27,11 @@ from .errors import InvalidInputError, SerializationError
 from .models import Session, trusted_session
 
 __all__ = [
+    "NO_EXPIRY",
     "EncodedAppend",
     "EncodedRun",
     "EncodedSession",
+    "Expiry",
     "RunList",
     "RunSource",
     "decode_runs",
@@ -42,6 +44,33 @@ __all__ = [
 ]
 
 JSON_FIELDS = ("agent_data", "team_data", "workflow_data", "metadata", "summary")
+
+
+@dataclass(frozen=True, slots=True)
+class Expiry:
+    """When a write leaves its session expiring (epoch microseconds; None: never, or kept).
+
+    `at_us` is the caller's ``expires_at=`` (set by this write); `ttl_us` the store's default
+    time-to-live; `slide` says every write pushes the expiry to now + ttl. A driver asks
+    `on_create` for a session the write creates and `on_update` for one it changes (None there:
+    keep the stored expiry)."""
+
+    at_us: int | None = None
+    ttl_us: int | None = None
+    slide: bool = False
+
+    def on_create(self, now: int) -> int | None:
+        if self.at_us is not None:
+            return self.at_us
+        return None if self.ttl_us is None else now + self.ttl_us
+
+    def on_update(self, now: int) -> int | None:
+        if self.at_us is not None:
+            return self.at_us
+        return now + self.ttl_us if self.slide and self.ttl_us is not None else None
+
+
+NO_EXPIRY: Final = Expiry()
 
 
 @dataclass(slots=True)
@@ -107,6 +136,7 @@ class EncodedSession:
     size: int
     source: RunSource | None = None  # where `runs` were read, when they came from a RunList
     fence: int | None = None  # the lease token the write carries (`upsert(fence=...)`)
+    expiry: Expiry = NO_EXPIRY  # when the session expires after this write
 
     def may_skip_unchanged(self, store: str, incarnation: str | None, previous: int) -> bool:
         """Whether the runs marked `unchanged` are stored as they are: the session was read from
@@ -136,6 +166,7 @@ class EncodedAppend(NamedTuple):
     if_version: int | None
     runs: list[EncodedRun]
     fence: int | None = None  # the lease token the write carries (refused if older than the latest)
+    expiry: Expiry = NO_EXPIRY  # when the session expires after this write
 
     @property
     def given_ids(self) -> list[str]:

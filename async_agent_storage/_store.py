@@ -30,11 +30,22 @@ hook                                  what the driver does
 `_ping`, `_stats`                     one cheap round trip; the pool or batching figures
 `_take_lease`, `_renew_lease`,        a session's lease: take it (owner checked, token + 1,
 `_release_lease`                      written on the session too), renew it, end it (`_leases`)
+`_purge_expired`                      delete up to N expired sessions and their runs
+`_delete_user`                        delete up to N sessions of a user and their runs
+`_reseal`                             store re-encrypted values of a session still at a version
 ====================================  ===========================================================
 
 A write that carries `fence=` (a lease token) reaches the hooks inside its `EncodedAppend` /
 `EncodedSession`; the driver refuses it in the same statement as the write when the session's
 latest lease token is newer (`_rules.decide`).
+
+Expiry (`ttl`, `expires_at=`) reaches the write hooks the same way (`Expiry`); every read,
+listing, count, activity and get_run statement leaves out sessions whose expiry has passed, and
+a write that finds its session expired removes it first and creates it anew.
+
+Encryption (`encryption=KeyRing(...)`) happens here, not in the drivers: payloads are sealed
+after encoding and opened after each hook returns (`_crypto`), so a driver stores and returns
+JSON strings where it otherwise has JSON objects.
 
 A hook gets checked, encoded arguments and raises its driver's own exceptions (or an error of the
 tree it decided on, such as `SessionOwnershipError` from `_rules.decide`); it never translates.
@@ -55,6 +66,7 @@ from types import TracebackType
 from typing import Any, ClassVar, Final, ParamSpec, Self, TypedDict, TypeVar
 
 from . import _migrations as migration_runner
+from . import _retention as retention
 from ._activity import ActivityCounts, ActivityQuery, activity_from_counts, activity_query
 from ._boundary import ErrorTable
 from ._checks import (
@@ -69,11 +81,21 @@ from ._checks import (
     check_optional_seconds,
 )
 from ._codec import DEFAULT_MAX_SESSION_BYTES
-from ._encoding import EncodedAppend, EncodedSession, encode_append, encode_session, encode_sessions
+from ._crypto import KeyRing, Reseal, open_runs, open_session, seal_append, seal_session
+from ._encoding import (
+    NO_EXPIRY,
+    EncodedAppend,
+    EncodedSession,
+    Expiry,
+    encode_append,
+    encode_session,
+    encode_sessions,
+)
 from ._leases import Busy, Grant, Lease
 from ._migrations import Migration, MigrationTarget
 from ._observe import Observer, logger_for
 from ._paging import ListQuery, PageKey, list_query
+from ._time import to_us
 from .errors import (
     ConfigurationError,
     InvalidInputError,
@@ -81,7 +103,15 @@ from .errors import (
     StorageError,
     StoreClosedError,
 )
-from .models import Activity, ActivityBucket, MigrationReport, Session, SessionPage, StoreUsage
+from .models import (
+    Activity,
+    ActivityBucket,
+    Erasure,
+    MigrationReport,
+    Session,
+    SessionPage,
+    StoreUsage,
+)
 
 __all__ = ["StoreBase", "StoreOptions", "StoreState"]
 
@@ -104,6 +134,9 @@ _WRITES: Final = frozenset(
         "lease",
         "renew_lease",
         "release_lease",
+        "purge_expired",
+        "delete_user",
+        "rotate_keys",
     }
 )
 
@@ -118,12 +151,21 @@ class StoreOptions(TypedDict, total=False):
       (`InvalidInputError`), for multi-tenant servers where no call may reach another user's
       sessions.
     - `slow_call_threshold` (None: off): seconds; a call that takes longer is logged at WARNING.
+    - `ttl` (None: never): seconds a session lives after it is created (or, with
+      `sliding_ttl`, after each write); an expired session is gone for every read at once and
+      `purge_expired()` deletes it. `expires_at=` on a write sets one session's expiry.
+    - `sliding_ttl` (False): every write of a session pushes its expiry to now + `ttl`.
+    - `encryption` (None): a `KeyRing`; payloads are encrypted with AES-GCM before they leave
+      the process (docs/privacy.md). Needs the ``crypto`` extra.
     """
 
     auto_upgrade_schema: bool
     max_session_bytes: int
     require_user_id: bool
     slow_call_threshold: float | None
+    ttl: float | None
+    sliding_ttl: bool
+    encryption: KeyRing | None
 
 
 _SHARED: Final[dict[str, object]] = {
@@ -131,6 +173,9 @@ _SHARED: Final[dict[str, object]] = {
     "max_session_bytes": DEFAULT_MAX_SESSION_BYTES,
     "require_user_id": False,
     "slow_call_threshold": None,
+    "ttl": None,
+    "sliding_ttl": False,
+    "encryption": None,
 }
 
 
@@ -154,6 +199,9 @@ class StoreBase(abc.ABC):
     max_session_bytes: int
     require_user_id: bool
     slow_call_threshold: float | None
+    ttl: float | None
+    sliding_ttl: bool
+    encryption: KeyRing | None
     token: str
     table_name: str
     _state: StoreState = StoreState.NEW
@@ -195,6 +243,24 @@ class StoreBase(abc.ABC):
         self.require_user_id = require_user_id
         self.slow_call_threshold = check_optional_seconds(
             "slow_call_threshold", values["slow_call_threshold"], allow_zero=True
+        )
+        self.ttl = check_optional_seconds("ttl", values["ttl"])
+        sliding_ttl = values["sliding_ttl"]
+        if type(sliding_ttl) is not bool:
+            raise ConfigurationError(f"sliding_ttl must be True or False, got {sliding_ttl!r}")
+        if sliding_ttl and self.ttl is None:
+            raise ConfigurationError("sliding_ttl=True needs a ttl (seconds) to slide by")
+        self.sliding_ttl = sliding_ttl
+        encryption = values["encryption"]
+        if encryption is not None and not isinstance(encryption, KeyRing):
+            raise ConfigurationError(
+                f"encryption must be a KeyRing or None, got {type(encryption).__name__}"
+            )
+        self.encryption = encryption
+        self._default_expiry = (
+            NO_EXPIRY
+            if self.ttl is None
+            else Expiry(ttl_us=round(self.ttl * 1_000_000), slide=self.sliding_ttl)
         )
         self.token = uuid.uuid4().hex  # this store object, for `RunSource`
         self._observer: Observer | None = None
@@ -339,6 +405,22 @@ class StoreBase(abc.ABC):
     @abc.abstractmethod
     async def _release_lease(self, session_id: str, holder: str, token: int) -> None:
         """End the lease (`holder`, `token`) now, keeping its token; nothing when it moved on."""
+
+    @abc.abstractmethod
+    async def _purge_expired(self, batch: int) -> tuple[int, int]:
+        """Delete up to `batch` sessions whose expiry has passed, with their runs, in one atomic
+        step where the database has one; (sessions, runs) deleted."""
+
+    @abc.abstractmethod
+    async def _delete_user(self, user_id: str, batch: int) -> tuple[int, int]:
+        """Delete up to `batch` sessions of `user_id` (expired or not) with their runs, runs
+        first where the database has no transaction; (sessions, runs) deleted."""
+
+    @abc.abstractmethod
+    async def _reseal(self, reseal: Reseal) -> bool:
+        """Store the re-encrypted fields and runs of `reseal` when the session is still at
+        `reseal.version`, leaving its version, `updated_at` and expiry as they are; False (and
+        nothing written) when it moved on or is gone."""
 
     # --- the boundary -----------------------------------------------------------------------------
 
@@ -494,10 +576,27 @@ class StoreBase(abc.ABC):
         sid = check_id(session_id, "session_id")
         uid = self._user(user_id)
         tail = check_last_runs(last_runs)
-        return await self._call("read", self._read, sid, uid, tail)
+        session = await self._call("read", self._read, sid, uid, tail)
+        return None if session is None else self._opened(session)
+
+    def _opened(self, session: Session) -> Session:
+        """A session a hook returned, its encrypted values decrypted (`EncryptionKeyError` when
+        this store cannot)."""
+        return open_session(session, self.encryption)
+
+    def _expiry(self, expires_at: object) -> Expiry:
+        """The expiry a write carries: its `expires_at`, else the store's ttl."""
+        if expires_at is None:
+            return self._default_expiry
+        return Expiry(to_us(expires_at, "expires_at"), None, False)
 
     async def upsert(
-        self, session: Session, *, if_version: int | None = None, fence: int | None = None
+        self,
+        session: Session,
+        *,
+        if_version: int | None = None,
+        fence: int | None = None,
+        expires_at: datetime | None = None,
     ) -> Session:
         """Write the whole session and return what was stored, with its new version.
 
@@ -509,12 +608,20 @@ class StoreBase(abc.ABC):
 
         With `fence=lease.token` (see `lease`), the write is refused with `SessionFencedError`,
         nothing written, when a newer lease of the session was taken since.
+
+        `expires_at` (an aware datetime) sets when the session expires; without it a new session
+        expires after the store's `ttl` (none without one) and an existing one keeps its expiry
+        (pushed to now + `ttl` with `sliding_ttl`). A session whose expiry has passed is gone:
+        writing it creates a new one.
         """
         enc = encode_session(session, max_bytes=self.max_session_bytes)
         self._user(enc.user_id, "session.user_id")
         enc.fence = check_fence(fence)
+        enc.expiry = self._expiry(expires_at)
         expected = check_if_version(if_version)
-        return await self._call("upsert", self._upsert, enc, expected)
+        if self.encryption is not None:
+            seal_session(enc, self.encryption)
+        return self._opened(await self._call("upsert", self._upsert, enc, expected))
 
     async def upsert_many(self, sessions: Sequence[Session]) -> list[Session]:
         """Write many sessions in one batch (last writer wins), all with one `updated_at`, and
@@ -523,10 +630,14 @@ class StoreBase(abc.ABC):
         encoded = encode_sessions(sessions, max_bytes=self.max_session_bytes)
         for enc in encoded:
             self._user(enc.user_id, "session.user_id")
+            enc.expiry = self._default_expiry
+            if self.encryption is not None:
+                seal_session(enc, self.encryption)
         if not encoded:
             self._check_usable()
             return []
-        return await self._call("upsert_many", self._upsert_many, encoded)
+        written = await self._call("upsert_many", self._upsert_many, encoded)
+        return [self._opened(session) for session in written]
 
     async def append_runs(
         self,
@@ -539,6 +650,7 @@ class StoreBase(abc.ABC):
         if_version: int | None = None,
         run_ids: Sequence[str] | None = None,
         fence: int | None = None,
+        expires_at: datetime | None = None,
     ) -> Session:
         """Append runs atomically, creating the session (owned by `user_id`) when it does not
         exist, in one write that also updates the state: `session_data` replaces it, or
@@ -558,9 +670,30 @@ class StoreBase(abc.ABC):
         nothing written, when a newer lease of the session was taken since: a turn whose holder
         stalled past its ttl cannot write over the next holder's turn.
 
+        `expires_at` sets the session's expiry, as for `upsert`.
+
+        On a store with `encryption`, the database cannot merge into encrypted state: a
+        `state_patch` is merged by the store itself (read, merge, append at the version read,
+        again when another write came in between), which gives the same result at the cost of
+        one read per call.
+
         Returns the session with only the runs this call appended (`runs_offset` is the position
         of the first), and the state as it is after the write.
         """
+        if state_patch is not None and self.encryption is not None and session_data is None:
+            return await retention.append_patched(
+                self,
+                session_id,
+                runs,
+                state_patch,
+                {
+                    "user_id": user_id,
+                    "if_version": if_version,
+                    "run_ids": run_ids,
+                    "fence": fence,
+                    "expires_at": expires_at,
+                },
+            )
         append = encode_append(
             session_id,
             runs,
@@ -571,8 +704,10 @@ class StoreBase(abc.ABC):
             run_ids=run_ids,
             max_bytes=self.max_session_bytes,
             fence=fence,
-        )
-        return await self._call("append_runs", self._append, append)
+        )._replace(expiry=self._expiry(expires_at))
+        if self.encryption is not None:
+            append = seal_append(append, self.encryption)
+        return self._opened(await self._call("append_runs", self._append, append))
 
     def lease(
         self,
@@ -624,7 +759,10 @@ class StoreBase(abc.ABC):
         sid = check_id(session_id, "session_id")
         rid = check_id(run_id, "run_id")
         uid = self._user(user_id)
-        return await self._call("get_run", self._get_run, sid, rid, uid)
+        run: Any = await self._call("get_run", self._get_run, sid, rid, uid)
+        if type(run) is str:  # encrypted
+            run = open_runs([run], self.encryption, sid)[0]
+        return run  # type: ignore[no-any-return]
 
     async def pop_runs(
         self, session_id: str, n: int = 1, *, user_id: str | None = None
@@ -635,7 +773,8 @@ class StoreBase(abc.ABC):
         sid = check_id(session_id, "session_id")
         count = check_count(n, "n", low=1)
         uid = self._user(user_id)
-        return await self._call("pop_runs", self._pop_runs, sid, uid, count)
+        runs = await self._call("pop_runs", self._pop_runs, sid, uid, count)
+        return open_runs(runs, self.encryption, sid) if str in map(type, runs) else runs
 
     async def truncate_runs(
         self, session_id: str, *, keep_last: int, user_id: str | None = None
@@ -674,7 +813,10 @@ class StoreBase(abc.ABC):
         uid = self._user(user_id)
         if new_sid == sid:
             raise InvalidInputError("new_session_id must differ from session_id")
-        return await self._call("fork_session", self._fork, sid, new_sid, run, uid)
+        if self.encryption is not None:
+            return await retention.fork_copied(self, sid, new_sid, run, uid)
+        forked = await self._call("fork_session", self._fork, sid, new_sid, run, uid)
+        return None if forked is None else self._opened(forked)
 
     # --- listing --------------------------------------------------------------------------------
 
@@ -703,7 +845,7 @@ class StoreBase(abc.ABC):
         )
         sessions, last = await self._call("list_sessions", self._list_page, query)
         next_cursor = None if last is None else query.cursor_after(*last)
-        return SessionPage(items=sessions, next_cursor=next_cursor)
+        return SessionPage(items=[self._opened(s) for s in sessions], next_cursor=next_cursor)
 
     async def get_all_session_ids(
         self, *, user_id: str | None = None, entity_id: str | None = None
@@ -724,7 +866,7 @@ class StoreBase(abc.ABC):
             user_id=self._user(user_id), entity_id=entity_id, include_runs=include_runs
         )
         sessions, _ = await self._call("get_all_sessions", self._list_page, query)
-        return sessions
+        return [self._opened(s) for s in sessions]
 
     async def get_recent_sessions(
         self,
@@ -739,7 +881,7 @@ class StoreBase(abc.ABC):
             user_id=self._user(user_id), entity_id=entity_id, limit=limit, include_runs=include_runs
         )
         sessions, _ = await self._call("get_recent_sessions", self._list_page, query)
-        return sessions
+        return [self._opened(s) for s in sessions]
 
     async def usage(self) -> StoreUsage:
         """How many sessions and runs the store holds and the bytes its tables take (with their
@@ -764,6 +906,31 @@ class StoreBase(abc.ABC):
             updated_after=updated_after,
         )
         return await self._call("count_sessions", self._count, query)
+
+    # --- retention and privacy ------------------------------------------------------------------
+
+    async def purge_expired(self, *, batch: int = 500) -> int:
+        """Delete every session whose expiry has passed, with its runs, `batch` sessions per
+        step (each step atomic where the database has transactions); returns how many. Expired
+        sessions are already invisible to every call: this frees their space and their data."""
+        return await retention.purge_expired(self, retention.check_batch(batch))
+
+    async def delete_user(self, user_id: str, *, batch: int = 500) -> Erasure:
+        """Delete every session of `user_id` (expired ones too) and every run of them, `batch`
+        sessions per step; returns the counts. Safe to run again after a crash or a timeout: it
+        deletes what is left (0 and 0 when nothing is). A session the user writes while this
+        runs may survive it: stop the user's traffic first, or run it again after."""
+        uid = check_id(user_id, "user_id")
+        sessions, runs = await retention.delete_user(self, uid, retention.check_batch(batch))
+        return Erasure(user_id=uid, sessions=sessions, runs=runs)
+
+    async def rotate_keys(self, *, batch: int = 100) -> int:
+        """Encrypt again, under the key ring's current key, every value stored under an older
+        key or in clear, `batch` sessions at a time; versions and `updated_at` do not change.
+        Returns how many sessions were rewritten: run it until it returns 0 (it resumes where
+        values are left after a crash), then the old keys can leave the ring. Expired sessions
+        are left to `purge_expired`."""
+        return await retention.rotate_keys(self, retention.check_batch(batch))
 
     # --- monitoring -----------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ StorageError
 ├── SessionOwnershipError     the session belongs to another user
 ├── SessionBusyError          another process holds the session's lease (who, until when)
 ├── SessionFencedError        a write's fence token is older than the session's latest lease
+├── EncryptionKeyError        an encrypted value whose key is missing or wrong (names the key id)
 ├── MigrationError            failed step, checksum drift, schema newer than the code, not upgraded
 ├── StorageUnavailableError   cannot connect, pool timeout, connection lost, database locked
 └── StoreClosedError          the store is not open (never opened, or closed)
@@ -25,6 +26,7 @@ from datetime import datetime
 
 __all__ = [
     "ConfigurationError",
+    "EncryptionKeyError",
     "InvalidInputError",
     "MigrationError",
     "SerializationError",
@@ -103,6 +105,17 @@ class SessionFencedError(StorageError):
         self.session_id = session_id
         self.token = token
         self.latest = latest
+
+
+class EncryptionKeyError(StorageError):
+    """A stored value is encrypted with a key this store cannot use: `key_id` is not in its key
+    ring (or the store has none), or the key under that id does not decrypt it (a wrong key, or
+    a value altered or moved from another session). Nothing is returned in its place."""
+
+    def __init__(self, message: str, *, key_id: str, session_id: str | None = None) -> None:
+        super().__init__(message)
+        self.key_id = key_id
+        self.session_id = session_id
 
 
 class MigrationError(StorageError):

@@ -15,6 +15,7 @@ __all__ = [
     "Activity",
     "ActivityBucket",
     "EntityActivity",
+    "Erasure",
     "MigrationReport",
     "MigrationStep",
     "Session",
@@ -177,7 +178,8 @@ def trusted_session(
 
 class StoreUsage(BaseModel):
     """What a store holds (`store.usage()`): sessions, runs, and the bytes each of its tables or
-    collections takes with its indexes (empty when the database cannot tell)."""
+    collections takes with its indexes (empty when the database cannot tell). The counts are of
+    what is stored: expired sessions count until `purge_expired` removes them."""
 
     sessions: int
     runs: int
@@ -229,6 +231,15 @@ class MigrationReport(BaseModel):
             f"{self.store}: {verb} {len(steps)} migration(s) {names}: "
             f"version {self.from_version} -> {self.to_version}"
         )
+
+
+class Erasure(BaseModel):
+    """What `delete_user` removed: the user's sessions and their runs (0 and 0 when nothing of
+    the user was left, e.g. on a re-run)."""
+
+    user_id: str
+    sessions: int
+    runs: int
 
 
 class EntityActivity(BaseModel):

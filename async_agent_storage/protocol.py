@@ -8,7 +8,15 @@ from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
 from ._leases import Lease
-from .models import Activity, ActivityBucket, MigrationReport, Session, SessionPage, StoreUsage
+from .models import (
+    Activity,
+    ActivityBucket,
+    Erasure,
+    MigrationReport,
+    Session,
+    SessionPage,
+    StoreUsage,
+)
 
 __all__ = ["SessionStore"]
 
@@ -46,11 +54,17 @@ class SessionStore(Protocol):
         ...
 
     async def upsert(
-        self, session: Session, *, if_version: int | None = None, fence: int | None = None
+        self,
+        session: Session,
+        *,
+        if_version: int | None = None,
+        fence: int | None = None,
+        expires_at: datetime | None = None,
     ) -> Session:
         """Write the whole session and return what was stored (with its new version).
         With `if_version`, write only if the stored version is that (0: must not exist); with
-        `fence=lease.token`, only if no newer lease of the session was taken since."""
+        `fence=lease.token`, only if no newer lease of the session was taken since; with
+        `expires_at`, the session expires then."""
         ...
 
     async def upsert_many(self, sessions: Sequence[Session]) -> list[Session]:
@@ -68,12 +82,13 @@ class SessionStore(Protocol):
         if_version: int | None = None,
         run_ids: Sequence[str] | None = None,
         fence: int | None = None,
+        expires_at: datetime | None = None,
     ) -> Session:
         """Atomically append runs and update the state (`session_data` replaces it, `state_patch`
         merges into it in the database), creating the session when missing. Run ids already
         stored are not appended again. With `fence=lease.token`, refused (`SessionFencedError`)
-        when a newer lease of the session was taken since. Returns the session with only these
-        runs."""
+        when a newer lease of the session was taken since; with `expires_at`, the session
+        expires then. Returns the session with only these runs."""
         ...
 
     def lease(
@@ -194,6 +209,19 @@ class SessionStore(Protocol):
 
     async def delete_session(self, session_id: str, *, user_id: str | None = None) -> bool:
         """Delete the session and its runs; False when absent or owned by another user."""
+        ...
+
+    async def purge_expired(self, *, batch: int = 500) -> int:
+        """Delete the expired sessions and their runs, `batch` at a time; returns how many."""
+        ...
+
+    async def delete_user(self, user_id: str, *, batch: int = 500) -> Erasure:
+        """Delete every session and run of a user, `batch` sessions at a time; safe to re-run."""
+        ...
+
+    async def rotate_keys(self, *, batch: int = 100) -> int:
+        """Encrypt again under the current key what older keys (or no key) wrote; how many
+        sessions were rewritten."""
         ...
 
     async def upgrade_schema(self, *, dry_run: bool = False) -> MigrationReport:

@@ -253,6 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"  {line}", markup=False)
     for line in report.lease_cost_lines(report.cells_from(data)):
         console.print(f"  lease cost: {line}")
+    for line in report.lease_cost_lines(report.cells_from(data), report.SEALED):
+        console.print(f"  encryption cost: {line}")
     for s in data["systems"]:
         if not s["available"]:
             console.print(f"  [yellow]{s['backend']} {s['name']}: {s['reason']}[/yellow]")

@@ -29,10 +29,13 @@ from .systems import TURN, Dataset, build
 from .workload import WorkloadSpec
 
 LEASED, UNLEASED = "store leased", "store append"
+SEALED = "store sealed"
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.lease_cost", description=__doc__)
+def parser(
+    prog: str = "python -m benchmarks.lease_cost", doc: str | None = __doc__
+) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=doc)
     p.add_argument("--backend", choices=["sqlite", "postgres", "mongo"], default="sqlite")
     p.add_argument("--url", help="the server URL of --backend postgres or mongo")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (3)")
@@ -53,7 +56,8 @@ def _spread(values: list[float]) -> dict[str, float]:
     }
 
 
-async def measure(args: argparse.Namespace) -> dict[str, Any]:
+async def measure(args: argparse.Namespace, variant: str = LEASED) -> dict[str, Any]:
+    """Interleaved rounds of "store append" and `variant` (the leased or the sealed turn)."""
     plan = Plan(
         backends=[(args.backend, args.url)],
         scenarios=[TURN],
@@ -67,7 +71,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     systems = {
         s.name: s
         for s in build(args.backend, args.url, plan.workdir / args.backend)
-        if s.name in (LEASED, UNLEASED)
+        if s.name in (variant, UNLEASED)
     }
     main = Dataset("main", plan.spec)
     for system in systems.values():
@@ -77,7 +81,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     try:
         for index in range(args.rounds):
             for concurrency in plan.concurrency:
-                order = [UNLEASED, LEASED] if index % 2 == 0 else [LEASED, UNLEASED]
+                order = [UNLEASED, variant] if index % 2 == 0 else [variant, UNLEASED]
                 cells: dict[str, CellResult] = {}
                 for name in order:
                     system = systems[name]
@@ -91,39 +95,47 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         await systems[UNLEASED].cleanup()
     result: dict[str, Any] = {"backend": args.backend, "rounds": args.rounds, "cells": {}}
     for concurrency, measured in rounds.items():
-        time = [r[UNLEASED].ops_per_s / r[LEASED].ops_per_s for r in measured]
-        p50 = [r[LEASED].p50_ms / r[UNLEASED].p50_ms for r in measured]
+        time = [r[UNLEASED].ops_per_s / r[variant].ops_per_s for r in measured]
+        p50 = [r[variant].p50_ms / r[UNLEASED].p50_ms for r in measured]
         result["cells"][str(concurrency)] = {
             "time_ratio": _spread(time),
             "p50_ratio": _spread(p50),
             "turns_per_s": {
-                name: [round(r[name].ops_per_s, 1) for r in measured] for name in (UNLEASED, LEASED)
+                name: [round(r[name].ops_per_s, 1) for r in measured]
+                for name in (UNLEASED, variant)
             },
             "p50_ms": {
-                name: [round(r[name].p50_ms, 3) for r in measured] for name in (UNLEASED, LEASED)
+                name: [round(r[name].p50_ms, 3) for r in measured] for name in (UNLEASED, variant)
             },
         }
     return result
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, variant: str = LEASED) -> int:
+    if variant == LEASED:
+        args = parser().parse_args(argv)
+        what = "a leased turn against an unleased one"
+    else:
+        from . import encryption_cost
+
+        args = parser("python -m benchmarks.encryption_cost", encryption_cost.__doc__).parse_args(
+            argv
+        )
+        what = "an encrypted turn against a plain one"
     if args.backend != "sqlite" and not args.url:
         raise SystemExit(f"--backend {args.backend} needs --url")
-    result = asyncio.run(measure(args))
+    result = asyncio.run(measure(args, variant))
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(
-        f"{args.backend}: a leased turn against an unleased one, {args.rounds} interleaved rounds"
-    )
+    print(f"{args.backend}: {what}, {args.rounds} interleaved rounds")
     for concurrency, cell in result["cells"].items():
         t, p = cell["time_ratio"], cell["p50_ratio"]
         print(
             f"  {concurrency:>4} callers: {t['median']:.2f}x the time "
             f"(spread {t['min']:.2f}-{t['max']:.2f}); p50 {p['median']:.2f}x "
-            f"({p['min']:.2f}-{p['max']:.2f}); turns/s unleased {cell['turns_per_s'][UNLEASED]}, "
-            f"leased {cell['turns_per_s'][LEASED]}"
+            f"({p['min']:.2f}-{p['max']:.2f}); turns/s plain {cell['turns_per_s'][UNLEASED]}, "
+            f"{variant.removeprefix('store ')} {cell['turns_per_s'][variant]}"
         )
     return 0
 

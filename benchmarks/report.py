@@ -24,6 +24,7 @@ SCENARIO_TITLES = {
 }
 STORE_SYSTEMS = ("store append", "store upsert")
 LEASED, UNLEASED = "store leased", "store append"
+SEALED = "store sealed"
 
 
 def cells_from(data: dict[str, Any]) -> list[CellResult]:
@@ -70,10 +71,11 @@ class LeaseCost:
     p50: float | None
 
 
-def lease_costs(cells: list[CellResult]) -> list[LeaseCost]:
+def lease_costs(cells: list[CellResult], variant: str = LEASED) -> list[LeaseCost]:
+    """The cost of `variant` (the leased turn, or the sealed one) against "store append"."""
     out = []
     for c in cells:
-        if (c.scenario, c.system) != (TURN, LEASED):
+        if (c.scenario, c.system) != (TURN, variant):
             continue
         plain = _find(cells, c.backend, TURN, UNLEASED, c.concurrency)
         if plain is None:
@@ -84,19 +86,22 @@ def lease_costs(cells: list[CellResult]) -> list[LeaseCost]:
     return out
 
 
-def lease_cost_lines(cells: list[CellResult]) -> list[str]:
-    """One line per backend: the leased turn's cost at each concurrency of the run."""
+def lease_cost_lines(cells: list[CellResult], variant: str = LEASED) -> list[str]:
+    """One line per backend: the leased (or sealed) turn's cost at each concurrency of the run."""
     by_backend: dict[str, list[LeaseCost]] = {}
-    for cost in lease_costs(cells):
+    for cost in lease_costs(cells, variant):
         by_backend.setdefault(cost.backend, []).append(cost)
+    what, against = (
+        ("a leased", "an unleased one") if variant == LEASED else ("an encrypted", "a plain one")
+    )
     return [
-        f"{backend}: a leased turn costs "
+        f"{backend}: {what} turn costs "
         + ", ".join(
             f"{c.time:.2f}x (p50 {c.p50:.2f}x) at {c.concurrency}"
             for c in costs
             if c.time is not None and c.p50 is not None
         )
-        + " an unleased one (callers)"
+        + f" {against} (callers)"
         for backend, costs in by_backend.items()
     ]
 
@@ -415,6 +420,11 @@ def markdown(data: dict[str, Any]) -> str:
     if costs:
         lines += ["## Leases (issue 16)", ""]
         lines += [f"- {line}" for line in costs]
+        lines.append("")
+    sealed = lease_cost_lines(cells, SEALED)
+    if sealed:
+        lines += ["## Encrypted payloads (issue 14)", ""]
+        lines += [f"- {line}" for line in sealed]
         lines.append("")
     current: tuple[str, str] | None = None
     for row in rows(cells):

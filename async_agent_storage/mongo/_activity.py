@@ -27,8 +27,8 @@ from typing import Any, Final
 from bson import ObjectId
 
 from .._activity import ActivityCounts, ActivityQuery
-from .._time import from_us, to_us
-from ._queries import WRITTEN_US, Collections, aggregate
+from .._time import from_us, now_us, to_us
+from ._queries import WRITTEN_US, Collections, aggregate, live
 
 __all__ = ["WRITTEN_US", "active_pipeline", "activity", "entity_pipeline", "turns_pipeline"]
 
@@ -42,15 +42,15 @@ def _owner(query: ActivityQuery, field: str = "user_id") -> dict[str, Any]:
     return {} if query.user_id is None else {field: query.user_id}
 
 
-def entity_pipeline(query: ActivityQuery) -> list[dict[str, Any]]:
+def entity_pipeline(query: ActivityQuery, now: int) -> list[dict[str, Any]]:
     """Sessions and the sum of their run counts per entity."""
     return [
-        {"$match": _owner(query)},
+        {"$match": {**_owner(query), "$and": [live(now)]}},
         {"$group": {"_id": ENTITY, "sessions": {"$sum": 1}, "runs": {"$sum": "$run_count"}}},
     ]
 
 
-def active_pipeline(query: ActivityQuery) -> list[dict[str, Any]]:
+def active_pipeline(query: ActivityQuery, now: int) -> list[dict[str, Any]]:
     """Sessions updated in the last hour, day and week up to `now` (times are int64 us)."""
     hour, day, week = query.active_after_us
 
@@ -58,12 +58,20 @@ def active_pipeline(query: ActivityQuery) -> list[dict[str, Any]]:
         return {"$sum": {"$cond": [{"$gt": ["$updated_at", us]}, 1, 0]}}
 
     return [
-        {"$match": {"updated_at": {"$gt": week, "$lte": query.now_us}, **_owner(query)}},
+        {
+            "$match": {
+                "updated_at": {"$gt": week, "$lte": query.now_us},
+                **_owner(query),
+                "$and": [live(now)],
+            }
+        },
         {"$group": {"_id": None, "hour": after(hour), "day": after(day), "week": {"$sum": 1}}},
     ]
 
 
-def turns_pipeline(query: ActivityQuery, sessions_collection: str) -> list[dict[str, Any]]:
+def turns_pipeline(
+    query: ActivityQuery, sessions_collection: str, now: int
+) -> list[dict[str, Any]]:
     """Runs per entity and bucket, by their write time (`WRITTEN_US`): grouped by session and
     bucket first (one lookup of the session per group, not per run), then only the runs of the
     session's current incarnation (`gen`) within its history (``seq < run_count``) count."""
@@ -107,6 +115,10 @@ def turns_pipeline(query: ActivityQuery, sessions_collection: str) -> list[dict[
             "$match": {
                 "$expr": {"$eq": ["$session.gen", "$_id.gen"]},
                 **_owner(query, "session.user_id"),
+                "$or": [
+                    {"session.expires_at": None},
+                    {"session.expires_at": {"$gt": from_us(now)}},
+                ],
             }
         },
         {
@@ -139,9 +151,10 @@ def turns_pipeline(query: ActivityQuery, sessions_collection: str) -> list[dict[
 
 
 async def activity(parts: Collections, query: ActivityQuery) -> ActivityCounts:
-    entities = await aggregate(parts.sessions, entity_pipeline(query))
-    active = await aggregate(parts.sessions, active_pipeline(query))
-    turns = await aggregate(parts.runs, turns_pipeline(query, parts.sessions.name))
+    now = now_us()  # what is live now, whatever `query.now_us` says
+    entities = await aggregate(parts.sessions, entity_pipeline(query, now))
+    active = await aggregate(parts.sessions, active_pipeline(query, now))
+    turns = await aggregate(parts.runs, turns_pipeline(query, parts.sessions.name, now))
     counts = active[0] if active else {"hour": 0, "day": 0, "week": 0}
     return ActivityCounts(
         entities=[(e["_id"], int(e["sessions"]), int(e["runs"])) for e in entities],

@@ -94,6 +94,7 @@ async def append(writer: Writer, append: EncodedAppend) -> Session:
                 now=now,
                 gen=ObjectId(),
                 lease_token=plan.created_with,
+                expiry=append.expiry,
             )
             after = await _update(writer, append, plan, pipeline, data is not None)
             if isinstance(after, int):
@@ -114,7 +115,7 @@ async def _check_stored(
     does not hold yet, at its version; or the session as stored with them when it holds them
     all; or None when the history changed while it was read."""
     sid, expected, fence = append.session_id, append.if_version, append.fence
-    doc = await writer.parts.sessions.find_one({"_id": sid}, q.READ_FIELDS)
+    doc = await writer.live_doc(sid, q.READ_FIELDS)
     if doc is None:
         if expected:
             raise conflict(writer.label, sid, expected, 0)
@@ -170,6 +171,7 @@ async def _update(
     sid, uid, fence = append.session_id, append.user_id, append.fence
     filter_: dict[str, Any] = {"_id": sid} if uid is None else {"_id": sid, "user_id": uid}
     filter_.update(q.fence_filter(fence))
+    filter_ = q.live_filter(filter_, now_us())
     if plan.version == 0:
         filter_["version"] = {"$exists": False}
     elif plan.version is not None:

@@ -45,7 +45,7 @@ async def _owned(writer: Writer, sid: str, uid: str | None) -> dict[str, Any] | 
     """The session's history fields, None when it is absent; `SessionOwnershipError` when it is
     another user's."""
     doc: dict[str, Any] | None = await writer.parts.sessions.find_one(
-        {"_id": sid}, q.HISTORY_FIELDS
+        q.live_filter({"_id": sid}, now_us()), q.HISTORY_FIELDS
     )
     if doc is not None:
         stored = Stored(doc.get("user_id"), doc["version"])
@@ -72,7 +72,7 @@ async def pop_runs(writer: Writer, sid: str, uid: str | None, n: int) -> list[di
         filter_["user_id"] = uid
     for attempt in range(RETRY.attempts):
         before: dict[str, Any] | None = await sessions.find_one_and_update(
-            filter_,
+            q.live_filter(filter_, now_us()),
             q.pop_pipeline(n, now_us()),
             projection=q.HISTORY_FIELDS,
             return_document=ReturnDocument.BEFORE,
@@ -238,12 +238,17 @@ async def truncate_runs(writer: Writer, sid: str, uid: str | None, keep: int) ->
 
 
 async def fork(
-    writer: Writer, sid: str, new_sid: str, at_run: str | None, uid: str | None
+    writer: Writer,
+    sid: str,
+    new_sid: str,
+    at_run: str | None,
+    uid: str | None,
+    ttl_us: int | None = None,
 ) -> Session | None:
     parts = writer.parts
     filter_ = {"_id": sid} if uid is None else {"_id": sid, "user_id": uid}
     for attempt in range(RETRY.attempts):
-        doc = await parts.sessions.find_one(filter_, q.HISTORY_FIELDS)
+        doc = await parts.sessions.find_one(q.live_filter(filter_, now_us()), q.HISTORY_FIELDS)
         if doc is None:
             return None
         version, gen, copied = doc["version"], doc["gen"], doc["run_count"]
@@ -257,7 +262,7 @@ async def fork(
                     f"{writer.label}: run {at_run!r} is not in session {sid!r}; nothing was written"
                 )
             copied = found[at_run].seq + 1
-        existing = await writer.stored(new_sid)
+        existing = await writer.stored(new_sid)  # an expired one is deleted here
         if existing is not None:
             raise conflict(writer.label, new_sid, 0, existing.version)
         new_gen = ObjectId()
@@ -273,7 +278,8 @@ async def fork(
             new_session_id=new_sid,
             new_gen=new_gen,
             run_count=copied,
-            now=now_us(),
+            now=(now := now_us()),
+            expires_at=None if ttl_us is None else now + ttl_us,
         )
         await q.aggregate(parts.sessions, pipeline)
         created: dict[str, Any] | None = await parts.sessions.find_one({"_id": new_sid})

@@ -36,6 +36,8 @@ from pymongo.errors import DuplicateKeyError
 
 from .._leases import Busy, Grant, aware
 from .._rules import RETRY, OwnerRule, Stored, decide, fenced
+from .._time import now_us
+from . import _queries as q
 from ._queries import Collections
 
 __all__ = ["after_create", "check_create", "fence_state", "release", "renew", "take"]
@@ -81,7 +83,9 @@ async def take(
     ttl: float,
 ) -> Grant | Busy:
     if user_id is not None:  # the owner first: another user learns nothing of the lease
-        doc = await parts.sessions.find_one({"_id": session_id}, {"user_id": 1, "version": 1})
+        doc = await parts.sessions.find_one(  # an expired session is absent: anyone's
+            q.live_filter({"_id": session_id}, now_us()), {"user_id": 1, "version": 1}
+        )
         if doc is not None:
             stored = Stored(doc.get("user_id"), int(doc["version"]))
             decide(label, session_id, stored, user_id=user_id, if_version=None,

@@ -126,6 +126,26 @@ MIGRATIONS: tuple[Migration, ...] = (
             _step({"create": "{table}_leases"}),
         ),
     ),
+    Migration(
+        version=5,
+        name="session expiry",
+        steps=(
+            # Sessions expire at ``expires_at`` (a BSON date; absent or null: never): every read
+            # and write filters on it at once, and purge_expired deletes expired sessions with
+            # their runs, finding them on this index. As a TTL index it is also a safety net for
+            # stores nobody purges: the server deletes such a document a day after it expired
+            # (its runs are then left to purge_expired, see `_retention`). A user's sessions
+            # (delete_user) are found on ``user_recent``.
+            _step(
+                {
+                    "createIndexes": "{table}",
+                    "indexes": [
+                        _index("expires", {"expires_at": 1}, expireAfterSeconds=86_400),
+                    ],
+                }
+            ),
+        ),
+    ),
 )
 
 

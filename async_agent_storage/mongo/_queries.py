@@ -15,7 +15,8 @@ Three collections per store (``{name}`` is the checked collection name):
      pending: [{v, start, t, w, runs: [{run_id, run, esc}]}],   # see below
      log_since, ids_log: [{v, ids}],  # the run ids given to the latest appends (see below)
      holds: [{v, low, high, t}],      # seqs a pop_runs is reading back (see below)
-     lease_token}                     # the token of the session's latest lease (`_leases`)
+     lease_token,                     # the token of the session's latest lease (`_leases`)
+     expires_at}                      # a BSON date (None: never); the TTL index (migration 5)
 
 ``{name}_runs`` — one document per run, unique on ``(session_id, gen, seq)``::
 
@@ -65,7 +66,9 @@ from typing import Any, Final
 from bson import ObjectId
 from pymongo import DeleteMany, UpdateOne
 
+from .._encoding import Expiry
 from .._paging import ListQuery
+from .._time import from_us
 
 JSON_FIELDS: Final = (
     "session_data",
@@ -185,6 +188,7 @@ def new_session_document(
     gen: ObjectId,
     token: str | None = None,
     lease_token: int | None = None,
+    expiry: Expiry | None = None,
 ) -> dict[str, Any]:
     """The document of a session written for the first time (version 1); `lease_token`: that
     of a fenced write (see `_leases`)."""
@@ -202,9 +206,44 @@ def new_session_document(
     }
     if lease_token is not None:
         document["lease_token"] = lease_token
+    if expiry is not None:
+        document.update(expiry_on_create(expiry, now))
     if runs or token is not None:
         document["pending"] = [pending_entry(1, 0, now, runs, token)]
     return document
+
+
+def live(now: int) -> dict[str, Any]:
+    """A session not expired at `now` (microseconds): every read and write filters on it, so an
+    expired session is gone at once, whatever the TTL monitor has done yet."""
+    return {"$or": [{"expires_at": None}, {"expires_at": {"$gt": from_us(now)}}]}
+
+
+def expired(now: int) -> dict[str, Any]:
+    return {"expires_at": {"$lte": from_us(now)}}
+
+
+def live_filter(filter_: dict[str, Any], now: int) -> dict[str, Any]:
+    """`filter_` and `live` (under ``$and``: the filter may hold an ``$or`` of its own)."""
+    return {**filter_, "$and": [*filter_.get("$and", ()), live(now)]}
+
+
+def expiry_on_create(expiry: Expiry, now: int) -> dict[str, Any]:
+    """The ``expires_at`` field of a document a write creates (none when it never expires)."""
+    at = expiry.on_create(now)
+    return {} if at is None else {"expires_at": from_us(at)}
+
+
+def expiry_set(expiry: Expiry, now: int) -> dict[str, Any]:
+    """The ``expires_at`` of an update pipeline that may create the document: `on_create` for a
+    new one, `on_update` (else the stored one) for an existing one; nothing when neither
+    changes it."""
+    created, updated = expiry.on_create(now), expiry.on_update(now)
+    if created is None and updated is None:
+        return {}
+    new = from_us(created) if created is not None else None
+    kept = from_us(updated) if updated is not None else "$expires_at"
+    return {"expires_at": {"$cond": [{"$ifNull": ["$version", False]}, kept, new]}}
 
 
 def _literal(value: Any) -> dict[str, Any]:
@@ -239,6 +278,7 @@ def upsert_pipeline(
     now: int,
     gen: ObjectId,
     lease_token: int | None = None,
+    expiry: Expiry | None = None,
 ) -> list[dict[str, Any]]:
     """One atomic update that writes a whole session (creating it when missing): the history is
     kept up to ``min(runs_offset, run_count)`` and replaced from there by `runs`. `lease_token`:
@@ -254,6 +294,7 @@ def upsert_pipeline(
         log_since=_NEW_VERSION,  # a new history: the ids of the old one say nothing of it
         ids_log="$$REMOVE",
         **_created_lease_token(lease_token),
+        **({} if expiry is None else expiry_set(expiry, now)),
     )
     if runs:
         entry = {
@@ -288,6 +329,7 @@ def append_pipeline(
     now: int,
     gen: ObjectId,
     lease_token: int | None = None,
+    expiry: Expiry | None = None,
 ) -> list[dict[str, Any]]:
     """One atomic update that appends runs after the last one, creating the session when
     missing (`lease_token`: the one a fenced write gives it), and replaces `session_data` (its
@@ -322,6 +364,7 @@ def append_pipeline(
         gen={"$ifNull": ["$gen", gen]},
         log_since={"$ifNull": ["$log_since", _NEW_VERSION]},
         **_created_lease_token(lease_token),
+        **({} if expiry is None else expiry_set(expiry, now)),
     )
     if logged:
         update.update(_log_ids(logged))
@@ -369,8 +412,10 @@ def cas_update(
     run_count: int,
     now: int,
     entry: dict[str, Any],
+    expires_at: int | None = None,
 ) -> dict[str, Any]:
-    """A whole-session update for `upsert_many`, whose caller read the stored version first."""
+    """A whole-session update for `upsert_many`, whose caller read the stored version first;
+    `expires_at` the new expiry (None: keep)."""
     return {
         "$set": {
             **fields,
@@ -378,6 +423,7 @@ def cas_update(
             "version": version,
             "run_count": run_count,
             "log_since": version,
+            **({} if expires_at is None else {"expires_at": from_us(expires_at)}),
         },
         "$unset": {"ids_log": ""},
         "$push": {"pending": entry},
@@ -508,6 +554,7 @@ def fork_pipeline(
     new_gen: ObjectId,
     run_count: int,
     now: int,
+    expires_at: int | None = None,
 ) -> list[dict[str, Any]]:
     """An aggregation of the sessions collection that copies the session, as it is at `version`,
     to a new session (version 1, its own history `new_gen`), unless that id exists: an existing
@@ -524,6 +571,8 @@ def fork_pipeline(
                 "created_at": now,
                 "updated_at": now,
                 "log_since": 1,
+                # A copy is a new session: the store's ttl from now, else none.
+                "expires_at": None if expires_at is None else from_us(expires_at),
             }
         },
         {"$unset": ["pending", "ids_log", "holds"]},
@@ -563,9 +612,10 @@ def release_hold(version: int) -> dict[str, Any]:
 # --- listing --------------------------------------------------------------------------------------
 
 
-def listing_filter(query: ListQuery) -> dict[str, Any]:
-    """The filter of a keyset listing: the filters, then ``(updated_at, _id) < cursor``."""
-    conditions: list[dict[str, Any]] = []
+def listing_filter(query: ListQuery, now: int) -> dict[str, Any]:
+    """The filter of a keyset listing of the sessions live at `now`: the filters, then
+    ``(updated_at, _id) < cursor``."""
+    conditions: list[dict[str, Any]] = [live(now)]
     if query.user_id is not None:
         conditions.append({"user_id": query.user_id})
     if query.session_type is not None:

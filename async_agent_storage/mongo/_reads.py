@@ -12,6 +12,7 @@ from pymongo.errors import PyMongoError
 
 from .._paging import ListQuery, PageKey
 from .._rules import RETRY
+from .._time import now_us
 from ..models import Session
 from . import _bson
 from . import _queries as q
@@ -52,7 +53,7 @@ def decode_run(run: StoredRun) -> dict[str, Any]:
 async def read_session(
     parts: Collections, label: str, sid: str, uid: str | None, tail: int | None
 ) -> Session | None:
-    filter_ = {"_id": sid} if uid is None else {"_id": sid, "user_id": uid}
+    filter_ = q.live_filter({"_id": sid} if uid is None else {"_id": sid, "user_id": uid}, now_us())
     projection = q.WITHOUT_PENDING if tail == 0 else q.READ_FIELDS
     for attempt in range(RETRY.attempts):
         doc = await parts.sessions.find_one(filter_, projection)
@@ -140,7 +141,7 @@ async def runs_by_id(
 async def get_run(
     parts: Collections, label: str, sid: str, rid: str, uid: str | None
 ) -> dict[str, Any] | None:
-    filter_ = {"_id": sid} if uid is None else {"_id": sid, "user_id": uid}
+    filter_ = q.live_filter({"_id": sid} if uid is None else {"_id": sid, "user_id": uid}, now_us())
     for attempt in range(RETRY.attempts):
         doc = await parts.sessions.find_one(filter_, q.HISTORY_FIELDS)
         if doc is None:
@@ -154,12 +155,12 @@ async def get_run(
 
 
 async def count(parts: Collections, query: ListQuery) -> int:
-    total: int = await parts.sessions.count_documents(q.listing_filter(query))
+    total: int = await parts.sessions.count_documents(q.listing_filter(query, now_us()))
     return total
 
 
 async def list_ids(parts: Collections, query: ListQuery) -> list[str]:
-    cursor = parts.sessions.find(q.listing_filter(query), {"_id": 1}).sort(q.LIST_SORT)
+    cursor = parts.sessions.find(q.listing_filter(query, now_us()), {"_id": 1}).sort(q.LIST_SORT)
     return [doc["_id"] for doc in await cursor.to_list(None)]
 
 
@@ -168,7 +169,8 @@ async def list_sessions(
 ) -> tuple[list[Session], PageKey | None]:
     """The sessions of one listing, and the key of the last one when a next page exists."""
     cursor = parts.sessions.find(
-        q.listing_filter(query), q.READ_FIELDS if query.include_runs else q.WITHOUT_PENDING
+        q.listing_filter(query, now_us()),
+        q.READ_FIELDS if query.include_runs else q.WITHOUT_PENDING,
     ).sort(q.LIST_SORT)
     if query.limit is not None:
         cursor = cursor.limit(query.limit + 1)

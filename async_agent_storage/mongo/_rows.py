@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import _codec as codec
-from .._encoding import EncodedSession, decode_runs
+from .._encoding import NO_EXPIRY, EncodedSession, Expiry, decode_runs
 from .._time import from_us
 from ..models import Session, trusted_session
 from . import _bson
@@ -33,6 +33,7 @@ class Prepared:
     run_docs: list[RunDoc]
     runs_offset: int
     fence: int | None = None  # the lease token the write carries
+    expiry: Expiry = NO_EXPIRY  # when the session expires after the write
 
     @property
     def fields(self) -> dict[str, Any]:
@@ -84,6 +85,7 @@ def prepare(enc: EncodedSession) -> Prepared:
         run_docs=[run_doc(r.run_id, value) for r, value in zip(enc.runs, runs, strict=True)],
         runs_offset=enc.runs_offset,
         fence=enc.fence,
+        expiry=enc.expiry,
     )
 
 

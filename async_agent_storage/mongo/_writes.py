@@ -12,6 +12,7 @@ import logging
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import Any, Final
 
 from bson import ObjectId
@@ -19,7 +20,7 @@ from pymongo import ReplaceOne, ReturnDocument, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from .._rules import RETRY, OwnerRule, Stored, Verdict, decide, not_owner, owns
-from .._time import now_us
+from .._time import from_us, now_us
 from ..errors import SessionOwnershipError
 from ..models import Session
 from . import _leases
@@ -111,11 +112,29 @@ class Writer:
         self.parts = parts
         self.label = label
 
+    async def live_doc(self, sid: str, projection: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The session's document, None when absent; an expired session is deleted here, with
+        its runs, and is absent: a write then creates it anew."""
+        doc: dict[str, Any] | None = await self.parts.sessions.find_one({"_id": sid}, projection)
+        expires = None if doc is None else doc.get("expires_at")
+        if expires is not None and expires.replace(tzinfo=UTC) <= from_us(now_us()):
+            await self.purge(sid)
+            return None
+        return doc
+
+    async def purge(self, sid: str) -> None:
+        """Delete the session when it has expired, and the runs of that incarnation."""
+        gone = await self.parts.sessions.find_one_and_delete(
+            {"_id": sid, **q.expired(now_us())}, projection={"gen": 1}
+        )
+        if gone is not None:
+            await self.parts.runs.delete_many({"session_id": sid, "gen": gone["gen"]})
+
     async def stored(self, sid: str, *, fenced: bool = False) -> Stored | None:
-        """The owner and version of a session (None: absent); for a fenced write that missed,
-        its latest lease token too (`_leases.fence_state`)."""
-        fields = {"user_id": 1, "version": 1, "lease_token": 1}
-        doc = await self.parts.sessions.find_one({"_id": sid}, fields)
+        """The owner and version of a session (None: absent, or expired: then deleted); for a
+        fenced write that missed, its latest lease token too (`_leases.fence_state`)."""
+        fields = {"user_id": 1, "version": 1, "lease_token": 1, "expires_at": 1}
+        doc = await self.live_doc(sid, fields)
         if doc is None:
             return None
         token = doc.get("lease_token")
@@ -166,6 +185,7 @@ class Writer:
             runs=p.run_docs,
             gen=gen,
             lease_token=created_with,
+            expiry=p.expiry,
         )
         for attempt in range(RETRY.attempts):
             try:
@@ -190,6 +210,7 @@ class Writer:
         if expected is not None:
             filter_["version"] = expected
         filter_.update(q.fence_filter(p.fence))
+        filter_ = q.live_filter(filter_, now)
         created_with: int | None = None  # a fenced upsert's lease token for a session it creates
         for attempt in range(RETRY.attempts):
             pipeline = q.upsert_pipeline(
@@ -199,6 +220,7 @@ class Writer:
                 now=now,
                 gen=gen,
                 lease_token=created_with,
+                expiry=p.expiry,
             )
             create = expected is None and (p.fence is None or created_with is not None)
             try:
@@ -318,6 +340,11 @@ class Writer:
         todo = {p.session_id: p for p in items}
         done: dict[str, Session] = {}
         settled: list[_Planned] = []
+        expired = self.parts.sessions.find(
+            {"_id": {"$in": list(todo)}, **q.expired(now)}, {"_id": 1}
+        )
+        for doc in await expired.to_list(None):  # an expired session is created anew
+            await self.purge(doc["_id"])
         for attempt in range(RETRY.attempts):
             stored = {
                 d["_id"]: d
@@ -366,6 +393,7 @@ class Writer:
                     runs=p.run_docs,
                     gen=plan.gen,
                     token=plan.token,
+                    expiry=p.expiry,
                 )
                 operations.append(
                     ReplaceOne(
@@ -379,6 +407,7 @@ class Writer:
                     run_count=plan.start + len(p.run_docs),
                     now=now,
                     entry=entry,
+                    expires_at=p.expiry.on_update(now),
                 )
                 operations.append(
                     UpdateOne(

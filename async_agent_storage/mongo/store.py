@@ -36,13 +36,14 @@ from .._checks import (
     check_optional_seconds,
     check_seconds,
 )
+from .._crypto import Reseal
 from .._encoding import EncodedAppend, EncodedSession
 from .._leases import Busy, Grant
 from .._paging import ListQuery, PageKey
 from .._store import StoreBase, StoreOptions
 from ..errors import ConfigurationError
 from ..models import Session
-from . import _activity, _append, _bson, _history, _leases, _reads
+from . import _activity, _append, _bson, _history, _leases, _reads, _retention
 from ._errors import ERRORS
 from ._migrations import MIGRATIONS, MigrationTarget
 from ._queries import Collections
@@ -317,7 +318,9 @@ class MongoStore(StoreBase):
     ) -> Session | None:
         writer = self._live(self._writer)
         return await self._shielded(
-            _history.fork(writer, session_id, new_session_id, at_run, user_id)
+            _history.fork(
+                writer, session_id, new_session_id, at_run, user_id, self._default_expiry.ttl_us
+            )
         )
 
     async def _list_page(self, query: ListQuery) -> tuple[list[Session], PageKey | None]:
@@ -345,6 +348,18 @@ class MongoStore(StoreBase):
             self.history_collection_name,
         ):
             await database.drop_collection(name)
+
+    async def _purge_expired(self, batch: int) -> tuple[int, int]:
+        parts = self._live(self._writer).parts
+        return await self._shielded(_retention.delete_batch(parts, None, batch))
+
+    async def _delete_user(self, user_id: str, batch: int) -> tuple[int, int]:
+        parts = self._live(self._writer).parts
+        return await self._shielded(_retention.delete_batch(parts, user_id, batch))
+
+    async def _reseal(self, reseal: Reseal) -> bool:
+        parts = self._live(self._writer).parts
+        return await self._shielded(_retention.reseal(parts, reseal))
 
     async def _take_lease(
         self, session_id: str, user_id: str | None, holder: str, ttl: float

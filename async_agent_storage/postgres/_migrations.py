@@ -223,6 +223,61 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        version=6,
+        name="session expiry",
+        steps=(
+            # When the session expires (NULL: never), by the server's clock. Every read leaves an
+            # expired session out at once; purge_expired deletes it. A column without a default
+            # is added without rewriting the table.
+            "ALTER TABLE {table} ADD COLUMN expires_at timestamptz",
+            # purge_expired finds the expired sessions from this index alone.
+            """
+            CREATE INDEX "{name}_expires_idx" ON {table} (expires_at)
+                WHERE expires_at IS NOT NULL
+            """,
+            # Taking a lease (migration 5) treats an expired session as absent: its owner no
+            # longer refuses anyone (the write that follows creates the session anew).
+            """
+            CREATE OR REPLACE FUNCTION {take_lease}(
+                p_session_id text, p_user_id text, p_holder text, p_ttl double precision
+            ) RETURNS TABLE (o_outcome text, o_token bigint, o_holder text, o_expires timestamptz)
+            LANGUAGE plpgsql VOLATILE AS $$
+            DECLARE
+                v_owner text;
+                v_token bigint;
+                v_expires timestamptz;
+            BEGIN
+                IF p_user_id IS NOT NULL THEN
+                    SELECT s.user_id INTO v_owner FROM {table} s WHERE s.session_id = p_session_id
+                        AND (s.expires_at IS NULL OR s.expires_at > now());
+                    IF FOUND AND v_owner IS DISTINCT FROM p_user_id THEN
+                        RETURN QUERY SELECT 'not_owner'::text, NULL::bigint, NULL::text,
+                            NULL::timestamptz;
+                        RETURN;
+                    END IF;
+                END IF;
+                INSERT INTO {leases} AS l (session_id, holder, token, expires_at)
+                VALUES (p_session_id, p_holder, 1,
+                        clock_timestamp() + p_ttl * interval '1 second')
+                ON CONFLICT (session_id) DO UPDATE SET
+                    holder = excluded.holder, token = l.token + 1,
+                    expires_at = excluded.expires_at
+                WHERE l.expires_at <= clock_timestamp()
+                RETURNING l.token, l.expires_at INTO v_token, v_expires;
+                IF NOT FOUND THEN
+                    RETURN QUERY SELECT 'busy'::text, NULL::bigint, l.holder, l.expires_at
+                        FROM {leases} l WHERE l.session_id = p_session_id;
+                    RETURN;
+                END IF;
+                UPDATE {table} s SET lease_token = greatest(coalesce(s.lease_token, 0), v_token)
+                WHERE s.session_id = p_session_id;
+                RETURN QUERY SELECT 'granted'::text, v_token, p_holder, v_expires;
+            END
+            $$
+            """,
+        ),
+    ),
 )
 
 

@@ -8,7 +8,13 @@ from typing import Any
 
 from .. import _codec as codec
 from .._activity import ActivityCounts, ActivityQuery
-from .._encoding import EncodedAppend, EncodedRun, EncodedSession, decode_runs
+from .._encoding import (
+    EncodedAppend,
+    EncodedRun,
+    EncodedSession,
+    decode_runs,
+    session_from_encoded,
+)
 from .._time import to_us
 from ..models import Session, trusted_session
 from . import _sql as q
@@ -20,6 +26,7 @@ __all__ = [
     "retried_session",
     "session_columns",
     "session_from_row",
+    "written_sessions",
 ]
 
 
@@ -93,6 +100,25 @@ def retried_session(row: Any, bodies: list[str], run_ids: list[str], start: int)
     """The session as stored, with the runs an append had already written (found by id)."""
     decoded = from_db("[" + ",".join(bodies) + "]")
     return _session(row, from_db(row[q.DATA]), decoded, run_ids, start)
+
+
+def written_sessions(sessions: list[EncodedSession], rows: list[Any]) -> list[Session]:
+    """The sessions an `upsert_many` wrote, in the caller's order, from its rows (session id,
+    created_at, updated_at, version, run_count)."""
+    stored = {row[0]: row for row in rows}
+    result = []
+    for enc in sessions:
+        _, created, updated, version, run_count = stored[enc.session_id]
+        result.append(
+            session_from_encoded(
+                enc,
+                created_at=created,
+                updated_at=updated,
+                version=version,
+                runs_offset=run_count - len(enc.runs),
+            )
+        )
+    return result
 
 
 def activity_counts(rows: list[Any], query: ActivityQuery) -> ActivityCounts:

@@ -37,6 +37,17 @@ CREATED, UPDATED, VERSION, RUN_COUNT, RUNS, RUN_IDS = 12, 13, 14, 15, 16, 17
 
 MAX_INT4 = 2**31 - 1
 
+# A session is live until its expiry (NULL: never) has passed, by the server's clock: every read
+# leaves the others out, whether or not `purge_expired` has deleted them yet.
+LIVE = "({s}expires_at IS NULL OR {s}expires_at > now())"
+_LIVE_S = LIVE.format(s="s.")
+# The expiry a write leaves: $a the caller's expires_at, $c a new session's time-to-live and $u
+# an existing one's (sliding), both in microseconds; NULL: none (an update keeps the stored one).
+_EXPIRES_NEW = "coalesce({a}::timestamptz, now() + {c}::bigint * interval '1 microsecond')"
+_EXPIRES_SET = (
+    "coalesce({a}::timestamptz, now() + {u}::bigint * interval '1 microsecond', s.expires_at)"
+)
+
 _COLUMNS = (
     "s.session_id, s.session_type, s.user_id, s.agent_id, s.team_id, s.workflow_id, "
     "s.session_data::text, s.agent_data::text, s.team_data::text, s.workflow_data::text, "
@@ -56,7 +67,7 @@ _RUNS_OF = """LEFT JOIN LATERAL (
 _READ = """
 SELECT {cols}, runs.bodies, runs.ids
 FROM {t} s {runs_of}
-WHERE s.session_id = $1 AND ($2::text IS NULL OR s.user_id = $2::text)
+WHERE s.session_id = $1 AND ($2::text IS NULL OR s.user_id = $2::text) AND {live}
 """
 
 # Write the runs of `up` (one row: the session as just written): the ids `{ids}` and bodies
@@ -91,17 +102,19 @@ _FENCE_OK = """({fence}::bigint IS NULL OR (coalesce(s.lease_token, 0) <= {fence
 
 # upsert, $1..$12 the session's columns, $13 runs_offset, $14 run ids, $15 run bodies,
 # $16 if_version (NULL or 0 here; 0: the session must not exist), $17 the lease token of a
-# session it creates (NULL, or under a fence the token of its lease row, see `_writes`).
+# session it creates (NULL, or under a fence the token of its lease row, see `_writes`),
+# $18..$20 the expiry (`_EXPIRES_NEW`, `_EXPIRES_SET`).
 # The session's runs before min(runs_offset, stored run_count) were not loaded: they are kept.
-# The owner never changes: the stored user_id must be the session's, NULL included.
+# The owner never changes: the stored user_id must be the session's, NULL included. An expired
+# session is not updated: the write deletes it and creates it anew (`_writes._stored`).
 _UPSERT = """
 WITH up AS (
     INSERT INTO {t} AS s (session_id, session_type, user_id, agent_id, team_id, workflow_id,
         session_data, agent_data, team_data, workflow_data, metadata, summary,
-        created_at, updated_at, version, run_count, lease_token)
+        created_at, updated_at, version, run_count, lease_token, expires_at)
     VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, $8::text::jsonb, $9::text::jsonb,
         $10::text::jsonb, $11::text::jsonb, $12::text::jsonb, now(), now(), 1,
-        cardinality($14::text[]), $17::bigint)
+        cardinality($14::text[]), $17::bigint, {expires_new})
     ON CONFLICT (session_id) DO UPDATE SET
         session_type = excluded.session_type, agent_id = excluded.agent_id,
         team_id = excluded.team_id, workflow_id = excluded.workflow_id,
@@ -109,9 +122,10 @@ WITH up AS (
         team_data = excluded.team_data, workflow_data = excluded.workflow_data,
         metadata = excluded.metadata, summary = excluded.summary,
         updated_at = excluded.updated_at, version = s.version + 1,
-        run_count = least($13::integer, s.run_count) + cardinality($14::text[])
+        run_count = least($13::integer, s.run_count) + cardinality($14::text[]),
+        expires_at = {expires_set}
     WHERE s.user_id IS NOT DISTINCT FROM excluded.user_id
-      AND ($16::bigint IS NULL OR s.version = $16::bigint)
+      AND ($16::bigint IS NULL OR s.version = $16::bigint) AND {live}
     RETURNING s.created_at, s.updated_at, s.version, s.run_count
 ),
 {tail},
@@ -129,9 +143,11 @@ WITH up AS (
         team_data = $9::text::jsonb, workflow_data = $10::text::jsonb,
         metadata = $11::text::jsonb, summary = $12::text::jsonb,
         updated_at = now(), version = s.version + 1,
-        run_count = least($13::integer, s.run_count) + cardinality($14::text[])
+        run_count = least($13::integer, s.run_count) + cardinality($14::text[]),
+        expires_at = {expires_set}
     WHERE s.session_id = $1 AND s.user_id IS NOT DISTINCT FROM $3::text
-      AND ($16::bigint IS NULL OR s.version = $16::bigint) AND {fence_ok}
+      AND ($16::bigint IS NULL OR s.version = $16::bigint) AND {fence_ok} AND {live}
+      AND ($19::bigint IS NULL OR true)  -- a new session's ttl: the UPSERT's parameters
     RETURNING s.created_at, s.updated_at, s.version, s.run_count
 ),
 {tail},
@@ -143,8 +159,9 @@ SELECT created_at, updated_at, version, run_count FROM up
 # $3 session_data (NULL: keep), $4 run ids, $5 run bodies, $6 state_patch (NULL: none; an RFC 7396
 # merge patch applied by the store's merge-patch function), $7 if_version (NULL: any; 0: the
 # session must not exist), $8 the lease token of a session it creates (NULL, or under a fence the
-# token of its lease row, see `_writes`), $9 the session_data of a session it creates (the data,
-# or the patch applied to {} in Python: the merge-patch function runs only on a stored state).
+# token of its lease row, see `_writes`), $9..$11 the expiry (`_EXPIRES_NEW`, `_EXPIRES_SET`),
+# $12 the session_data of a session it creates (the data, or the patch applied to {} in Python:
+# the merge-patch function runs only on a stored state).
 # Returns the session without runs (session_data only
 # when it was not replaced: the caller has the one it passed). A run id the session holds
 # already fails the statement on the runs' unique (session_id, run_id) constraint, checked at
@@ -152,10 +169,10 @@ SELECT created_at, updated_at, version, run_count FROM up
 _APPEND = """
 WITH up AS (
     INSERT INTO {t} AS s (session_id, session_type, user_id, session_data,
-        created_at, updated_at, version, run_count, lease_token)
+        created_at, updated_at, version, run_count, lease_token, expires_at)
     SELECT $1, 'agent', $2,
-        coalesce($9::text::jsonb, '{{}}'::jsonb),
-        now(), now(), 1, cardinality($4::text[]), $8::bigint
+        coalesce($12::text::jsonb, '{{}}'::jsonb),
+        now(), now(), 1, cardinality($4::text[]), $8::bigint, {append_expires_new}
     WHERE $7::bigint IS NULL OR $7::bigint = 0
     ON CONFLICT (session_id) DO UPDATE SET
         session_data = CASE WHEN $3::text IS NOT NULL THEN excluded.session_data
@@ -163,9 +180,9 @@ WITH up AS (
                                 THEN {merge_patch}(s.session_data, $6::text::jsonb)
                             ELSE s.session_data END,
         updated_at = excluded.updated_at, version = s.version + 1,
-        run_count = s.run_count + cardinality($4::text[])
+        run_count = s.run_count + cardinality($4::text[]), expires_at = {append_expires_set}
     WHERE ($2::text IS NULL OR s.user_id = $2::text)
-      AND ($7::bigint IS NULL OR s.version = $7::bigint)
+      AND ($7::bigint IS NULL OR s.version = $7::bigint) AND {live}
     RETURNING s.session_id, s.session_type, s.user_id, s.agent_id, s.team_id, s.workflow_id,
         CASE WHEN $3::text IS NULL THEN s.session_data::text END,
         s.agent_data::text, s.team_data::text, s.workflow_data::text, s.metadata::text,
@@ -184,9 +201,10 @@ WITH up AS (
                                 THEN {merge_patch}(s.session_data, $6::text::jsonb)
                             ELSE s.session_data END,
         updated_at = now(), version = s.version + 1,
-        run_count = s.run_count + cardinality($4::text[])
+        run_count = s.run_count + cardinality($4::text[]), expires_at = {append_expires_set}
     WHERE s.session_id = $1 AND ($2::text IS NULL OR s.user_id = $2::text)
-      AND ($7::bigint IS NULL OR s.version = $7::bigint) AND {append_fence_ok}
+      AND ($7::bigint IS NULL OR s.version = $7::bigint) AND {append_fence_ok} AND {live}
+      AND ($10::bigint IS NULL OR true)  -- a new session's ttl: the INSERT's parameters
     RETURNING s.session_id, s.session_type, s.user_id, s.agent_id, s.team_id, s.workflow_id,
         CASE WHEN $3::text IS NULL THEN s.session_data::text END,
         s.agent_data::text, s.team_data::text, s.workflow_data::text, s.metadata::text,
@@ -197,9 +215,10 @@ SELECT * FROM up
 """
 
 # The runs of a session whose ids are in $2, with the session's run_count (runs at seq >=
-# run_count are leftovers, not part of the history): an append's retry check.
+# run_count are leftovers, not part of the history; those of an expired session too): an
+# append's retry check.
 _SELECT_RUN_IDS = """
-SELECT r.run_id, r.seq, r.body::text, s.run_count
+SELECT r.run_id, r.seq, r.body::text, CASE WHEN {live} THEN s.run_count ELSE 0 END
 FROM {runs} r JOIN {t} s ON s.session_id = r.session_id
 WHERE r.session_id = $1 AND r.run_id = ANY($2::text[])
 """
@@ -213,11 +232,13 @@ WHERE s.session_id = $1 AND r.session_id = $1 AND r.seq >= s.run_count
 _GET_RUN = """
 SELECT r.body::text FROM {runs} r JOIN {t} s ON s.session_id = r.session_id
 WHERE r.session_id = $1 AND r.run_id = $2 AND r.seq < s.run_count
-  AND ($3::text IS NULL OR s.user_id = $3::text)
+  AND ($3::text IS NULL OR s.user_id = $3::text) AND {live}
 """
 
 # pop_runs, truncate_runs, clear_runs: in a transaction that first locks the session row.
-_LOCK = "SELECT user_id, version, run_count FROM {t} WHERE session_id = $1 FOR UPDATE"
+_LOCK = """
+SELECT user_id, version, run_count FROM {t} s WHERE session_id = $1 AND {live} FOR UPDATE
+"""
 # The runs from seq $2 removed ($3: the run_count before; later seqs are leftovers), the history
 # cut to $2 runs. Returns the removed runs of the history, oldest first.
 _POP = """
@@ -246,19 +267,23 @@ _MOVE_BACK = "UPDATE {runs} SET seq = -1 - seq WHERE session_id = $1 AND seq < 0
 
 # fork_session, in a transaction: $1 source, the source row locked for share (no write changes it
 # while it is copied).
-_FORK_SOURCE = "SELECT user_id, run_count FROM {t} WHERE session_id = $1 FOR SHARE"
+_FORK_SOURCE = """
+SELECT user_id, run_count FROM {t} s WHERE session_id = $1 AND {live} FOR SHARE
+"""
 _RUN_SEQ = """
 SELECT r.seq FROM {runs} r JOIN {t} s ON s.session_id = r.session_id
 WHERE r.session_id = $1 AND r.run_id = $2 AND r.seq < s.run_count
 """
-# $1 source, $2 new id, $3 runs copied. Nothing when the new id exists.
+# $1 source, $2 new id, $3 runs copied, $4 a new session's time-to-live (microseconds, NULL:
+# none). Nothing when the new id exists.
 _FORK = """
 WITH new AS (
     INSERT INTO {t} AS s (session_id, session_type, user_id, agent_id, team_id, workflow_id,
         session_data, agent_data, team_data, workflow_data, metadata, summary,
-        created_at, updated_at, version, run_count)
+        created_at, updated_at, version, run_count, expires_at)
     SELECT $2, session_type, user_id, agent_id, team_id, workflow_id, session_data, agent_data,
-        team_data, workflow_data, metadata, summary, now(), now(), 1, $3
+        team_data, workflow_data, metadata, summary, now(), now(), 1, $3,
+        now() + $4::bigint * interval '1 microsecond'
     FROM {t} WHERE session_id = $1
     ON CONFLICT (session_id) DO NOTHING
     RETURNING {cols}
@@ -284,13 +309,44 @@ SELECT count(*) FROM gone
 """
 
 # Only on the error path of a write: who owns the session, at which version it is, and the token
-# of its latest lease (its own, or its lease row's when newer).
+# of its latest lease (its own, or its lease row's when newer). An expired session is deleted
+# here with its runs, and is absent: the write then creates it anew.
 _SELECT_OWNER = """
+WITH gone AS (
+    DELETE FROM {t} WHERE session_id = $1 AND expires_at <= now() RETURNING session_id
+),
+runs AS (
+    DELETE FROM {runs} r USING gone WHERE r.session_id = gone.session_id
+)
 SELECT s.user_id, s.version,
        greatest(coalesce(s.lease_token, 0),
                 coalesce((SELECT l.token FROM {leases} l WHERE l.session_id = $1), 0))
-FROM {t} s WHERE s.session_id = $1
+FROM {t} s WHERE s.session_id = $1 AND NOT EXISTS (SELECT 1 FROM gone)
 """
+# The expired sessions among $1 (ids), deleted with their runs: before a batch or a fork that
+# may create them.
+_PURGE_IDS = """
+WITH gone AS (
+    DELETE FROM {t} WHERE session_id = ANY($1::text[]) AND expires_at <= now()
+    RETURNING session_id
+)
+DELETE FROM {runs} r USING gone WHERE r.session_id = gone.session_id
+"""
+# purge_expired and delete_user: up to $2 sessions (expired, or of the user $1) and their runs,
+# in one statement; (sessions, runs) deleted. Rows being written are skipped by the purge.
+_DELETE_BATCH = """
+WITH gone AS (
+    DELETE FROM {t} WHERE session_id IN (
+        SELECT session_id FROM {t} WHERE {which} LIMIT $2 FOR UPDATE {skip}
+    ) RETURNING session_id
+),
+runs AS (
+    DELETE FROM {runs} r USING gone WHERE r.session_id = gone.session_id RETURNING 1
+)
+SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM runs)
+"""
+# rotate_keys: a run's body written again (after the session row, locked by its own UPDATE).
+_RESEAL_RUN = "UPDATE {runs} SET body = $3::text::jsonb WHERE session_id = $1 AND run_id = $2"
 # A fenced write creating its session: the lease row's token, locked until the write commits, so
 # no lease can be taken (and no new holder start its turn) in between.
 _LOCK_LEASE = "SELECT token FROM {leases} WHERE session_id = $1 FOR SHARE"
@@ -305,10 +361,10 @@ _UPSERT_MANY = """
 WITH up AS (
     INSERT INTO {t} AS s (session_id, session_type, user_id, agent_id, team_id, workflow_id,
         session_data, agent_data, team_data, workflow_data, metadata, summary,
-        created_at, updated_at, version, run_count)
+        created_at, updated_at, version, run_count, expires_at)
     SELECT i.session_id, i.session_type, i.user_id, i.agent_id, i.team_id, i.workflow_id,
         i.session_data::jsonb, i.agent_data::jsonb, i.team_data::jsonb, i.workflow_data::jsonb,
-        i.metadata::jsonb, i.summary::jsonb, now(), now(), 1, i.run_count
+        i.metadata::jsonb, i.summary::jsonb, now(), now(), 1, i.run_count, {many_expires_new}
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                 $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
                 $13::integer[])
@@ -321,7 +377,7 @@ WITH up AS (
         team_data = excluded.team_data, workflow_data = excluded.workflow_data,
         metadata = excluded.metadata, summary = excluded.summary,
         updated_at = excluded.updated_at, version = s.version + 1,
-        run_count = excluded.run_count
+        run_count = excluded.run_count, expires_at = {many_expires_set}
     WHERE s.user_id IS NOT DISTINCT FROM excluded.user_id
     RETURNING s.session_id, s.created_at, s.updated_at, s.version, s.run_count
 ),
@@ -351,20 +407,20 @@ SELECT session_id, created_at, updated_at, version, run_count FROM up
 _ACTIVITY = """
 SELECT 0, coalesce(agent_id, team_id, workflow_id), count(*), coalesce(sum(run_count), 0), 0,
        NULL::timestamp
-FROM {t} WHERE $7::text IS NULL OR user_id = $7::text
+FROM {t} WHERE ($7::text IS NULL OR user_id = $7::text) AND {live_t}
 GROUP BY 2
 UNION ALL
 SELECT 1, NULL, count(*) FILTER (WHERE updated_at > $2::timestamptz),
        count(*) FILTER (WHERE updated_at > $3::timestamptz), count(*), NULL
 FROM {t}
 WHERE updated_at > $4::timestamptz AND updated_at <= $1::timestamptz
-  AND ($7::text IS NULL OR user_id = $7::text)
+  AND ($7::text IS NULL OR user_id = $7::text) AND {live_t}
 UNION ALL
 SELECT 2, coalesce(s.agent_id, s.team_id, s.workflow_id), count(*), 0, 0,
        date_trunc($6::text, r.created_at AT TIME ZONE 'UTC')
 FROM {runs} r JOIN {t} s ON s.session_id = r.session_id AND r.seq < s.run_count
 WHERE r.created_at >= $5::timestamptz AND r.created_at <= $1::timestamptz
-  AND ($7::text IS NULL OR s.user_id = $7::text)
+  AND ($7::text IS NULL OR s.user_id = $7::text) AND {live}
 GROUP BY 2, 6
 """
 
@@ -445,6 +501,10 @@ class SQL:
     delete: str
     select_owner: str
     usage_counts: str
+    purge_ids: str
+    delete_expired: str
+    delete_of_user: str
+    reseal_run: str
     lock_lease: str
     lock_many: str
     upsert_many: str
@@ -474,6 +534,13 @@ class SQL:
                 merge_patch=merge_patch,
                 fence_ok=_FENCE_OK.format(fence="$17", leases=leases),
                 append_fence_ok=_FENCE_OK.format(fence="$8", leases=leases),
+                live=_LIVE_S,
+                expires_new=_EXPIRES_NEW.format(a="$18", c="$19"),
+                expires_set=_EXPIRES_SET.format(a="$18", u="$20"),
+                append_expires_new=_EXPIRES_NEW.format(a="$9", c="$10"),
+                append_expires_set=_EXPIRES_SET.format(a="$9", u="$11"),
+                many_expires_new=_EXPIRES_NEW.format(a="NULL", c="$18"),
+                many_expires_set=_EXPIRES_SET.format(a="NULL", u="$19"),
                 **extra,
             )
 
@@ -508,6 +575,12 @@ class SQL:
             delete=f(_DELETE),
             select_owner=f(_SELECT_OWNER),
             usage_counts=f(_USAGE_COUNTS),
+            purge_ids=f(_PURGE_IDS),
+            delete_expired=f(
+                _DELETE_BATCH, which="expires_at <= now() AND $1::text IS NULL", skip="SKIP LOCKED"
+            ),
+            delete_of_user=f(_DELETE_BATCH, which="user_id = $1::text", skip=""),
+            reseal_run=f(_RESEAL_RUN),
             lock_lease=f(_LOCK_LEASE),
             lock_many=f(_LOCK_MANY),
             upsert_many=f(_UPSERT_MANY),
@@ -558,6 +631,7 @@ class SQL:
             where.append(
                 f"(s.agent_id = {entity} OR s.team_id = {entity} OR s.workflow_id = {entity})"
             )
+        where.append(_LIVE_S)
         if query.updated_after_us is not None:
             where.append(f"s.updated_at > {bind(from_us(query.updated_after_us))}")
         if query.after is not None:
@@ -575,9 +649,7 @@ class SQL:
             source += " " + _RUNS_OF.format(runs=self.runs_table, first="0")
         else:
             columns = _COLUMNS
-        sql = f"SELECT {columns} FROM {source}"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+        sql = f"SELECT {columns} FROM {source} WHERE " + " AND ".join(where)
         if count:
             return sql, params
         sql += " ORDER BY s.updated_at DESC, s.session_id DESC"
@@ -597,4 +669,7 @@ class SQL:
             query.bucket,
             query.user_id,
         ]
-        return _ACTIVITY.format(t=self.table, runs=self.runs_table), params
+        statement = _ACTIVITY.format(
+            t=self.table, runs=self.runs_table, live=_LIVE_S, live_t=LIVE.format(s="")
+        )
+        return statement, params

@@ -14,15 +14,35 @@ from typing import Any
 import asyncpg
 
 from .. import _codec as codec
-from .._encoding import EncodedAppend, EncodedRun, EncodedSession, merge_patch
+from .._crypto import PAYLOAD_FIELDS, Reseal
+from .._encoding import EncodedAppend, EncodedRun, EncodedSession, Expiry, merge_patch
 from .._rules import RETRY, OwnerRule, Stored, Verdict, conflict, decide, fenced, not_owner, owns
+from .._time import from_us
 from ..errors import InvalidInputError
 from ._jsonb import to_db
 from ._pool import Connection
 from ._rows import session_columns
 from ._sql import SQL
 
-__all__ = ["Appended", "append", "fork", "pop", "truncate", "write_many", "write_session"]
+__all__ = [
+    "Appended",
+    "append",
+    "delete_batch",
+    "expiry_args",
+    "fork",
+    "pop",
+    "reseal",
+    "truncate",
+    "write_many",
+    "write_session",
+]
+
+
+def expiry_args(expiry: Expiry) -> tuple[Any, Any, Any]:
+    """The statements' expiry parameters: the caller's expires_at, a new session's
+    time-to-live and an existing one's (when it slides), in microseconds (see `_sql`)."""
+    at = None if expiry.at_us is None else from_us(expiry.at_us)
+    return at, expiry.ttl_us, expiry.ttl_us if expiry.slide else None
 
 
 async def _stored(connection: Connection, sql: SQL, session_id: str) -> Stored | None:
@@ -83,14 +103,7 @@ async def write_session(
                 )
                 if verdict is Verdict.CREATE:
                     row = await _create_fenced(
-                        connection,
-                        sql,
-                        label,
-                        enc.session_id,
-                        enc.fence,
-                        sql.upsert,
-                        args,
-                        len(args) - 1,
+                        connection, sql, label, enc.session_id, enc.fence, sql.upsert, args, 16
                     )
         except asyncpg.UniqueViolationError as exc:
             if not _duplicate_run_id(exc, sql):
@@ -120,7 +133,9 @@ async def write_many(
     """One transaction: lock the sessions that exist (in session_id order, so two batches never
     deadlock), check their owners, then write them all in one statement."""
     sids = [enc.session_id for enc in encoded]
+    expiry = encoded[0].expiry  # the store's: one for the whole batch
     async with connection.transaction():
+        await connection.execute(sql.purge_ids, sids)  # expired ones are created anew
         existing = {row[0]: (row[1], row[2]) for row in await connection.fetch(sql.lock_many, sids)}
         columns: list[list[Any]] = [[] for _ in range(12)]
         run_counts: list[int] = []
@@ -140,7 +155,9 @@ async def write_many(
                     runs, (enc.session_id, start + i, run.run_id, to_db(run.body)), strict=True
                 ):
                     column.append(value)
-        rows: list[Any] = await connection.fetch(sql.upsert_many, *columns, run_counts, *runs)
+        rows: list[Any] = await connection.fetch(
+            sql.upsert_many, *columns, run_counts, *runs, *expiry_args(expiry)[1:]
+        )
         if len(rows) != len(encoded):
             # A session created by another user since the lock: nothing is kept.
             written = {row[0] for row in rows}
@@ -188,6 +205,7 @@ async def append(connection: Connection, sql: SQL, label: str, append: EncodedAp
             patch,
             append.if_version,
             fence,
+            *expiry_args(append.expiry),
         )
         if not updating:
             args += (created,)
@@ -211,7 +229,7 @@ async def append(connection: Connection, sql: SQL, label: str, append: EncodedAp
                         append.session_id,
                         fence,
                         sql.append,
-                        (*args[:8], created),
+                        (*args, created),
                         7,  # $8
                     )
         except asyncpg.UniqueViolationError as exc:
@@ -248,6 +266,7 @@ async def _stored_runs(
     rows = await connection.fetch(sql.select_run_ids, session_id, [r.run_id for r in runs])
     if any(seq >= count for _, seq, _, count in rows):
         await connection.execute(sql.delete_leftovers, session_id)
+        await _stored(connection, sql, session_id)  # deletes the session when it expired
         return None
     return {run_id: (seq, body) for run_id, seq, body, _ in rows}
 
@@ -327,10 +346,12 @@ async def fork(
     new_session_id: str,
     at_run: str | None,
     user_id: str | None,
+    ttl_us: int | None,
 ) -> tuple[Any, int] | None:
     """The new session's row and its run count; None when the source is absent or another
     user's."""
     async with connection.transaction():
+        await connection.execute(sql.purge_ids, [new_session_id])  # an expired one is gone
         source = await connection.fetchrow(sql.fork_source, session_id)
         if source is None or (user_id is not None and source[0] != user_id):
             return None
@@ -342,7 +363,7 @@ async def fork(
                     f"{label}: run {at_run!r} is not in session {session_id!r}; nothing was written"
                 )
             copied = seq + 1
-        row = await connection.fetchrow(sql.fork, session_id, new_session_id, copied)
+        row = await connection.fetchrow(sql.fork, session_id, new_session_id, copied, ttl_us)
         if row is None:
             target = await _stored(connection, sql, new_session_id)
             raise conflict(label, new_session_id, 0, 0 if target is None else target.version)
@@ -354,3 +375,37 @@ async def drop_tables(connection: Connection, sql: SQL) -> None:
     async with connection.transaction():
         for statement in sql.drop:
             await connection.execute(statement)
+
+
+async def delete_batch(
+    connection: Connection, sql: SQL, user_id: str | None, batch: int
+) -> tuple[int, int]:
+    """Up to `batch` sessions of `user_id` (None: expired ones) and their runs, in one
+    statement: (sessions, runs) deleted."""
+    statement = sql.delete_expired if user_id is None else sql.delete_of_user
+    row = await connection.fetchrow(statement, user_id, batch)
+    return int(row[0]), int(row[1])
+
+
+async def reseal(connection: Connection, sql: SQL, reseal: Reseal) -> bool:
+    """Store the re-encrypted values of a session still at `reseal.version`, in one
+    transaction whose first statement locks the session row (every write of the session locks
+    it first too); its version and times stay."""
+    if not set(reseal.fields) <= set(PAYLOAD_FIELDS):
+        raise ValueError(f"not payload columns: {sorted(reseal.fields)}")
+    names = list(reseal.fields)
+    columns = ", ".join(f"{name} = ${i + 3}::text::jsonb" for i, name in enumerate(names))
+    statement = (
+        f"UPDATE {sql.table} SET {columns or 'version = version'} "
+        "WHERE session_id = $1 AND version = $2 RETURNING 1"
+    )
+    async with connection.transaction():
+        values = [to_db(reseal.fields[name]) for name in names]
+        if await connection.fetchval(statement, reseal.session_id, reseal.version, *values) is None:
+            return False
+        if reseal.runs:
+            await connection.executemany(
+                sql.reseal_run,
+                [(reseal.session_id, r.run_id, to_db(r.new)) for r in reseal.runs],
+            )
+    return True

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, ClassVar, Final, Unpack
+from typing import Any, ClassVar, Unpack
 
 import asyncpg
 
@@ -26,6 +26,7 @@ from .._checks import (
     check_optional_seconds,
     check_seconds,
 )
+from .._crypto import Reseal
 from .._encoding import EncodedAppend, EncodedSession, session_from_encoded
 from .._leases import Busy, Grant
 from .._paging import ListQuery, PageKey, page_key
@@ -45,13 +46,12 @@ from ._rows import (
     retried_session,
     session_columns,
     session_from_row,
+    written_sessions,
 )
 from ._sql import SQL
 from ._url import normalize_url, where
 
 __all__ = ["PostgresStore", "normalize_url"]
-
-_MIN_SERVER: Final = 120000  # PostgreSQL 12
 
 
 class PostgresStore(StoreBase):
@@ -294,6 +294,7 @@ class PostgresStore(StoreBase):
             [to_db(r.body) for r in session.runs],
             if_version,
             session.fence,  # the UPDATE's fence; NULL: the lease token of a session UPSERT creates
+            *_writes.expiry_args(session.expiry),
         )
         statement = sql.update if if_version or session.fence is not None else sql.upsert
         row = await self._writes(session.session_id).run(
@@ -313,20 +314,7 @@ class PostgresStore(StoreBase):
         rows = await self._writes(*(e.session_id for e in ordered)).run(
             _writes.write_many, self._statements(), self.label, ordered
         )
-        stored = {row[0]: row for row in rows}
-        result = []
-        for enc in sessions:
-            _, created, updated, version, run_count = stored[enc.session_id]
-            result.append(
-                session_from_encoded(
-                    enc,
-                    created_at=created,
-                    updated_at=updated,
-                    version=version,
-                    runs_offset=run_count - len(enc.runs),
-                )
-            )
-        return result
+        return written_sessions(sessions, rows)
 
     async def _append(self, append: EncodedAppend) -> Session:
         done = await self._writes(append.session_id).run(
@@ -381,6 +369,7 @@ class PostgresStore(StoreBase):
             new_session_id,
             at_run,
             user_id,
+            self._default_expiry.ttl_us,
         )
         if done is None:
             return None
@@ -434,6 +423,17 @@ class PostgresStore(StoreBase):
 
     async def _drop(self) -> None:
         await self._live(self._pool).run(_writes.drop_tables, self._statements())
+
+    async def _purge_expired(self, batch: int) -> tuple[int, int]:
+        sql = self._statements()
+        return await self._live(self._pool).run(_writes.delete_batch, sql, None, batch)
+
+    async def _delete_user(self, user_id: str, batch: int) -> tuple[int, int]:
+        sql = self._statements()
+        return await self._live(self._pool).run(_writes.delete_batch, sql, user_id, batch)
+
+    async def _reseal(self, reseal: Reseal) -> bool:
+        return await self._writes(reseal.session_id).run(_writes.reseal, self._statements(), reseal)
 
     async def _take_lease(
         self, session_id: str, user_id: str | None, holder: str, ttl: float

@@ -30,7 +30,12 @@ _TAKE: Final = """
     RETURNING token, expires_at
 """
 _HOLDER: Final = 'SELECT holder, expires_at FROM "{t}_leases" WHERE session_id = ?'
-_OWNER: Final = 'SELECT user_id, version FROM "{t}" WHERE session_id = ?'
+# An expired session is absent here too: anyone may lease its id (the write that follows
+# creates the session anew).
+_OWNER: Final = """
+    SELECT user_id, version FROM "{t}"
+    WHERE session_id = ?1 AND (expires_at IS NULL OR expires_at > ?2)
+"""
 _MARK: Final = """
     UPDATE "{t}" SET lease_token = max(coalesce(lease_token, 0), ?2) WHERE session_id = ?1
 """
@@ -82,11 +87,11 @@ def take(
     ttl: float,
     db: sqlite3.Connection,
 ) -> Grant | Busy:
-    owner = db.execute(sql.owner, (session_id,)).fetchone()
+    now = now_us()
+    owner = db.execute(sql.owner, (session_id, now)).fetchone()
     if owner is not None:
         stored = Stored(owner[0], owner[1])
         decide(label, session_id, stored, user_id=user_id, if_version=None, rule=OwnerRule.IF_GIVEN)
-    now = now_us()
     row = db.execute(sql.take, (session_id, holder, now, now + _ttl_us(ttl))).fetchone()
     if row is None:
         return _busy(sql, session_id, db)

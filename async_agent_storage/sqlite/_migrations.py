@@ -163,6 +163,28 @@ MIGRATIONS: tuple[Migration, ...] = (
             'ALTER TABLE "{table}" ADD COLUMN lease_token INTEGER',
         ),
     ),
+    Migration(
+        version=7,
+        name="session expiry",
+        steps=(
+            # When the session expires (epoch microseconds; NULL: never). Every read leaves an
+            # expired session out at once; purge_expired deletes it. Adding a column rewrites no
+            # row.
+            'ALTER TABLE "{table}" ADD COLUMN expires_at INTEGER',
+            # purge_expired finds the expired sessions from this index alone.
+            """
+            CREATE INDEX "{table}_expires" ON "{table}" (expires_at)
+                WHERE expires_at IS NOT NULL
+            """,
+            # activity's runs-per-bucket count joins each run's session on this index: it now
+            # needs the expiry too, so that it stays an index-only lookup.
+            'DROP INDEX "{table}_entity"',
+            """
+            CREATE INDEX "{table}_entity"
+                ON "{table}" (session_id, user_id, agent_id, team_id, workflow_id, expires_at)
+            """,
+        ),
+    ),
 )
 
 

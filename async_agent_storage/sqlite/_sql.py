@@ -44,12 +44,18 @@ _NEW_DATA = """CASE
         ELSE {old} END"""
 
 _SELECT_SESSION = 'SELECT {select} FROM "{t}" WHERE session_id = ?'
+# A session is live until its expiry (epoch microseconds; NULL: never) has passed: every read
+# leaves the others out, whether or not `purge_expired` has deleted them yet.
+LIVE = "(expires_at IS NULL OR expires_at > {now})"
+# read: ?1 session_id, ?2 now.
+_READ_SESSION = 'SELECT {select} FROM "{t}" WHERE session_id = ?1 AND {live}'
 # The owner, version, run count, incarnation, and the latest lease token: the session's own, or
 # its lease row's when newer (a session deleted and created again by an unfenced write).
 _SELECT_OWNER = """
     SELECT user_id, version, run_count, incarnation,
         max(coalesce(lease_token, 0),
-            coalesce((SELECT token FROM "{t}_leases" l WHERE l.session_id = s.session_id), 0))
+            coalesce((SELECT token FROM "{t}_leases" l WHERE l.session_id = s.session_id), 0)),
+        expires_at
     FROM "{t}" s WHERE session_id = ?
 """
 # The token of a session's lease row (a write that creates the session starts from it).
@@ -100,12 +106,13 @@ _SELECT_EXISTING = """
 _SELECT_RUN = """
     SELECT CAST(r.body AS BLOB) FROM "{t}_runs" r JOIN "{t}" s ON s.session_id = r.session_id
     WHERE r.session_id = ?1 AND r.run_id = ?2 AND (?3 IS NULL OR s.user_id = ?3)
+        AND (s.expires_at IS NULL OR s.expires_at > ?4)
 """
 # The new row's lease_token is its lease row's token: a stale holder's fence stays refused.
 _INSERT_SESSION = """
-    INSERT INTO "{t}" ({cols}, lease_token)
+    INSERT INTO "{t}" ({cols}, lease_token, expires_at)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
-            (SELECT token FROM "{t}_leases" WHERE session_id = ?))
+            (SELECT token FROM "{t}_leases" WHERE session_id = ?), ?)
 """
 # A fenced write (the fence NULL: none) passes when no lease newer than its token was taken:
 # neither the session's lease_token nor its lease row holds a larger one.
@@ -114,31 +121,33 @@ _FENCE_OK = """({fence} IS NULL OR (coalesce(lease_token, 0) <= {fence} AND NOT 
 # Ownership, if_version and the fence are checked by the UPDATE itself; no row back means one of
 # them failed (or the session does not exist) and only then is the row read to say which. Runs
 # before the session's `runs_offset` were not loaded by the caller and are kept: run_count
-# restarts from min(stored run_count, runs_offset).
+# restarts from min(stored run_count, runs_offset). ?18 the new expiry (NULL: keep). An expired
+# session is not updated: the write removes it and creates it anew (`_work._stored`).
 _UPDATE_SESSION = """
     UPDATE "{t}" SET session_type = ?1, agent_id = ?2, team_id = ?3, workflow_id = ?4,
         session_data = ?5, agent_data = ?6, team_data = ?7, workflow_data = ?8, metadata = ?9,
         summary = ?10, updated_at = ?11, version = version + 1,
-        run_count = min(run_count, ?12) + ?13
+        run_count = min(run_count, ?12) + ?13, expires_at = coalesce(?18, expires_at)
     WHERE session_id = ?14 AND user_id IS ?15 AND (?16 IS NULL OR version = ?16)
-        AND {fence_ok}
+        AND {fence_ok} AND {live_now11}
     RETURNING created_at, version, run_count, incarnation
 """
 # append_runs: ?1 session_data, ?2 state_patch, ?3 now, ?4 runs appended, ?5 session_id,
 # ?6 user_id (NULL: no owner check; the owner of a new session), ?7 if_version, ?8 incarnation,
-# ?9 fence (NULL: none).
+# ?9 fence (NULL: none), ?10 the expiry of a session it creates, ?11 the new expiry of one it
+# updates (NULL: keep).
 _APPEND_INSERT = """
-    INSERT INTO "{t}" ({cols}, lease_token)
+    INSERT INTO "{t}" ({cols}, lease_token, expires_at)
     VALUES (?5, 'agent', ?6, NULL, NULL, NULL, {new_data_insert}, NULL, NULL, NULL,
             NULL, NULL, ?3, ?3, 1, ?4, ?8,
-            (SELECT token FROM "{t}_leases" WHERE session_id = ?5))
+            (SELECT token FROM "{t}_leases" WHERE session_id = ?5), ?10)
     RETURNING {select}
 """
 _APPEND_UPDATE = """
     UPDATE "{t}" SET session_data = {new_data}, updated_at = ?3,
-        version = version + 1, run_count = run_count + ?4
+        version = version + 1, run_count = run_count + ?4, expires_at = coalesce(?11, expires_at)
     WHERE session_id = ?5 AND (?6 IS NULL OR user_id = ?6) AND (?7 IS NULL OR version = ?7)
-        AND {append_fence_ok}
+        AND {append_fence_ok} AND {live_now3}
     RETURNING {select}
 """
 # pop_runs, truncate_runs, clear_runs: the history shrinks to ?2 runs.
@@ -152,12 +161,13 @@ _MOVE_RUNS_DOWN = """
     UPDATE "{t}_runs" SET seq = -1 - (seq - ?2) WHERE session_id = ?1 AND seq >= ?2
 """
 _MOVE_RUNS_BACK = 'UPDATE "{t}_runs" SET seq = -1 - seq WHERE session_id = ?1 AND seq < 0'
-# fork_session: ?1 the new id, ?2 the source id, ?3 now, ?4 runs copied, ?5 incarnation.
+# fork_session: ?1 the new id, ?2 the source id, ?3 now, ?4 runs copied, ?5 incarnation, ?6 the
+# copy's expiry (a new session's).
 _FORK_SESSION = """
-    INSERT INTO "{t}" ({cols}, lease_token)
+    INSERT INTO "{t}" ({cols}, lease_token, expires_at)
     SELECT ?1, session_type, user_id, agent_id, team_id, workflow_id, session_data, agent_data,
         team_data, workflow_data, metadata, summary, ?3, ?3, 1, ?4, ?5,
-        (SELECT token FROM "{t}_leases" WHERE session_id = ?1)
+        (SELECT token FROM "{t}_leases" WHERE session_id = ?1), ?6
     FROM "{t}" WHERE session_id = ?2
     RETURNING {select}
 """
@@ -182,6 +192,19 @@ _UPSERT_RUN = """
 _DELETE_RUNS_FROM = 'DELETE FROM "{t}_runs" WHERE session_id = ? AND seq >= ?'
 _DELETE_SESSION = 'DELETE FROM "{t}" WHERE session_id = ?'
 _DELETE_SESSION_OF = 'DELETE FROM "{t}" WHERE session_id = ? AND user_id = ?'
+# purge_expired and delete_user: up to ?2 sessions (expired by ?1, or of the user ?1) and then
+# the runs of those (?1 a JSON array of their ids).
+_DELETE_EXPIRED = """
+    DELETE FROM "{t}" WHERE session_id IN (
+        SELECT session_id FROM "{t}" WHERE expires_at <= ?1 LIMIT ?2) RETURNING session_id
+"""
+_DELETE_OF_USER = """
+    DELETE FROM "{t}" WHERE session_id IN (
+        SELECT session_id FROM "{t}" WHERE user_id = ?1 LIMIT ?2) RETURNING session_id
+"""
+_DELETE_RUNS_OF = 'DELETE FROM "{t}_runs" WHERE session_id IN (SELECT value FROM json_each(?1))'
+# rotate_keys: a run's body written again (the session row is checked and written first).
+_RESEAL_RUN = 'UPDATE "{t}_runs" SET body = ?1 WHERE session_id = ?2 AND run_id = ?3'
 _HISTORY_EXISTS = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
 _CREATE_HISTORY = """
     CREATE TABLE IF NOT EXISTS "{t}_migrations" (
@@ -207,6 +230,7 @@ class SQL:
     table: str
     history_table: str
     select_session: str
+    read_session: str
     select_owner: str
     lease_token: str
     select_runs_from: str
@@ -231,6 +255,10 @@ class SQL:
     delete_runs_from: str
     delete_session: str
     delete_session_of: str
+    delete_expired: str
+    delete_of_user: str
+    delete_runs_of: str
+    reseal_run: str
     history_exists: str
     create_history: str
     select_history: str
@@ -249,12 +277,16 @@ class SQL:
                 new_data_insert=_NEW_DATA.format(old="'{}'"),
                 fence_ok=_FENCE_OK.format(t=table, fence="?17", sid="?14"),
                 append_fence_ok=_FENCE_OK.format(t=table, fence="?9", sid="?5"),
+                live=LIVE.format(now="?2"),
+                live_now11=LIVE.format(now="?11"),
+                live_now3=LIVE.format(now="?3"),
             )
 
         return cls(
             table=table,
             history_table=f"{table}_migrations",
             select_session=f(_SELECT_SESSION),
+            read_session=f(_READ_SESSION),
             select_owner=f(_SELECT_OWNER),
             lease_token=f(_LEASE_TOKEN),
             select_runs_from=f(_SELECT_RUNS_FROM),
@@ -279,6 +311,10 @@ class SQL:
             delete_runs_from=f(_DELETE_RUNS_FROM),
             delete_session=f(_DELETE_SESSION),
             delete_session_of=f(_DELETE_SESSION_OF),
+            delete_expired=f(_DELETE_EXPIRED),
+            delete_of_user=f(_DELETE_OF_USER),
+            delete_runs_of=f(_DELETE_RUNS_OF),
+            reseal_run=f(_RESEAL_RUN),
             history_exists=_HISTORY_EXISTS,
             create_history=f(_CREATE_HISTORY),
             select_history=f(_SELECT_HISTORY),
@@ -293,12 +329,13 @@ class SQL:
         )
 
     def listing(
-        self, query: ListQuery, *, ids_only: bool = False, count: bool = False
+        self, query: ListQuery, now: int, *, ids_only: bool = False, count: bool = False
     ) -> tuple[str, list[Any]]:
-        """A keyset listing: filters, then `(updated_at, session_id) < cursor`, newest first.
-        Fetches one row more than the limit so the caller knows whether a next page exists."""
-        where: list[str] = []
-        params: list[Any] = []
+        """A keyset listing of the sessions live at `now`: filters, then
+        `(updated_at, session_id) < cursor`, newest first. Fetches one row more than the limit
+        so the caller knows whether a next page exists."""
+        where: list[str] = [LIVE.format(now="?")]
+        params: list[Any] = [now]
         if query.user_id is not None:
             where.append("user_id = ?")
             params.append(query.user_id)
@@ -315,9 +352,7 @@ class SQL:
             where.append("(updated_at, session_id) < (?, ?)")
             params += list(query.after)
         columns = "count(*)" if count else "session_id" if ids_only else SELECT_COLUMNS
-        sql = f'SELECT {columns} FROM "{self.table}"'
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+        sql = f'SELECT {columns} FROM "{self.table}" WHERE ' + " AND ".join(where)
         if count:
             return sql, params
         sql += " ORDER BY updated_at DESC, session_id DESC"
@@ -326,22 +361,24 @@ class SQL:
             params.append(query.limit + 1)
         return sql, params
 
-    def activity(self, query: ActivityQuery) -> tuple[tuple[str, list[Any]], ...]:
-        """`activity`'s three counts (see `ActivityCounts`): per entity, active sessions, runs
-        per entity and bucket. Each is one GROUP BY (or one aggregate) in the database."""
+    def activity(self, query: ActivityQuery, now: int) -> tuple[tuple[str, list[Any]], ...]:
+        """`activity`'s three counts (see `ActivityCounts`) over the sessions live at `now`: per
+        entity, active sessions, runs per entity and bucket. Each is one GROUP BY (or one
+        aggregate) in the database."""
         t, runs = f'"{self.table}"', f'"{self.table}_runs"'
-        owner = "" if query.user_id is None else " WHERE user_id = ?"
+        live = LIVE.format(now="?")
+        owner = "" if query.user_id is None else " AND user_id = ?"
         mine = [] if query.user_id is None else [query.user_id]
         hour, day, week = query.active_after_us
         entities = (
-            f"SELECT {ENTITY}, count(*), coalesce(sum(run_count), 0) FROM {t}{owner} GROUP BY 1",
-            mine,
+            f"SELECT {ENTITY}, count(*), coalesce(sum(run_count), 0) FROM {t} "
+            f"WHERE {live}{owner} GROUP BY 1",
+            [now, *mine],
         )
         active = (
             "SELECT coalesce(sum(updated_at > ?), 0), coalesce(sum(updated_at > ?), 0), count(*) "
-            f"FROM {t} WHERE updated_at > ? AND updated_at <= ?"
-            + ("" if query.user_id is None else " AND user_id = ?"),
-            [hour, day, week, query.now_us, *mine],
+            f"FROM {t} WHERE updated_at > ? AND updated_at <= ? AND {live}{owner}",
+            [hour, day, week, query.now_us, now, *mine],
         )
         # Runs grouped by session first (one lookup of the session per session and bucket, not
         # per run), from the (created_at, session_id) index.
@@ -350,8 +387,9 @@ class SQL:
             f"SELECT session_id, (created_at - ?) / ? AS b, count(*) AS n FROM {runs} "
             "WHERE created_at >= ? AND created_at <= ? GROUP BY session_id, b"
             f") r JOIN {t} s ON s.session_id = r.session_id"
-            + ("" if query.user_id is None else " WHERE s.user_id = ?")
+            " WHERE (s.expires_at IS NULL OR s.expires_at > ?)"
+            + ("" if query.user_id is None else " AND s.user_id = ?")
             + " GROUP BY 1, 2",
-            [query.since_us, query.bucket_us, query.since_us, query.now_us, *mine],
+            [query.since_us, query.bucket_us, query.since_us, query.now_us, now, *mine],
         )
         return entities, active, turns

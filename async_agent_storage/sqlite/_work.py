@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from .._activity import ActivityCounts, ActivityQuery
+from .._crypto import PAYLOAD_FIELDS, Reseal
 from .._encoding import EncodedAppend, EncodedSession
 from .._paging import ListQuery
 from .._rules import RETRY, OwnerRule, Stored, Verdict, conflict, decide, fenced
@@ -30,6 +31,7 @@ __all__ = [
     "append",
     "count",
     "delete",
+    "delete_batch",
     "drop",
     "fork",
     "get_run",
@@ -38,6 +40,7 @@ __all__ = [
     "ping",
     "pop_runs",
     "read_session",
+    "reseal",
     "truncate_runs",
     "upsert",
     "usage",
@@ -71,7 +74,7 @@ def read_session(
     last_runs: int | None,
     db: sqlite3.Connection,
 ) -> Session | None:
-    row = db.execute(sql.select_session, (session_id,)).fetchone()
+    row = db.execute(sql.read_session, (session_id, now_us())).fetchone()
     if row is None or (user_id is not None and row[USER] != user_id):
         return None
     total = run_count(row)
@@ -90,7 +93,7 @@ def list_sessions(
 ) -> tuple[list[Any], PageRuns, bool]:
     """The rows of one listing page (decoded by the caller, on the event loop, so that decoding
     runs beside the next batch's SQL), and with `include_runs` their runs, one row per session."""
-    statement, params = sql.listing(query)
+    statement, params = sql.listing(query, now_us())
     rows = db.execute(statement, params).fetchall()
     more = query.limit is not None and len(rows) > query.limit
     if more:
@@ -104,7 +107,7 @@ def list_sessions(
 
 
 def count(sql: SQL, query: ListQuery, db: sqlite3.Connection) -> int:
-    statement, params = sql.listing(query, count=True)
+    statement, params = sql.listing(query, now_us(), count=True)
     total: int = db.execute(statement, params).fetchone()[0]
     return total
 
@@ -120,12 +123,23 @@ def usage(sql: SQL, db: sqlite3.Connection) -> tuple[int, int, dict[str, int]]:
 
 
 def list_ids(sql: SQL, query: ListQuery, db: sqlite3.Connection) -> list[str]:
-    statement, params = sql.listing(query, ids_only=True)
+    statement, params = sql.listing(query, now_us(), ids_only=True)
     return [row[0] for row in db.execute(statement, params)]
 
 
-def _stored(sql: SQL, session_id: str, db: sqlite3.Connection) -> Stored | None:
+def _owner_row(sql: SQL, session_id: str, db: sqlite3.Connection) -> Any:
+    """The session's owner row (`select_owner`), None when absent; an expired session is
+    deleted here, with its runs, and is absent: a write then creates the session anew."""
     row = db.execute(sql.select_owner, (session_id,)).fetchone()
+    if row is not None and row[5] is not None and row[5] <= now_us():
+        db.execute(sql.delete_session, (session_id,))
+        db.execute(sql.delete_runs_from, (session_id, 0))
+        return None
+    return row
+
+
+def _stored(sql: SQL, session_id: str, db: sqlite3.Connection) -> Stored | None:
+    row = _owner_row(sql, session_id, db)
     return None if row is None else Stored(row[0], row[1], row[4])
 
 
@@ -157,7 +171,8 @@ def upsert(
     # check of which exist and the writes see one state.
     ids = orjson.dumps([enc.session_id for enc in sessions]).decode()
     existing = {row[0] for row in db.execute(sql.select_existing, (ids,))}
-    written = _insert_new([enc for enc in sessions if enc.session_id not in existing], now, sql, db)
+    new = [enc for enc in sessions if enc.session_id not in existing and enc.fence is None]
+    written = _insert_new(new, now, sql, db)
     return [
         written[enc.session_id]
         if enc.session_id in written
@@ -190,6 +205,7 @@ def _insert_new(
                 len(enc.runs),
                 incarnation,
                 sid,
+                enc.expiry.on_create(now),
             )
         )
         runs += [(sid, i, r.run_id, r.body.decode(), now) for i, r in enumerate(enc.runs)]
@@ -231,6 +247,7 @@ def _upsert_one(
                 enc.user_id,
                 if_version,
                 enc.fence,
+                enc.expiry.on_update(now),
             ),
         ).fetchone()
         if updated is not None:
@@ -277,6 +294,7 @@ def _upsert_one(
                     len(enc.runs),
                     incarnation,
                     sid,
+                    enc.expiry.on_create(now),
                 ),
             )
             if enc.runs:
@@ -306,6 +324,8 @@ def append(sql: SQL, label: str, append: EncodedAppend, db: sqlite3.Connection) 
     sid, uid = append.session_id, append.user_id
     runs = append.runs
     stored = _stored_runs(sql, append, db)
+    if stored and _stored(sql, sid, db) is None:
+        stored = {}  # the runs of an expired session, deleted with it
     if stored:
         fresh = [r for r in runs if r.run_id not in stored]
         if not fresh:
@@ -332,7 +352,8 @@ def append(sql: SQL, label: str, append: EncodedAppend, db: sqlite3.Connection) 
     patch = None if append.state_patch is None else append.state_patch.decode()
     now = now_us()
     params = (data, patch, now, len(runs), sid, uid, append.if_version)
-    row = db.execute(sql.append_update, (*params, None, append.fence)).fetchone()
+    expiry = (append.expiry.on_create(now), append.expiry.on_update(now))
+    row = db.execute(sql.append_update, (*params, None, append.fence, *expiry)).fetchone()
     if row is None:
         decide(
             label,
@@ -345,7 +366,9 @@ def append(sql: SQL, label: str, append: EncodedAppend, db: sqlite3.Connection) 
         )
         # Under the write lock the row cannot have changed since the UPDATE: it is absent.
         _check_fence_to_create(sql, label, sid, append.fence, db)
-        row = db.execute(sql.append_insert, (*params, _new_incarnation())).fetchone()
+        row = db.execute(
+            sql.append_insert, (*params, _new_incarnation(), None, expiry[0])
+        ).fetchone()
     start = run_count(row) - len(runs)
     if len(runs) == 1:
         db.execute(sql.insert_run, (sid, start, runs[0].run_id, runs[0].body.decode(), now))
@@ -360,7 +383,7 @@ def append(sql: SQL, label: str, append: EncodedAppend, db: sqlite3.Connection) 
 def get_run(
     sql: SQL, session_id: str, run_id: str, user_id: str | None, db: sqlite3.Connection
 ) -> bytes | None:
-    row = db.execute(sql.select_run, (session_id, run_id, user_id)).fetchone()
+    row = db.execute(sql.select_run, (session_id, run_id, user_id, now_us())).fetchone()
     return None if row is None else bytes(row[0])
 
 
@@ -368,7 +391,7 @@ def _owned(
     sql: SQL, label: str, session_id: str, user_id: str | None, db: sqlite3.Connection
 ) -> int | None:
     """The run count of a session the caller may write, or None when it is absent."""
-    row = db.execute(sql.select_owner, (session_id,)).fetchone()
+    row = _owner_row(sql, session_id, db)
     if row is None:
         return None
     stored = Stored(row[0], row[1])
@@ -414,16 +437,17 @@ def fork(
     sql: SQL,
     label: str,
     store: str,
+    ttl_us: int | None,
     session_id: str,
     new_session_id: str,
     at_run: str | None,
     user_id: str | None,
     db: sqlite3.Connection,
 ) -> Session | None:
-    source = db.execute(sql.select_owner, (session_id,)).fetchone()
+    source = _owner_row(sql, session_id, db)
     if source is None or (user_id is not None and source[0] != user_id):
         return None
-    target = db.execute(sql.select_owner, (new_session_id,)).fetchone()
+    target = _owner_row(sql, new_session_id, db)
     if target is not None:
         raise conflict(label, new_session_id, 0, target[1])
     copied = source[2]
@@ -437,8 +461,9 @@ def fork(
             )
         copied = found[1] + 1
     now = now_us()
+    expires = None if ttl_us is None else now + ttl_us
     row = db.execute(
-        sql.fork_session, (new_session_id, session_id, now, copied, _new_incarnation())
+        sql.fork_session, (new_session_id, session_id, now, copied, _new_incarnation(), expires)
     ).fetchone()
     db.execute(sql.fork_runs, (new_session_id, session_id, copied))
     return session_from_row(row, [], [], copied, store)
@@ -456,13 +481,50 @@ def delete(sql: SQL, session_id: str, user_id: str | None, db: sqlite3.Connectio
 
 def activity(sql: SQL, query: ActivityQuery, db: sqlite3.Connection) -> ActivityCounts:
     """The counts of `activity`, in one read transaction (one snapshot)."""
-    (entities, e_params), (active, a_params), (turns, t_params) = sql.activity(query)
+    (entities, e_params), (active, a_params), (turns, t_params) = sql.activity(query, now_us())
     hour, day, week = db.execute(active, a_params).fetchone()
     return ActivityCounts(
         entities=[(e, n, r) for e, n, r in db.execute(entities, e_params)],
         active=(hour, day, week),
         turns=[(e, b, n) for e, b, n in db.execute(turns, t_params)],
     )
+
+
+def delete_batch(
+    sql: SQL, user_id: str | None, batch: int, db: sqlite3.Connection
+) -> tuple[int, int]:
+    """Up to `batch` sessions of `user_id` (None: expired ones) and their runs, in one
+    transaction: (sessions, runs) deleted."""
+    if user_id is None:
+        gone = db.execute(sql.delete_expired, (now_us(), batch)).fetchall()
+    else:
+        gone = db.execute(sql.delete_of_user, (user_id, batch)).fetchall()
+    if not gone:
+        return 0, 0
+    ids = orjson.dumps([row[0] for row in gone]).decode()
+    runs = db.execute(sql.delete_runs_of, (ids,)).rowcount
+    return len(gone), runs
+
+
+def reseal(sql: SQL, reseal: Reseal, db: sqlite3.Connection) -> bool:
+    """Store the re-encrypted values of a session still at `reseal.version` (under the write
+    lock, so nothing changes it in between); its version and times stay."""
+    if not set(reseal.fields) <= set(PAYLOAD_FIELDS):
+        raise ValueError(f"not payload columns: {sorted(reseal.fields)}")
+    columns = ", ".join(f"{name} = ?" for name in reseal.fields)
+    values = [body.decode() for body in reseal.fields.values()]
+    check = f'SELECT 1 FROM "{sql.table}" WHERE session_id = ? AND version = ?'
+    if not db.execute(check, (reseal.session_id, reseal.version)).fetchone():
+        return False
+    if columns:
+        db.execute(
+            f'UPDATE "{sql.table}" SET {columns} WHERE session_id = ?',
+            (*values, reseal.session_id),
+        )
+    db.executemany(
+        sql.reseal_run, [(r.new.decode(), reseal.session_id, r.run_id) for r in reseal.runs]
+    )
+    return True
 
 
 def ping(db: sqlite3.Connection) -> None:

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Final, Literal, TypeVar, Unpack
 
 from .._activity import ActivityCounts, ActivityQuery
 from .._checks import DEFAULT_TABLE_NAME, check_int_option, check_name, check_seconds
+from .._crypto import Reseal
 from .._encoding import EncodedAppend, EncodedSession, decode_runs
 from .._leases import Busy, Grant
 from .._paging import ListQuery, PageKey, page_key
@@ -240,6 +241,7 @@ class SqliteStore(StoreBase):
                 self._sql,
                 self.label,
                 self.token,
+                self._default_expiry.ttl_us,
                 session_id,
                 new_session_id,
                 at_run,
@@ -264,6 +266,15 @@ class SqliteStore(StoreBase):
 
     async def _drop(self) -> None:
         await self._write(partial(work.drop, self._sql))
+
+    async def _purge_expired(self, batch: int) -> tuple[int, int]:
+        return await self._write(partial(work.delete_batch, self._sql, None, batch))
+
+    async def _delete_user(self, user_id: str, batch: int) -> tuple[int, int]:
+        return await self._write(partial(work.delete_batch, self._sql, user_id, batch))
+
+    async def _reseal(self, reseal: Reseal) -> bool:
+        return await self._write(partial(work.reseal, self._sql, reseal))
 
     async def _take_lease(
         self, session_id: str, user_id: str | None, holder: str, ttl: float

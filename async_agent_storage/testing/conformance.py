@@ -40,6 +40,7 @@ from ..models import Session
 from ..protocol import SessionStore
 from ._activity import ActivityConformance
 from ._leases import LeaseConformance
+from ._retention import RetentionConformance
 from ._turns import TurnConformance
 from .strategies import json_objects, json_values
 
@@ -88,7 +89,9 @@ async def _snapshot(store: SessionStore, session_id: str) -> Session | None:
     return await store.read(session_id)
 
 
-class SessionStoreConformance(TurnConformance, ActivityConformance, LeaseConformance):
+class SessionStoreConformance(
+    TurnConformance, ActivityConformance, LeaseConformance, RetentionConformance
+):
     """Every rule every backend shares. Subclass it and provide a `store_factory` fixture."""
 
     pytestmark = pytest.mark.anyio

@@ -112,8 +112,8 @@ def build(
     replica_url: str | None = None,
     pgbouncer_url: str | None = None,
 ) -> list[System]:
-    """The in-process systems of one backend: store append, store leased, store upsert, the raw
-    driver; on
+    """The in-process systems of one backend: store append, store leased, store sealed, store
+    upsert, the raw driver; on
     PostgreSQL also store append reading from a replica, and through PgBouncer, when given."""
     if backend == "sqlite":
         from .raw_sqlite import RawSqlite
@@ -143,4 +143,9 @@ def build(
 
 
 def _stores(data: StoreData) -> list[System]:
-    return [StoreSystem(data, "append"), StoreSystem(data, "leased"), StoreSystem(data, "upsert")]
+    return [
+        StoreSystem(data, "append"),
+        StoreSystem(data, "leased"),
+        StoreSystem(data, "sealed"),
+        StoreSystem(data, "upsert"),
+    ]

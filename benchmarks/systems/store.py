@@ -1,11 +1,14 @@
 """The store under test, on any backend, through the public protocol only (`open_store`).
 
-Three systems share one store's data: "store append" does the turn as `read(last_runs=N)` +
+Four systems share one store's data: "store append" does the turn as `read(last_runs=N)` +
 `append_runs(..., state_patch=...)`, "store upsert" as `read(last_runs=N)` + `upsert(session)`,
-and "store leased" as "store append" under the session's lease (`store.lease`, the append fenced
+"store leased" as "store append" under the session's lease (`store.lease`, the append fenced
 with its token): the cost of one turn at a time per session, against "store append" in the same
-run. On PostgreSQL, "store append" may also reach the same data by another `Route`: reading from a
-replica (``--replica-url``), or through PgBouncer (``--pgbouncer``); see docs/scaling.md.
+run; and "store sealed" as "store append" on a store with `encryption=` (every session of the
+restored data encrypted first, with `rotate_keys`): the cost of encrypted payloads, where the
+state patch is merged by the store (a read more per turn). On PostgreSQL, "store append" may
+also reach the same data by another `Route`: reading from a replica (``--replica-url``), or
+through PgBouncer (``--pgbouncer``); see docs/scaling.md.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from async_agent_storage import Session, SessionStore, open_store
+from async_agent_storage import KeyRing, Session, SessionStore, open_store
 from async_agent_storage.errors import ConfigurationError
 
 from ..workload import Picker, SeedSession, WorkloadSpec, next_state, sessions
@@ -120,6 +123,10 @@ def _chunk(spec: WorkloadSpec) -> int:
     return max(1, min(SEED_CHUNK, 2000 // max(1, spec.max_runs)))
 
 
+# The benchmark's key (a fixed one: nothing it encrypts is secret).
+SEALED_RING = KeyRing(current=("bench", bytes(range(32))))
+
+
 @dataclass(frozen=True)
 class Route:
     """Another way to the store's data: `url` instead of the data's own (a pooler in front of
@@ -145,13 +152,15 @@ class StoreSystem(System):
             self.scenarios = frozenset({TURN, LIST, LIST_RUNS})
         elif variant == "append":
             self.scenarios = frozenset({TURN, LIST, LIST_RUNS, HISTORY, BULK, COLD_START})
-        elif variant == "leased":
+        elif variant in ("leased", "sealed"):
             self.scenarios = frozenset({TURN})
         else:
             self.scenarios = frozenset({TURN, HISTORY})
         self.store: SessionStore | None = None
 
     def _open(self) -> SessionStore:
+        if self.variant == "sealed":
+            return self.data.open(encryption=SEALED_RING)
         if self.route is None:
             return self.data.open()
         return self.data.open(self.route.url, **self.route.options)
@@ -191,6 +200,8 @@ class StoreSystem(System):
         await self.data.place.restore(dataset.name)
         self.store = self._open()
         await self.store.open()
+        if self.variant == "sealed":  # the restored data in clear: encrypt it all first
+            await self.store.rotate_keys(batch=500)
 
     async def stop(self) -> None:
         if self.store is not None:

@@ -67,6 +67,7 @@ class TestMongoMigrations(MigrationConformance):
             2: "8a3e8d7f6e6b699cf160e36343149a41e9dfdc37aee06aa399afe172ae0f5a20",
             3: "304fe1db6384feba86e6aadaeadfaf4fa8fd44f619f6afe7684a926e28878da6",
             4: "0e0cff2f8cebe46b3c27e7b5438aad71698a1e31cf86daf87e32106767f33ae7",
+            5: "cb10460bb47a43b7b901c77e44f02c4ae7a1f26ae7e3e883661d09118dcde508",
         }
 
 

@@ -23,6 +23,7 @@ RELEASED_CHECKSUMS = {
     3: "094973a1eaeadf07e3466c6d61c071ed6147438a47cdae9b680fc9ece12aeb18",
     4: "50fde3aeb38d0554e107bfb083df9ea2aa4dd0b301ecfb4e0a34ff84acdc7d18",
     5: "413c75914b316ef9c0a802a6e1096072005a1bbb5a91f0cb9079d85e3e8247ef",
+    6: "533c5aefc49ae8f73cb036abe7202ae5a12d1ec61a36a9e93c29983bacb60ee7",
 }
 
 

@@ -45,6 +45,7 @@ class TestSqliteMigrations(MigrationConformance):
             4: "94550f3ca16196b7b43b525cb5cd278330cc1a0aeb0d09798066a0e8137e8221",
             5: "50d154c2c5a7793aeea267145db8a6a328ab4ec41ad1606c0d2bf953e3babb17",
             6: "a8665dda48f68476f61551c8ced39990e74105679b15d736541ed6ce165d0bbe",
+            7: "b81409cdb24d85785295801356a7314787b226658f060ef6833619dc517d959d",
         }
 
 
