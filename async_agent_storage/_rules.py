@@ -17,6 +17,12 @@ present       the caller's  None or f >= token    == stored version    RETRY
 present       the caller's  None or f >= token    != stored version    SessionConflictError (v, n)
 ============  ============  ====================  ===================  ============================
 
+One more row for an append with a `state_patch`: a session whose state is stored encrypted (not
+a JSON object, see `_crypto`) cannot be patched by the database, so the drivers' patching
+statements leave it alone and `decide(..., patch=True)` raises `EncryptionKeyError` naming its
+key (once owner, fence and version passed): a store without the key ring never replaces an
+encrypted state with the patch. A store with it merges patches itself and sends whole states.
+
 Ownership comes first (a caller learns nothing of another user's session), then the fence (a
 holder that lost its lease must stop, whatever the version), then the version. An absent session
 has no token on its row: a driver whose write would create it checks the leases table itself and
@@ -39,7 +45,9 @@ import random
 from dataclasses import dataclass
 from typing import Final
 
+from ._crypto import key_id_of
 from .errors import (
+    EncryptionKeyError,
     SessionConflictError,
     SessionFencedError,
     SessionOwnershipError,
@@ -56,6 +64,8 @@ __all__ = [
     "decide",
     "fenced",
     "not_owner",
+    "sealed_key",
+    "sealed_state",
 ]
 
 
@@ -73,12 +83,21 @@ class OwnerRule(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Stored:
-    """What is stored of a session: its owner, its version and the token of its latest lease
-    (0: never leased)."""
+    """What is stored of a session: its owner, its version, the token of its latest lease
+    (0: never leased), and when its state is stored encrypted, the id of its key (`sealed_key`)."""
 
     owner: str | None
     version: int
     lease_token: int = 0
+    sealed: str | None = None
+
+
+def sealed_key(state: str | None) -> str | None:
+    """The key id of a stored state that is not a JSON object, from the start of its stored
+    text (a JSON string ``"aas1:<key id>:..."``, see `_crypto`); None for an object (None)."""
+    if state is None:
+        return None
+    return key_id_of(state.lstrip(' "')) or "(unknown)"
 
 
 def owns(stored_owner: str | None, user_id: str | None, rule: OwnerRule) -> bool:
@@ -96,9 +115,10 @@ def decide(
     if_version: int | None,
     rule: OwnerRule,
     fence: int | None = None,
+    patch: bool = False,
 ) -> Verdict:
     """Why a conditional write changed nothing: raise the error it deserves, or say what to do.
-    See the module's table."""
+    See the module's table (`patch`: the write merges a state_patch)."""
     if stored is not None and not owns(stored.owner, user_id, rule):
         raise not_owner(label, session_id, user_id)
     if stored is not None and fence is not None and stored.lease_token > fence:
@@ -106,6 +126,8 @@ def decide(
     actual = 0 if stored is None else stored.version
     if if_version is not None and actual != if_version:
         raise conflict(label, session_id, if_version, actual)
+    if patch and stored is not None and stored.sealed is not None:
+        raise sealed_state(label, session_id, stored.sealed)
     return Verdict.CREATE if stored is None else Verdict.RETRY
 
 
@@ -134,6 +156,16 @@ def fenced(label: str, session_id: str, token: int, latest: int) -> SessionFence
         session_id=session_id,
         token=token,
         latest=latest,
+    )
+
+
+def sealed_state(label: str, session_id: str, key_id: str) -> EncryptionKeyError:
+    return EncryptionKeyError(
+        f"{label}: session {session_id!r} holds its state encrypted with key {key_id!r}; the "
+        "database cannot merge a state_patch into it: patch it from a store opened with "
+        "encryption=KeyRing(...), or pass session_data; nothing was written",
+        key_id=key_id,
+        session_id=session_id,
     )
 
 

@@ -25,6 +25,7 @@ from pymongo.errors import (
 
 from async_agent_storage import (
     ConfigurationError,
+    EncryptionKeyError,
     MigrationError,
     MongoStore,
     PostgresStore,
@@ -37,7 +38,7 @@ from async_agent_storage import (
     StorageUnavailableError,
 )
 from async_agent_storage._boundary import ErrorTable, NotSent, Rule
-from async_agent_storage._rules import OwnerRule, Stored, Verdict, decide
+from async_agent_storage._rules import OwnerRule, Stored, Verdict, decide, sealed_key
 from async_agent_storage._store import StoreBase
 from async_agent_storage.mongo._errors import ERRORS as MONGO_ERRORS
 from async_agent_storage.postgres._errors import ERRORS as POSTGRES_ERRORS
@@ -145,6 +146,55 @@ def test_the_write_decision_with_a_fence(
         with pytest.raises(SessionConflictError) as c:
             call()
         assert (c.value.expected, c.value.actual) == (expected, actual)
+
+
+# A patch whose session holds its state encrypted: refused after the owner, the fence and the
+# version (a store without the key ring never replaces ciphertext with its patch).
+SEALED = EncryptionKeyError
+PATCH_TABLE: list[tuple[Stored | None, str | None, int | None, int | None, bool, object]] = [
+    # stored                        user_id if_version fence  patch  outcome
+    (Stored("u", 2, 0, "k1"), "u", None, None, True, SEALED),
+    (Stored("u", 2, 0, "k1"), None, 2, None, True, SEALED),
+    (Stored("u", 2, 0, "k1"), "u", None, None, False, Verdict.RETRY),  # a whole state: written
+    (Stored("u", 2, 0, None), "u", None, None, True, Verdict.RETRY),  # in clear: patched
+    (Stored("u", 2, 0, "k1"), "v", None, None, True, OWNER),  # the owner first
+    (Stored("u", 2, 5, "k1"), "u", None, 4, True, FENCED),  # then the fence
+    (Stored("u", 2, 0, "k1"), "u", 7, None, True, CONFLICT),  # then the version
+    (None, "u", None, None, True, Verdict.CREATE),
+]
+
+
+@pytest.mark.parametrize(
+    ("stored", "user_id", "if_version", "fence", "patch", "outcome"), PATCH_TABLE
+)
+def test_the_write_decision_of_a_patch(
+    stored: Stored | None,
+    user_id: str | None,
+    if_version: int | None,
+    fence: int | None,
+    patch: bool,
+    outcome: Any,
+) -> None:
+    def call() -> Verdict:
+        return decide(
+            "store", "s1", stored, user_id=user_id, if_version=if_version, rule=IF_GIVEN,
+            fence=fence, patch=patch,
+        )  # fmt: skip
+
+    if isinstance(outcome, Verdict):
+        assert call() is outcome
+        return
+    with pytest.raises(outcome) as info:
+        call()
+    if isinstance(info.value, EncryptionKeyError):
+        assert (info.value.key_id, info.value.session_id) == ("k1", "s1")
+
+
+def test_the_key_id_of_a_sealed_state_is_read_from_its_stored_text() -> None:
+    assert sealed_key(None) is None
+    assert sealed_key('"aas1:k-2.x:AAAA') == "k-2.x"  # a JSON string, cut short
+    assert sealed_key(' "aas1:k1:') == "k1"
+    assert sealed_key('"something else"') == "(unknown)"
 
 
 # --- options -------------------------------------------------------------------------------

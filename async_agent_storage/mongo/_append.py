@@ -32,7 +32,7 @@ from ._patch import patch_expression
 from ._queries import Entry, RunDoc
 from ._reads import StoredRun, decode_run, runs_by_id
 from ._rows import run_doc, session_from_doc
-from ._writes import Writer, stale_entries
+from ._writes import Writer, sealed_of, stale_entries
 
 __all__ = ["append"]
 
@@ -127,10 +127,10 @@ async def _check_stored(
     token = doc.get("lease_token")
     if fence is not None and token is None:  # no token on the document yet: write it there
         token = await _leases.fence_state(writer.parts, sid, token)
-    owner = Stored(doc.get("user_id"), stored_version, token or 0)
+    owner = Stored(doc.get("user_id"), stored_version, token or 0, sealed_of(doc))
     decide(
         writer.label, sid, owner, user_id=append.user_id, if_version=None,
-        rule=OwnerRule.IF_GIVEN, fence=fence,
+        rule=OwnerRule.IF_GIVEN, fence=fence, patch=append.state_patch is not None,
     )  # fmt: skip
     stored = await runs_by_id(writer.parts, doc, given)
     if stored is None:
@@ -171,6 +171,8 @@ async def _update(
     sid, uid, fence = append.session_id, append.user_id, append.fence
     filter_: dict[str, Any] = {"_id": sid} if uid is None else {"_id": sid, "user_id": uid}
     filter_.update(q.fence_filter(fence))
+    if append.state_patch is not None:  # never into a state stored encrypted (a string)
+        filter_["session_data"] = {"$type": "object"}
     filter_ = q.live_filter(filter_, now_us())
     if plan.version == 0:
         filter_["version"] = {"$exists": False}
@@ -196,14 +198,16 @@ async def _update(
         after = None  # the session exists: another user's, or created meanwhile
     if after is not None or (plan.reread and fence is None):
         return after
+    patch = append.state_patch is not None
     verdict = decide(
         writer.label,
         sid,
-        await writer.stored(sid, fenced=fence is not None),
+        await writer.stored(sid, fenced=fence is not None, patch=patch),
         user_id=uid,
         if_version=None if plan.reread else plan.version,  # a plan from a read: read again
         rule=OwnerRule.IF_GIVEN,
         fence=fence,
+        patch=patch,
     )
     if plan.reread:
         return None

@@ -19,7 +19,7 @@ from bson import ObjectId
 from pymongo import ReplaceOne, ReturnDocument, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
-from .._rules import RETRY, OwnerRule, Stored, Verdict, decide, not_owner, owns
+from .._rules import RETRY, OwnerRule, Stored, Verdict, decide, not_owner, owns, sealed_key
 from .._time import from_us, now_us
 from ..errors import SessionOwnershipError
 from ..models import Session
@@ -105,6 +105,14 @@ def _plan(p: Prepared, doc: Mapping[str, Any] | None, now: int) -> _Planned:
     )
 
 
+def sealed_of(doc: Mapping[str, Any]) -> str | None:
+    """The key id of a session's state stored encrypted (a string, not an object), else None."""
+    state = doc.get("session_data")
+    if state is None or isinstance(state, dict):
+        return None
+    return sealed_key(state if isinstance(state, str) else "")
+
+
 class Writer:
     """The writes of one store's collections."""
 
@@ -130,17 +138,20 @@ class Writer:
         if gone is not None:
             await self.parts.runs.delete_many({"session_id": sid, "gen": gone["gen"]})
 
-    async def stored(self, sid: str, *, fenced: bool = False) -> Stored | None:
+    async def stored(self, sid: str, *, fenced: bool = False, patch: bool = False) -> Stored | None:
         """The owner and version of a session (None: absent, or expired: then deleted); for a
-        fenced write that missed, its latest lease token too (`_leases.fence_state`)."""
+        fenced write that missed, its latest lease token too (`_leases.fence_state`); for a
+        patch that missed, whether its state is stored encrypted (`sealed_of`)."""
         fields = {"user_id": 1, "version": 1, "lease_token": 1, "expires_at": 1}
+        if patch:
+            fields["session_data"] = 1
         doc = await self.live_doc(sid, fields)
         if doc is None:
             return None
         token = doc.get("lease_token")
         if fenced:
             token = await _leases.fence_state(self.parts, sid, token)
-        return Stored(doc.get("user_id"), int(doc["version"]), token or 0)
+        return Stored(doc.get("user_id"), int(doc["version"]), token or 0, sealed_of(doc))
 
     # --- upsert ---------------------------------------------------------------------------------
 

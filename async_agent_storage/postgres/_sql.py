@@ -157,7 +157,8 @@ SELECT created_at, updated_at, version, run_count FROM up
 
 # append_runs: $1 session_id, $2 user_id (NULL: no owner check; the owner of a new session),
 # $3 session_data (NULL: keep), $4 run ids, $5 run bodies, $6 state_patch (NULL: none; an RFC 7396
-# merge patch applied by the store's merge-patch function), $7 if_version (NULL: any; 0: the
+# merge patch applied by the store's merge-patch function, never to a state stored encrypted: a
+# JSON string, see `_rules.sealed_key`), $7 if_version (NULL: any; 0: the
 # session must not exist), $8 the lease token of a session it creates (NULL, or under a fence the
 # token of its lease row, see `_writes`), $9..$11 the expiry (`_EXPIRES_NEW`, `_EXPIRES_SET`),
 # $12 the session_data of a session it creates (the data, or the patch applied to {} in Python:
@@ -183,6 +184,7 @@ WITH up AS (
         run_count = s.run_count + cardinality($4::text[]), expires_at = {append_expires_set}
     WHERE ($2::text IS NULL OR s.user_id = $2::text)
       AND ($7::bigint IS NULL OR s.version = $7::bigint) AND {live}
+      AND ($6::text IS NULL OR jsonb_typeof(s.session_data) = 'object')
     RETURNING s.session_id, s.session_type, s.user_id, s.agent_id, s.team_id, s.workflow_id,
         CASE WHEN $3::text IS NULL THEN s.session_data::text END,
         s.agent_data::text, s.team_data::text, s.workflow_data::text, s.metadata::text,
@@ -204,6 +206,7 @@ WITH up AS (
         run_count = s.run_count + cardinality($4::text[]), expires_at = {append_expires_set}
     WHERE s.session_id = $1 AND ($2::text IS NULL OR s.user_id = $2::text)
       AND ($7::bigint IS NULL OR s.version = $7::bigint) AND {append_fence_ok} AND {live}
+      AND ($6::text IS NULL OR jsonb_typeof(s.session_data) = 'object')
       AND ($10::bigint IS NULL OR true)  -- a new session's ttl: the INSERT's parameters
     RETURNING s.session_id, s.session_type, s.user_id, s.agent_id, s.team_id, s.workflow_id,
         CASE WHEN $3::text IS NULL THEN s.session_data::text END,
@@ -320,7 +323,8 @@ runs AS (
 )
 SELECT s.user_id, s.version,
        greatest(coalesce(s.lease_token, 0),
-                coalesce((SELECT l.token FROM {leases} l WHERE l.session_id = $1), 0))
+                coalesce((SELECT l.token FROM {leases} l WHERE l.session_id = $1), 0)),
+       CASE WHEN jsonb_typeof(s.session_data) <> 'object' THEN left(s.session_data::text, 80) END
 FROM {t} s WHERE s.session_id = $1 AND NOT EXISTS (SELECT 1 FROM gone)
 """
 # The expired sessions among $1 (ids), deleted with their runs: before a batch or a fork that

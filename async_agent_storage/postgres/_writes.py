@@ -16,7 +16,18 @@ import asyncpg
 from .. import _codec as codec
 from .._crypto import PAYLOAD_FIELDS, Reseal
 from .._encoding import EncodedAppend, EncodedRun, EncodedSession, Expiry, merge_patch
-from .._rules import RETRY, OwnerRule, Stored, Verdict, conflict, decide, fenced, not_owner, owns
+from .._rules import (
+    RETRY,
+    OwnerRule,
+    Stored,
+    Verdict,
+    conflict,
+    decide,
+    fenced,
+    not_owner,
+    owns,
+    sealed_key,
+)
 from .._time import from_us
 from ..errors import InvalidInputError
 from ._jsonb import to_db
@@ -47,7 +58,7 @@ def expiry_args(expiry: Expiry) -> tuple[Any, Any, Any]:
 
 async def _stored(connection: Connection, sql: SQL, session_id: str) -> Stored | None:
     row = await connection.fetchrow(sql.select_owner, session_id)
-    return None if row is None else Stored(row[0], row[1], row[2])
+    return None if row is None else Stored(row[0], row[1], row[2], sealed_key(row[3]))
 
 
 async def _create_fenced(
@@ -220,6 +231,7 @@ async def append(connection: Connection, sql: SQL, label: str, append: EncodedAp
                     if_version=append.if_version,
                     rule=OwnerRule.IF_GIVEN,
                     fence=fence,
+                    patch=patch is not None,
                 )
                 if verdict is Verdict.CREATE:
                     row = await _create_fenced(
@@ -253,6 +265,7 @@ async def append(connection: Connection, sql: SQL, label: str, append: EncodedAp
             if_version=append.if_version,
             rule=OwnerRule.IF_GIVEN,
             fence=fence,
+            patch=patch is not None,
         )
         # Deleted between the two statements: the next attempt creates it.
     raise RETRY.exhausted(label, append.session_id)

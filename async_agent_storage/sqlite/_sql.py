@@ -55,7 +55,8 @@ _SELECT_OWNER = """
     SELECT user_id, version, run_count, incarnation,
         max(coalesce(lease_token, 0),
             coalesce((SELECT token FROM "{t}_leases" l WHERE l.session_id = s.session_id), 0)),
-        expires_at
+        expires_at,
+        CASE WHEN json_type(session_data) = 'object' THEN NULL ELSE substr(session_data, 1, 80) END
     FROM "{t}" s WHERE session_id = ?
 """
 # The token of a session's lease row (a write that creates the session starts from it).
@@ -132,7 +133,8 @@ _UPDATE_SESSION = """
         AND {fence_ok} AND {live_now11}
     RETURNING created_at, version, run_count, incarnation
 """
-# append_runs: ?1 session_data, ?2 state_patch, ?3 now, ?4 runs appended, ?5 session_id,
+# append_runs: ?1 session_data, ?2 state_patch (never merged into a state stored encrypted: a JSON
+# string, see `_rules.sealed_key`), ?3 now, ?4 runs appended, ?5 session_id,
 # ?6 user_id (NULL: no owner check; the owner of a new session), ?7 if_version, ?8 incarnation,
 # ?9 fence (NULL: none), ?10 the expiry of a session it creates, ?11 the new expiry of one it
 # updates (NULL: keep).
@@ -147,7 +149,8 @@ _APPEND_UPDATE = """
     UPDATE "{t}" SET session_data = {new_data}, updated_at = ?3,
         version = version + 1, run_count = run_count + ?4, expires_at = coalesce(?11, expires_at)
     WHERE session_id = ?5 AND (?6 IS NULL OR user_id = ?6) AND (?7 IS NULL OR version = ?7)
-        AND {append_fence_ok} AND {live_now3}
+        AND (?2 IS NULL OR substr(session_data, 1, 1) <> '"') AND {append_fence_ok}
+        AND {live_now3}
     RETURNING {select}
 """
 # pop_runs, truncate_runs, clear_runs: the history shrinks to ?2 runs.

@@ -18,7 +18,7 @@ from .._activity import ActivityCounts, ActivityQuery
 from .._crypto import PAYLOAD_FIELDS, Reseal
 from .._encoding import EncodedAppend, EncodedSession
 from .._paging import ListQuery
-from .._rules import RETRY, OwnerRule, Stored, Verdict, conflict, decide, fenced
+from .._rules import RETRY, OwnerRule, Stored, Verdict, conflict, decide, fenced, sealed_key
 from .._time import now_us
 from ..errors import InvalidInputError
 from ..models import Session
@@ -140,7 +140,7 @@ def _owner_row(sql: SQL, session_id: str, db: sqlite3.Connection) -> Any:
 
 def _stored(sql: SQL, session_id: str, db: sqlite3.Connection) -> Stored | None:
     row = _owner_row(sql, session_id, db)
-    return None if row is None else Stored(row[0], row[1], row[4])
+    return None if row is None else Stored(row[0], row[1], row[4], sealed_key(row[6]))
 
 
 def _check_fence_to_create(
@@ -363,6 +363,7 @@ def append(sql: SQL, label: str, append: EncodedAppend, db: sqlite3.Connection) 
             if_version=append.if_version,
             rule=OwnerRule.IF_GIVEN,
             fence=append.fence,
+            patch=patch is not None,
         )
         # Under the write lock the row cannot have changed since the UPDATE: it is absent.
         _check_fence_to_create(sql, label, sid, append.fence, db)

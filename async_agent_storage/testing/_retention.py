@@ -280,6 +280,39 @@ class RetentionConformance:
                         assert "'k1'" in str(error.value)
             assert await plain.count_sessions() == 1  # what is in clear still works
 
+    async def test_a_store_without_the_key_never_patches_an_encrypted_state(
+        self, store: SessionStore, sealed: SessionStore
+    ) -> None:
+        """The database cannot merge into ciphertext: a patch sent by a store without the key
+        ring is refused, on every path of an append, and the encrypted state stays as it was."""
+        sid = _sid()
+        state = {"secret": 1, "keep": [1, 2]}
+        await sealed.append_runs(sid, [{"i": 0}], session_data=state, user_id="u")
+        await _shared(sealed, store, sid)
+        lease = await store.lease(sid, user_id="u").acquire()
+        try:
+            for extra in (
+                {},
+                {"user_id": "u"},
+                {"run_ids": ["r1"]},
+                {"if_version": 1},
+                {"fence": lease.token},
+            ):
+                with pytest.raises(EncryptionKeyError) as error:
+                    await store.append_runs(sid, [{"i": 1}], state_patch={"secret": None}, **extra)
+                assert (error.value.key_id, error.value.session_id) == ("k1", sid)
+                assert "nothing was written" in str(error.value)
+        finally:
+            await lease.release()
+        read = await sealed.read(sid)
+        assert read is not None
+        assert (read.session_data, read.runs, read.version) == (state, [{"i": 0}], 1)
+        # The store with the key ring patches it; a whole state from any store replaces it.
+        patched = await sealed.append_runs(sid, [], state_patch={"secret": None, "new": 2})
+        assert patched.session_data == {"keep": [1, 2], "new": 2}
+        await store.append_runs(sid, [], session_data={"plain": True})
+        assert (await sealed.read(sid)).session_data == {"plain": True}  # type: ignore[union-attr]
+
     async def test_rows_in_clear_stay_readable_and_rotation_re_encrypts_them(
         self, store_factory: Any, store: SessionStore
     ) -> None:
