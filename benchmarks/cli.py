@@ -235,8 +235,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rich.console import Console
 
     console = Console()
-    if not console.is_terminal:  # a log file or a pipe: do not squeeze the table into 80 columns
-        console = Console(width=160)
     if args.quiet:
         results = asyncio.run(run(plan))
     else:
@@ -245,8 +243,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     results.environment["load_average_at_end"] = environment.load()
     data = results.to_dict()
     data["command"] = " ".join(["python -m benchmarks", *(argv or sys.argv[1:])])
-    console.print(report.terminal_table(data))
-    for target in report.targets(report.cells_from(data)):
+    for table in report.terminal_tables(data):
+        console.print(table)
+    console.print(
+        "  latencies in ms; x raw: throughput over the raw driver's in this run", markup=False
+    )
+    for target in report.targets(report.cells_from(data), data["systems"]):
         mark = {True: "[green]met[/green]", False: "[red]not met[/red]", None: "[dim]n/a[/dim]"}
         console.print(f"  {mark[target.met]}  {target.name}: {target.detail}")
     for line in report.scaling_lines(report.cells_from(data)):
