@@ -147,31 +147,30 @@ def targets(cells: list[CellResult], systems: list[dict[str, Any]] | None = None
         ]
         return [(n, r) for n, r in found if r is not None]
 
-    def at_least(name: str, known: list[tuple[int, float]], goal: Any) -> Target:
-        """`goal(n)`: the ratio the cell at n callers must reach."""
-        return Target(
-            name,
-            None if not known else all(r >= goal(n) for n, r in known),
-            ", ".join(f"{n}: {x(r)}" for n, r in known) or "n/a",
-        )
+    def at_least(name: str, known: list[tuple[int, float]], goal: Any) -> None:
+        """A target on the cells of one scenario (none measured: no line); `goal(n)` is the
+        ratio the cell at n callers must reach."""
+        if known:
+            out.append(
+                Target(
+                    name,
+                    all(r >= goal(n) for n, r in known),
+                    ", ".join(f"{n}: {x(r)}" for n, r in known),
+                )
+            )
 
     # The turn, against the raw driver sending the same statements.
     raw_pg, raw_sqlite = RAW["postgres"], RAW["sqlite"]
-    if any(c.backend == "postgres" for c in cells):
-        out.append(
-            at_least(
-                f"PostgreSQL turn, store append >= 1.5x {raw_pg} at every concurrency",
-                each("postgres", TURN, "store append"),
-                lambda n: 1.5,
-            )
-        )
-        out.append(
-            at_least(
-                f"PostgreSQL turn, store upsert >= 1.0x {raw_pg} at every concurrency",
-                each("postgres", TURN, "store upsert"),
-                lambda n: 1.0,
-            )
-        )
+    at_least(
+        f"PostgreSQL turn, store append >= 1.5x {raw_pg} at every concurrency",
+        each("postgres", TURN, "store append"),
+        lambda n: 1.5,
+    )
+    at_least(
+        f"PostgreSQL turn, store upsert >= 1.0x {raw_pg} at every concurrency",
+        each("postgres", TURN, "store upsert"),
+        lambda n: 1.0,
+    )
     for system in STORE_SYSTEMS:
         c = _find(cells, "postgres", TURN, system, 256)
         r = None if c is None else p99_ratio(c, base)
@@ -183,35 +182,24 @@ def targets(cells: list[CellResult], systems: list[dict[str, Any]] | None = None
                     "n/a" if r is None else f"{c.p99_ms:.0f} ms, {x(r)} raw's",
                 )
             )
-    if any(c.backend == "sqlite" for c in cells):
-        out.append(
-            at_least(
-                f"SQLite turn, store append >= 1.0x one {raw_sqlite} connection at 1 caller, "
-                ">= 1.5x at 16 and more",
-                each("sqlite", TURN, "store append"),
-                lambda n: 1.0 if n < 16 else 1.5,
-            )
-        )
-        out.append(
-            at_least(
-                f"SQLite turn, store upsert >= 1.0x one {raw_sqlite} connection at every "
-                "concurrency",
-                each("sqlite", TURN, "store upsert"),
-                lambda n: 1.0,
-            )
-        )
+    at_least(
+        f"SQLite turn, store append >= 1.0x one {raw_sqlite} connection at 1 caller, "
+        ">= 1.5x at 16 and more",
+        each("sqlite", TURN, "store append"),
+        lambda n: 1.0 if n < 16 else 1.5,
+    )
+    at_least(
+        f"SQLite turn, store upsert >= 1.0x one {raw_sqlite} connection at every concurrency",
+        each("sqlite", TURN, "store upsert"),
+        lambda n: 1.0,
+    )
     # Bulk load: upsert_many against the raw driver's batched insert.
     for backend, goal in (("postgres", 1.5), ("sqlite", 1.0)):
-        known = each(backend, BULK, "store append")
-        if known:
-            out.append(
-                at_least(
-                    f"{backend} bulk load (upsert_many) >= {goal:.1f}x {RAW[backend]}'s batched "
-                    "insert",
-                    known,
-                    lambda n, goal=goal: goal,
-                )
-            )
+        at_least(
+            f"{backend} bulk load (upsert_many) >= {goal:.1f}x {RAW[backend]}'s batched insert",
+            each(backend, BULK, "store append"),
+            lambda n, goal=goal: goal,
+        )
     # Bytes on disk per seeded session, tables and indexes.
     seeds = {(s["backend"], s["name"]): (s.get("seed") or {}) for s in systems or []}
     for backend, limit in (("postgres", 1.5), ("sqlite", 1.2)):
@@ -227,35 +215,16 @@ def targets(cells: list[CellResult], systems: list[dict[str, Any]] | None = None
             )
     # Listing.
     for backend in ("postgres", "sqlite", "mongo"):
-        rs = [
-            (c.concurrency, ratio(c, base))
-            for c in cells
-            if (c.backend, c.scenario, c.system) == (backend, LIST, "store append")
-        ]
-        known = [(n, r) for n, r in rs if r is not None]
-        if not known and not any(c.backend == backend for c in cells):
-            continue
-        out.append(
-            Target(
-                f"{backend} listing >= 2x raw fetching full rows",
-                None if not known else all(r >= 2.0 for _, r in known),
-                ", ".join(f"{n}: {x(r)}" for n, r in known) or "n/a",
-            )
+        at_least(
+            f"{backend} listing >= 2x raw fetching full rows",
+            each(backend, LIST, "store append"),
+            lambda n: 2.0,
         )
-        with_runs = [
-            (c.concurrency, ratio(c, base))
-            for c in cells
-            if (c.backend, c.scenario, c.system) == (backend, LIST_RUNS, "store append")
-        ]
-        known_runs = [(n, r) for n, r in with_runs if r is not None]
-        if known_runs:
-            out.append(
-                Target(
-                    f"{backend} listing with runs >= 2x raw fetching full rows",
-                    all(r >= 2.0 for _, r in known_runs),
-                    ", ".join(f"{n}: {x(r)}" for n, r in known_runs),
-                )
-            )
+        at_least(
+            f"{backend} listing with runs >= 2x raw fetching full rows",
+            each(backend, LIST_RUNS, "store append"),
+            lambda n: 2.0,
+        )
     # History scaling.
     for backend in ("sqlite", "postgres", "mongo"):
         for system in STORE_SYSTEMS:

@@ -33,7 +33,7 @@ from ..errors import InvalidInputError
 from ._jsonb import to_db
 from ._pool import Connection
 from ._rows import session_columns
-from ._sql import SQL
+from ._sql import MAX_INT4, SQL
 
 __all__ = [
     "Appended",
@@ -85,6 +85,23 @@ async def _create_fenced(
 
 def _duplicate_run_id(exc: asyncpg.UniqueViolationError, sql: SQL) -> bool:
     return getattr(exc, "constraint_name", None) == f"{sql.name}_runs_run_id"
+
+
+async def upsert(
+    connection: Connection, sql: SQL, label: str, enc: EncodedSession, if_version: int | None
+) -> Any:
+    """upsert(): the session's row (created_at, updated_at, version, run_count) as written."""
+    args = (
+        *session_columns(enc),
+        min(enc.runs_offset, MAX_INT4),
+        [r.run_id for r in enc.runs],
+        [to_db(r.body) for r in enc.runs],
+        if_version,
+        enc.fence,  # the UPDATE's fence; NULL: the lease token of a session UPSERT creates
+        *expiry_args(enc.expiry),
+    )
+    statement = sql.update if if_version or enc.fence is not None else sql.upsert
+    return await write_session(connection, sql, label, statement, args, enc, if_version)
 
 
 async def write_session(

@@ -36,7 +36,7 @@ from ..models import Session
 from . import _leases, _pool, _writes
 from . import _sql as q
 from ._errors import ERRORS
-from ._jsonb import from_db, to_db
+from ._jsonb import from_db
 from ._migrations import MIGRATIONS, MigrationTarget
 from ._pool import Connection, GatedPool, fetch, fetchrow, fetchval
 from ._replicas import ReplicaOptions, Routed, Router, open_router, write_position
@@ -44,7 +44,6 @@ from ._rows import (
     activity_counts,
     appended_session,
     retried_session,
-    session_columns,
     session_from_row,
     written_sessions,
 )
@@ -286,19 +285,8 @@ class PostgresStore(StoreBase):
         return session_from_row(row, row[q.RUNS], row[q.RUN_IDS], start)
 
     async def _upsert(self, session: EncodedSession, if_version: int | None) -> Session:
-        sql = self._statements()
-        args = (
-            *session_columns(session),
-            min(session.runs_offset, q.MAX_INT4),
-            [r.run_id for r in session.runs],
-            [to_db(r.body) for r in session.runs],
-            if_version,
-            session.fence,  # the UPDATE's fence; NULL: the lease token of a session UPSERT creates
-            *_writes.expiry_args(session.expiry),
-        )
-        statement = sql.update if if_version or session.fence is not None else sql.upsert
         row = await self._writes(session.session_id).run(
-            _writes.write_session, sql, self.label, statement, args, session, if_version
+            _writes.upsert, self._statements(), self.label, session, if_version
         )
         created, updated, version, run_count = row
         return session_from_encoded(
