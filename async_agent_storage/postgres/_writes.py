@@ -204,10 +204,14 @@ class Appended:
     retried: tuple[list[str], list[str], int] | None = None  # bodies, ids, start
 
 
-def _patched_empty(patch: bytes | None) -> str | None:
-    """The state of a session an append with this patch creates: the patch applied to {}."""
+def _patched_empty(patch: bytes | None, patch_db: str | None) -> str | None:
+    """The state of a session an append with this patch creates: the patch applied to {}, which
+    is the patch itself when it holds no null (no key to delete), the common case: then nothing
+    is decoded again."""
     if patch is None:
         return None
+    if b"null" not in patch:
+        return patch_db
     return to_db(codec.dumps(merge_patch({}, codec.loads(patch))))
 
 
@@ -218,7 +222,7 @@ async def append(connection: Connection, sql: SQL, label: str, append: EncodedAp
     runs = append.runs
     data = None if append.session_data is None else to_db(append.session_data)
     patch = None if append.state_patch is None else to_db(append.state_patch)
-    created = data if patch is None else _patched_empty(append.state_patch)
+    created = data if patch is None else _patched_empty(append.state_patch, patch)
     fence = append.fence
     # With a fence, an UPDATE of an existing session; an absent one is `_create_fenced`.
     updating = bool(append.if_version) or fence is not None

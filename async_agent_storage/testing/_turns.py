@@ -83,6 +83,14 @@ class TurnConformance:
         read = await store.read(sid, user_id="u")
         assert read is not None
         assert read.session_data == {"a": 1}
+        # A patch with no null creates the session with exactly the patch.
+        exact = {"big": 2**70, "neg_zero": -0.0, "nul": "a\x00b", "nested": {"f": 1e16, "l": [1]}}
+        sid = _sid()
+        created = await store.append_runs(sid, [{"i": 0}], user_id="u", state_patch=exact)
+        assert _typed(created.session_data) == _typed(exact)
+        read = await store.read(sid, user_id="u")
+        assert read is not None
+        assert _typed(read.session_data) == _typed(exact)
 
     async def test_patched_values_round_trip_exactly(self, store: SessionStore) -> None:
         sid = _sid()
