@@ -5,7 +5,7 @@ time goes (self and inclusive share per function, idle waits left out).
     .venv/bin/python -m benchmarks.profiling --system "store append" --concurrency 16 \\
         [--backend postgres --url ...] [--scenario turn] [--seconds 10] [--gil]
 
-Every thread is sampled (the SQLite driver works on aiosqlite's threads); `--gil` samples only
+Every thread is sampled (the SQLite driver works on threads of its own); `--gil` samples only
 the thread holding the GIL, i.e. Python work, leaving out SQLite's own C code.
 """
 
@@ -25,6 +25,9 @@ from .loadgen import WINDOW_FILE_ENV
 # Stacks that end here are waits, not work.
 IDLE = (
     "_connection_worker_thread (aiosqlite/core.py:59)",  # SimpleQueue.get of aiosqlite's thread
+    # The SQLite driver's own thread: its loop's own time is its queue's get (the work it runs,
+    # SQLite's C code included, is sampled in the frames below it).
+    "ConnectionThread._serve (async_agent_storage/sqlite/_connection.py",
     "EpollSelector.select",  # the event loop waiting for I/O
     "select (selectors.py",
 )
