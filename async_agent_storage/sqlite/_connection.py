@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import sqlite3
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -118,9 +119,33 @@ async def run(connection: ConnectionThread, work: Work[T]) -> T:
     return await connection.submit(work)
 
 
-def _configure(wal: bool, synchronous: str, query_only: bool, db: sqlite3.Connection) -> None:
+# SQLite answers SQLITE_BUSY at once, without waiting for `busy_timeout`, when waiting could
+# deadlock, e.g. two connections switching a new file to WAL while others read its schema.
+_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _enter_wal(db: sqlite3.Connection, busy_timeout: float) -> None:
+    """Switch the file to WAL (once per file: the mode is stored in it), trying again while
+    SQLite answers busy at once, for up to `busy_timeout` seconds, as its busy handler would."""
+    deadline = time.monotonic() + busy_timeout
+    delay = 0.002
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary result code
+            if code not in _BUSY or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def _configure(
+    wal: bool, busy_timeout: float, synchronous: str, query_only: bool, db: sqlite3.Connection
+) -> None:
     if wal:
-        db.execute("PRAGMA journal_mode = WAL")
+        _enter_wal(db, busy_timeout)
     db.execute(f"PRAGMA synchronous = {synchronous}")
     # Up to 64 MiB of pages cached per connection (SQLite's default is 2 MiB): a session read
     # touches a dozen pages, and going to the OS for each costs more than the SQL.
@@ -132,7 +157,7 @@ def _configure(wal: bool, synchronous: str, query_only: bool, db: sqlite3.Connec
 def _open(path: str, busy_timeout: float, synchronous: str, query_only: bool) -> sqlite3.Connection:
     db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, cached_statements=256)
     try:
-        _configure(path != ":memory:", synchronous, query_only, db)
+        _configure(path != ":memory:", busy_timeout, synchronous, query_only, db)
     except BaseException:
         db.close()
         raise

@@ -20,7 +20,7 @@ from async_agent_storage import (
     StorageUnavailableError,
     open_store,
 )
-from async_agent_storage.sqlite._connection import run
+from async_agent_storage.sqlite._connection import _enter_wal, run
 
 pytestmark = pytest.mark.anyio
 
@@ -344,3 +344,24 @@ async def test_a_nan_replacing_a_stored_null_is_still_refused(store: SqliteStore
     session.runs[0]["score"] = float("nan")
     with pytest.raises(SerializationError, match=r"runs\[0\]\.score"):
         await store.upsert(session)
+
+
+def test_switching_to_wal_waits_out_a_busy_answer_within_busy_timeout(tmp_path: Path) -> None:
+    """SQLite may answer SQLITE_BUSY at once (no busy handler) when waiting could deadlock, as
+    when processes open a new file together; the switch to WAL then tries again for up to
+    busy_timeout. Here the busy handler is off (timeout=0), so every busy answer is immediate."""
+    path = tmp_path / "new.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    db = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            _enter_wal(db, busy_timeout=0.05)  # the lock outlasts the budget: the error stands
+        release = threading.Timer(0.2, holder.execute, ("COMMIT",))
+        release.start()
+        _enter_wal(db, busy_timeout=10)  # the lock goes after 0.2 s: the switch then happens
+        release.join()
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        db.close()
+        holder.close()
