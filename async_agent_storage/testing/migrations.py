@@ -96,12 +96,20 @@ def _run_openers(spec: StoreURL, tmp_path: Path, processes: int, appends: int) -
         for worker in range(processes)
     ]
     start.touch()
-    reports = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=180)
-        assert proc.returncode == 0, err
-        reports.append(json.loads(out))
-    return reports
+    outcomes = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=180)
+            outcomes.append((proc.returncode, out, err))
+    finally:  # whatever happened, no process is left running or holding a pipe open
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+    failures = [err for code, _, err in outcomes if code != 0]
+    first = failures[0] if failures else ""
+    assert not failures, f"{len(failures)} of {processes} processes failed; the first:\n{first}"
+    return [json.loads(out) for _, out, _ in outcomes]
 
 
 class MigrationConformance:
