@@ -267,6 +267,39 @@ async def test_no_call_uses_a_multi_document_transaction(
         assert "autocommit" not in command, name
 
 
+async def test_an_append_costs_three_round_trips_and_five_with_caller_given_run_ids(
+    mongo: MongoTarget, collection_name: str
+) -> None:
+    """The round trips of append_runs (docs/benchmarks.md): the atomic update of the session
+    document, then the settle (the new runs copied to the runs collection, then pulled from the
+    document's `pending`). Runs with ids the caller gave (the only ids a retry repeats) first
+    read the session and the stored runs with those ids, for exactly-once appends."""
+    listener = Commands()
+    options = {"event_listeners": [listener]}
+    async with MongoStore(collection_name, mongo.url, DB_NAME, client_options=options) as store:
+        await store.append_runs("t", [run(0)], user_id="u", session_data={"a": 1})
+
+        def sent(call_names: list[str]) -> list[str]:
+            return [name for name in call_names if name not in ("endSessions", "hello")]
+
+        listener.commands.clear()
+        await store.append_runs("t", [run(1)], user_id="u", state_patch={"b": 2})
+        assert sent([name for name, _ in listener.commands]) == [
+            "findAndModify",
+            "update",
+            "update",
+        ]
+        listener.commands.clear()
+        await store.append_runs("t", [run(2, run_id="r2")], user_id="u", state_patch={"b": 3})
+        assert sent([name for name, _ in listener.commands]) == [
+            "find",
+            "find",
+            "findAndModify",
+            "update",
+            "update",
+        ]
+
+
 # --- upsert_many ----------------------------------------------------------------------------------
 
 
