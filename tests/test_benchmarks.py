@@ -216,3 +216,20 @@ def test_the_lease_cost_runs_interleaved_rounds_on_sqlite(
         assert len(cell["turns_per_s"]["store leased"]) == 2
         ratio = cell["time_ratio"]
         assert 0 < ratio["min"] <= ratio["median"] <= ratio["max"]
+
+
+def test_the_bulk_load_profile_reports_its_throughput_and_shares(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks import bulk_profile
+
+    url = f"sqlite:///{tmp_path / 'bulk.db'}"
+    monkeypatch.setattr("sys.argv", ["bulk_profile", url, "--sessions", "30", "--batch", "10"])
+    bulk_profile.main()
+    out = capsys.readouterr().out
+    assert "30 sessions (" in out
+    assert "in calls of 10:" in out
+    shares = [float(line.split()[-2]) for line in out.splitlines() if line.endswith(" %")]
+    assert len(shares) == 3
+    assert all(0 <= share <= 100 for share in shares)
+    assert shares[0] > 0  # encoding is always part of a load
