@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 
 from async_agent_storage import SessionFencedError, SessionStore, open_store
+from async_agent_storage.testing._processes import outcomes
 
 ROOT = Path(__file__).resolve().parents[1]
 SESSION = "shared-turns"
@@ -101,18 +102,8 @@ def run_turns(spec: Spec, processes: int, tmp_path: Path) -> list[dict[str, Any]
     workers = [_spawn(spec, "turns", str(w)) for w in range(processes)]
     time.sleep(0.5)  # let them open their stores, then start them at once
     start.write_text("go")
-    outputs: list[tuple[int, str, str]] = []
-    try:
-        for process in workers:
-            out, err = process.communicate(timeout=600)
-            outputs.append((process.returncode, out, err))
-    finally:  # whatever happened, no worker is left running or holding a pipe open
-        for process in workers:
-            if process.poll() is None:
-                process.kill()
-            process.communicate()
     turns: list[dict[str, Any]] = []
-    for worker, (code, out, err) in enumerate(outputs):
+    for worker, (code, out, err) in enumerate(outcomes(workers, timeout=600)):
         assert code == 0, f"worker {worker} failed:\n{err[-3000:]}"
         turns += [{**turn, "worker": worker} for turn in json.loads(out.strip().splitlines()[-1])]
     return turns

@@ -37,6 +37,7 @@ import pytest
 from .._migrations import AppliedMigration, Migration
 from .._store import StoreBase
 from ..errors import MigrationError, StoreClosedError
+from ._processes import outcomes
 
 __all__ = ["MigrationConformance", "StoreURL"]
 
@@ -96,20 +97,11 @@ def _run_openers(spec: StoreURL, tmp_path: Path, processes: int, appends: int) -
         for worker in range(processes)
     ]
     start.touch()
-    outcomes = []
-    try:
-        for proc in procs:
-            out, err = proc.communicate(timeout=180)
-            outcomes.append((proc.returncode, out, err))
-    finally:  # whatever happened, no process is left running or holding a pipe open
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.communicate()
-    failures = [err for code, _, err in outcomes if code != 0]
+    finished = outcomes(procs, timeout=180)
+    failures = [err for code, _, err in finished if code != 0]
     first = failures[0] if failures else ""
     assert not failures, f"{len(failures)} of {processes} processes failed; the first:\n{first}"
-    return [json.loads(out) for _, out, _ in outcomes]
+    return [json.loads(out) for _, out, _ in finished]
 
 
 class MigrationConformance:
