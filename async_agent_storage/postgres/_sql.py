@@ -29,6 +29,11 @@ from .._activity import ActivityQuery
 from .._paging import ListQuery
 from .._time import from_us
 
+# The merge-patch function applied to the stored state in the append statements: `_patch`
+# replaces it by an expression.
+MERGE_CALL = "{merge_patch}(s.session_data, $6::text::jsonb)"
+PATCH_FIRST = 13  # the first parameter of that expression
+
 # Positions in a row selected with `_COLUMNS`; `RUNS` and `RUN_IDS` are the aggregated runs and
 # their ids, when selected.
 SID, TYPE, USER, AGENT, TEAM, WORKFLOW, DATA = 0, 1, 2, 3, 4, 5, 6
@@ -162,7 +167,8 @@ SELECT created_at, updated_at, version, run_count FROM up
 # session must not exist), $8 the lease token of a session it creates (NULL, or under a fence the
 # token of its lease row, see `_writes`), $9..$11 the expiry (`_EXPIRES_NEW`, `_EXPIRES_SET`),
 # $12 the session_data of a session it creates (the data, or the patch applied to {} in Python:
-# the merge-patch function runs only on a stored state).
+# the merge-patch function runs only on a stored state). A patch is usually bound as an expression
+# instead of the function's call (`MERGE_CALL`, see `_patch`), its values from $13 on.
 # Returns the session without runs (session_data only
 # when it was not replaced: the caller has the one it passed). A run id the session holds
 # already fails the statement on the runs' unique (session_id, run_id) constraint, checked at
@@ -178,7 +184,7 @@ WITH up AS (
     ON CONFLICT (session_id) DO UPDATE SET
         session_data = CASE WHEN $3::text IS NOT NULL THEN excluded.session_data
                             WHEN $6::text IS NOT NULL
-                                THEN {merge_patch}(s.session_data, $6::text::jsonb)
+                                THEN {merge_call}
                             ELSE s.session_data END,
         updated_at = excluded.updated_at, version = s.version + 1,
         run_count = s.run_count + cardinality($4::text[]), expires_at = {append_expires_set}
@@ -194,20 +200,22 @@ WITH up AS (
 SELECT * FROM up
 """
 # With if_version >= 1 or a fence ($8) the append is an UPDATE of an existing session (a fenced
-# append that creates the session is `_APPEND` under the lease row's lock, see `_writes`).
+# append that creates the session is `_APPEND` under the lease row's lock, see `_writes`), with
+# the same parameters.
 _APPEND_UPDATE = """
 WITH up AS (
     UPDATE {t} AS s SET
         session_data = CASE WHEN $3::text IS NOT NULL THEN $3::text::jsonb
                             WHEN $6::text IS NOT NULL
-                                THEN {merge_patch}(s.session_data, $6::text::jsonb)
+                                THEN {merge_call}
                             ELSE s.session_data END,
         updated_at = now(), version = s.version + 1,
         run_count = s.run_count + cardinality($4::text[]), expires_at = {append_expires_set}
     WHERE s.session_id = $1 AND ($2::text IS NULL OR s.user_id = $2::text)
       AND ($7::bigint IS NULL OR s.version = $7::bigint) AND {append_fence_ok} AND {live}
       AND ($6::text IS NULL OR jsonb_typeof(s.session_data) = 'object')
-      AND ($10::bigint IS NULL OR true)  -- a new session's ttl: the INSERT's parameters
+      AND ($10::bigint IS NULL OR true)  -- a new session's ttl and state: the INSERT's parameters
+      AND ($12::text IS NULL OR true)
     RETURNING s.session_id, s.session_type, s.user_id, s.agent_id, s.team_id, s.workflow_id,
         CASE WHEN $3::text IS NULL THEN s.session_data::text END,
         s.agent_data::text, s.team_data::text, s.workflow_data::text, s.metadata::text,
@@ -485,6 +493,7 @@ class SQL:
     history_table: str
     leases_table: str
     merge_patch: str
+    merge_call: str  # the function applied to the stored state in `append`, `append_update`
     take_lease: str
     read: str
     upsert: str
@@ -536,6 +545,7 @@ class SQL:
                 leases=leases,
                 cols=_COLUMNS,
                 merge_patch=merge_patch,
+                merge_call=MERGE_CALL.format(merge_patch=merge_patch),
                 fence_ok=_FENCE_OK.format(fence="$17", leases=leases),
                 append_fence_ok=_FENCE_OK.format(fence="$8", leases=leases),
                 live=_LIVE_S,
@@ -559,6 +569,7 @@ class SQL:
             history_table=history,
             leases_table=leases,
             merge_patch=merge_patch,
+            merge_call=MERGE_CALL.format(merge_patch=merge_patch),
             take_lease=take_lease,
             read=f(_READ, runs_of=f(_RUNS_OF, first="greatest(s.run_count - $3::integer, 0)")),
             upsert=f(_UPSERT, tail=tail, write_runs=write_runs),

@@ -31,9 +31,11 @@ from .._rules import (
 from .._time import from_us
 from ..errors import InvalidInputError
 from ._jsonb import to_db
+from ._patch import patched_statement
+from ._patch import plan as patch_plan
 from ._pool import Connection
 from ._rows import session_columns
-from ._sql import MAX_INT4, SQL
+from ._sql import MAX_INT4, PATCH_FIRST, SQL
 
 __all__ = [
     "Appended",
@@ -226,7 +228,13 @@ async def append(connection: Connection, sql: SQL, label: str, append: EncodedAp
     fence = append.fence
     # With a fence, an UPDATE of an existing session; an absent one is `_create_fenced`.
     updating = bool(append.if_version) or fence is not None
-    statement = sql.append_update if updating else sql.append
+    statement, creating = sql.append_update if updating else sql.append, sql.append
+    merge: tuple[Any, ...] = ()
+    plan = None if append.state_patch is None else patch_plan(append.state_patch)
+    if plan is not None:  # the patch as an expression, not the merge-patch function's call
+        statement = patched_statement(statement, sql.merge_call, plan.shape, PATCH_FIRST)
+        creating = patched_statement(creating, sql.merge_call, plan.shape, PATCH_FIRST)
+        merge = tuple(plan.args)
     for _ in range(RETRY.attempts):
         args: tuple[Any, ...] = (
             append.session_id,
@@ -238,9 +246,9 @@ async def append(connection: Connection, sql: SQL, label: str, append: EncodedAp
             append.if_version,
             fence,
             *expiry_args(append.expiry),
+            created,
+            *merge,
         )
-        if not updating:
-            args += (created,)
         try:
             row = await connection.fetchrow(statement, *args)
             if row is None and fence is not None:
@@ -261,8 +269,8 @@ async def append(connection: Connection, sql: SQL, label: str, append: EncodedAp
                         label,
                         append.session_id,
                         fence,
-                        sql.append,
-                        (*args, created),
+                        creating,
+                        args,
                         7,  # $8
                     )
         except asyncpg.UniqueViolationError as exc:
