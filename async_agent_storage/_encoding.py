@@ -283,6 +283,7 @@ def encode_append(
     run_ids: object,
     max_bytes: int,
     fence: object = None,
+    expiry: Expiry = NO_EXPIRY,
 ) -> EncodedAppend:
     """Check and encode `append_runs`' arguments, before anything is written."""
     sid = check_id(session_id, "session_id")
@@ -299,7 +300,7 @@ def encode_append(
     encoded = encode_runs(
         runs, session_id=sid, max_bytes=max_bytes, base_size=extra, run_ids=run_ids
     )
-    return EncodedAppend(sid, uid, data, patch, expected, encoded, token)
+    return EncodedAppend(sid, uid, data, patch, expected, encoded, token, expiry)
 
 
 def encode_session(session: object, *, max_bytes: int) -> EncodedSession:

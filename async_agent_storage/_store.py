@@ -704,7 +704,8 @@ class StoreBase(abc.ABC):
             run_ids=run_ids,
             max_bytes=self.max_session_bytes,
             fence=fence,
-        )._replace(expiry=self._expiry(expires_at))
+            expiry=self._expiry(expires_at),
+        )
         if self.encryption is not None:
             append = seal_append(append, self.encryption)
         return self._opened(await self._call("append_runs", self._append, append))

@@ -223,18 +223,21 @@ async def append(connection: Connection, sql: SQL, label: str, append: EncodedAp
     runs, or nothing when every run is there."""
     runs = append.runs
     data = None if append.session_data is None else to_db(append.session_data)
-    patch = None if append.state_patch is None else to_db(append.state_patch)
-    created = data if patch is None else _patched_empty(append.state_patch, patch)
     fence = append.fence
     # With a fence, an UPDATE of an existing session; an absent one is `_create_fenced`.
     updating = bool(append.if_version) or fence is not None
     statement, creating = sql.append_update if updating else sql.append, sql.append
-    merge: tuple[Any, ...] = ()
-    plan = None if append.state_patch is None else patch_plan(append.state_patch)
-    if plan is not None:  # the patch as an expression, not the merge-patch function's call
-        statement = patched_statement(statement, sql.merge_call, plan.shape, PATCH_FIRST)
-        creating = patched_statement(creating, sql.merge_call, plan.shape, PATCH_FIRST)
-        merge = tuple(plan.args)
+    patch, merge = None, ()
+    if append.state_patch is not None:
+        plan = patch_plan(append.state_patch)
+        if plan is None:  # applied by the merge-patch function
+            patch = to_db(append.state_patch)
+        else:  # bound as an expression instead of the function's call; nothing to rewrite
+            patch = append.state_patch.decode()
+            statement = patched_statement(statement, sql.merge_call, plan.shape, PATCH_FIRST)
+            creating = patched_statement(creating, sql.merge_call, plan.shape, PATCH_FIRST)
+            merge = tuple(plan.args)
+    created = data if patch is None else _patched_empty(append.state_patch, patch)
     for _ in range(RETRY.attempts):
         args: tuple[Any, ...] = (
             append.session_id,

@@ -144,3 +144,12 @@ def test_the_statement_depends_on_the_shape_only() -> None:
     assert one.shape == other.shape == (((),),)
     assert expression("d", one.shape, 1) == expression("d", other.shape, 1)
     assert one.args == [["gone"], "{}", "s", [], '{"turns":1}', "p", [], '{"x":"a"}']
+
+
+async def test_the_patch_cost_benchmark_measures_the_three_ways(pg_url: str) -> None:
+    from benchmarks import patch_cost
+
+    table = f"patch_cost_{uuid.uuid4().hex[:8]}"
+    result = await patch_cost.measure(pg_url, table, count=8, rounds=2, calls=5)
+    assert set(result) == set(patch_cost.WAYS)
+    assert all(time_us > 0 for time_us in result.values())
