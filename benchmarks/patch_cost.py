@@ -29,7 +29,7 @@ from async_agent_storage.postgres._sql import PATCH_FIRST
 
 from .workload import WorkloadSpec, make_run, next_state, sessions
 
-WAYS = ("replaced", "plpgsql function", "bound expression")
+WAYS = ("state replaced", "patched by the plpgsql function", "patched by the bound expression")
 
 
 async def measure(url: str, table: str, count: int, rounds: int, calls: int) -> dict[str, float]:
@@ -62,9 +62,9 @@ async def _rounds(
     bound = patched_statement(sql.append, sql.merge_call, shape_of.shape, PATCH_FIRST)
     explain = "EXPLAIN (ANALYZE, FORMAT JSON) "
     statements = {
-        "replaced": await connection.prepare(explain + sql.append),
-        "plpgsql function": await connection.prepare(explain + sql.append),
-        "bound expression": await connection.prepare(explain + bound),
+        WAYS[0]: await connection.prepare(explain + sql.append),
+        WAYS[1]: await connection.prepare(explain + sql.append),
+        WAYS[2]: await connection.prepare(explain + bound),
     }
     medians: dict[str, list[float]] = {way: [] for way in WAYS}
     n = 0
@@ -77,7 +77,7 @@ async def _rounds(
                 run = make_run(
                     rng, session_id=seed.session_id, agent_id="a", user_id="u", index=n, share=0.3
                 )
-                run_id = f"{run['run_id']}-{way[0]}{n}"
+                run_id = f"{run['run_id']}-{WAYS.index(way)}-{n}"
                 patch = _patch(seed.session_data, rng)
                 text = orjson.dumps(patch).decode()
                 args: list[Any] = [
@@ -87,12 +87,12 @@ async def _rounds(
                     [run_id],
                     [orjson.dumps(run).decode()],
                 ]
-                if way == "replaced":
+                if way == WAYS[0]:
                     args[2] = orjson.dumps({**seed.session_data, **patch}).decode()
                     args += [None, None, None, None, None, None, args[2]]
                 else:
                     args += [text, None, None, None, None, None, text]
-                if way == "bound expression":
+                if way == WAYS[2]:
                     bound_plan = plan(text.encode())
                     assert bound_plan is not None
                     args += bound_plan.args
@@ -117,7 +117,7 @@ def main() -> None:
     result = asyncio.run(measure(args.url, args.table, args.sessions, args.rounds, args.calls))
     print(f"append statement, executor time, median of {args.rounds} rounds of {args.calls}:")
     for way in WAYS:
-        print(f"  state {way:17s} {result[way]:7.0f} us")
+        print(f"  {way:33s} {result[way]:5.0f} us")
 
 
 if __name__ == "__main__":
