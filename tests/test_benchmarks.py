@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
@@ -233,3 +234,26 @@ def test_the_bulk_load_profile_reports_its_throughput_and_shares(
     assert len(shares) == 3
     assert all(0 <= share <= 100 for share in shares)
     assert shares[0] > 0  # encoding is always part of a load
+
+
+def test_the_comparison_with_an_earlier_commit_reports_both_builds_ratios(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks import compare
+
+    argv = ["compare", "HEAD", "--rounds", "1", "--duration", "0.3", "--concurrency", "1,4"]
+    argv += ["--sessions", "40", "--workdir", str(tmp_path / "compare")]
+    monkeypatch.setattr("sys.argv", argv)
+    try:
+        compare.main()
+    finally:  # the worktree of HEAD is not kept past the test
+        for build in (tmp_path / "compare").glob("build-*"):
+            subprocess.run(["git", "worktree", "remove", "--force", str(build)], check=False)
+    lines = capsys.readouterr().out.splitlines()
+    assert "sqlite turn, store append / raw aiosqlite, median of 1 rounds:" in lines
+    rows = [line for line in lines if line.startswith("  ")]
+    assert [row.split()[0] for row in rows] == ["this", "HEAD"]
+    for row in rows:
+        cells = row.split(": ")[1:]
+        assert len(cells) == 2  # 1 and 4 callers
+        assert all(float(cell.split("x")[0]) > 0 for cell in cells)
