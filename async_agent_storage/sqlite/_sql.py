@@ -145,9 +145,12 @@ _APPEND_INSERT = """
             (SELECT token FROM "{t}_leases" WHERE session_id = ?5), ?10)
     RETURNING {select}
 """
+# Without an expiry to set (?11 NULL), `append_update_same_expiry` leaves expires_at out of the
+# SET: SQLite rewrites the entries of every index holding a column the SET names, even when its
+# value does not change, and the entity index holds expires_at.
 _APPEND_UPDATE = """
     UPDATE "{t}" SET session_data = {new_data}, updated_at = ?3,
-        version = version + 1, run_count = run_count + ?4, expires_at = coalesce(?11, expires_at)
+        version = version + 1, run_count = run_count + ?4{set_expires}
     WHERE session_id = ?5 AND (?6 IS NULL OR user_id = ?6) AND (?7 IS NULL OR version = ?7)
         AND (?2 IS NULL OR substr(session_data, 1, 1) <> '"') AND {append_fence_ok}
         AND {live_now3}
@@ -247,6 +250,7 @@ class SQL:
     update_session: str
     append_insert: str
     append_update: str
+    append_update_same_expiry: str  # the same without ?10, ?11 (no expiry to set)
     shrink: str
     delete_runs_before: str
     move_runs_down: str
@@ -271,8 +275,9 @@ class SQL:
 
     @classmethod
     def for_table(cls, table: str) -> SQL:
-        def f(template: str) -> str:
+        def f(template: str, **extra: str) -> str:
             return template.format(
+                **extra,
                 t=table,
                 cols=COLUMNS,
                 select=SELECT_COLUMNS,
@@ -302,7 +307,8 @@ class SQL:
             insert_session=f(_INSERT_SESSION),
             update_session=f(_UPDATE_SESSION),
             append_insert=f(_APPEND_INSERT),
-            append_update=f(_APPEND_UPDATE),
+            append_update=f(_APPEND_UPDATE, set_expires=", expires_at = coalesce(?11, expires_at)"),
+            append_update_same_expiry=f(_APPEND_UPDATE, set_expires=""),
             shrink=f(_SHRINK),
             delete_runs_before=f(_DELETE_RUNS_BEFORE),
             move_runs_down=f(_MOVE_RUNS_DOWN),

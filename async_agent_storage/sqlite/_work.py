@@ -353,7 +353,10 @@ def append(sql: SQL, label: str, append: EncodedAppend, db: sqlite3.Connection) 
     now = now_us()
     params = (data, patch, now, len(runs), sid, uid, append.if_version)
     expiry = (append.expiry.on_create(now), append.expiry.on_update(now))
-    row = db.execute(sql.append_update, (*params, None, append.fence, *expiry)).fetchone()
+    if expiry[1] is None:
+        row = db.execute(sql.append_update_same_expiry, (*params, None, append.fence)).fetchone()
+    else:
+        row = db.execute(sql.append_update, (*params, None, append.fence, *expiry)).fetchone()
     if row is None:
         decide(
             label,
