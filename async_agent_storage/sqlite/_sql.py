@@ -145,17 +145,23 @@ _APPEND_INSERT = """
             (SELECT token FROM "{t}_leases" WHERE session_id = ?5), ?10)
     RETURNING {select}
 """
-# Without an expiry to set (?11 NULL), `append_update_same_expiry` leaves expires_at out of the
-# SET: SQLite rewrites the entries of every index holding a column the SET names, even when its
-# value does not change, and the entity index holds expires_at.
+# Without an expiry to set (?11 NULL), the UPDATE leaves expires_at out of the SET: SQLite
+# rewrites the entries of every index holding a column the SET names, even when its value does
+# not change, and the entity index holds expires_at. When the caller gave run ids (?12: one id, or
+# a JSON array of several), the UPDATE also checks that the session holds none of them: the
+# common case (a first attempt) then needs no statement of its own for the retry check.
 _APPEND_UPDATE = """
     UPDATE "{t}" SET session_data = {new_data}, updated_at = ?3,
         version = version + 1, run_count = run_count + ?4{set_expires}
     WHERE session_id = ?5 AND (?6 IS NULL OR user_id = ?6) AND (?7 IS NULL OR version = ?7)
         AND (?2 IS NULL OR substr(session_data, 1, 1) <> '"') AND {append_fence_ok}
-        AND {live_now3}
+        AND {live_now3}{ids_absent}
     RETURNING {select}
 """
+_SET_EXPIRES = ", expires_at = coalesce(?11, expires_at)"
+_IDS_ABSENT = """
+        AND NOT EXISTS (SELECT 1 FROM "{t}_runs" WHERE session_id = ?5 AND run_id {match})"""
+_ONE_ID, _SEVERAL_IDS = "= ?12", "IN (SELECT value FROM json_each(?12))"
 # pop_runs, truncate_runs, clear_runs: the history shrinks to ?2 runs.
 _SHRINK = """
     UPDATE "{t}" SET run_count = ?2, version = version + 1, updated_at = ?3 WHERE session_id = ?1
@@ -249,8 +255,9 @@ class SQL:
     insert_session: str
     update_session: str
     append_insert: str
-    append_update: str
-    append_update_same_expiry: str  # the same without ?10, ?11 (no expiry to set)
+    # The append's UPDATE by (sets an expiry, ids given: 0, 1, 2 for several), with the number
+    # of parameters it takes (see `_APPEND_UPDATE`).
+    append_updates: dict[tuple[bool, int], tuple[str, int]]
     shrink: str
     delete_runs_before: str
     move_runs_down: str
@@ -307,8 +314,22 @@ class SQL:
             insert_session=f(_INSERT_SESSION),
             update_session=f(_UPDATE_SESSION),
             append_insert=f(_APPEND_INSERT),
-            append_update=f(_APPEND_UPDATE, set_expires=", expires_at = coalesce(?11, expires_at)"),
-            append_update_same_expiry=f(_APPEND_UPDATE, set_expires=""),
+            append_updates={
+                (expiry, ids): (
+                    f(
+                        _APPEND_UPDATE,
+                        set_expires=_SET_EXPIRES if expiry else "",
+                        ids_absent=(
+                            ""
+                            if not ids
+                            else _IDS_ABSENT.format(t=table, match=(_ONE_ID, _SEVERAL_IDS)[ids - 1])
+                        ),
+                    ),
+                    12 if ids else 11 if expiry else 9,
+                )
+                for expiry in (False, True)
+                for ids in (0, 1, 2)
+            },
             shrink=f(_SHRINK),
             delete_runs_before=f(_DELETE_RUNS_BEFORE),
             move_runs_down=f(_MOVE_RUNS_DOWN),
@@ -336,6 +357,11 @@ class SQL:
                 f('DROP TABLE IF EXISTS "{t}_migrations"'),
             ),
         )
+
+    def append_update(self, expiry: bool, ids: int) -> tuple[str, int]:
+        """The append's UPDATE and its parameter count: `expiry` when it sets one (?11), `ids`
+        the number of run ids the caller gave (?12 checks the session holds none of them)."""
+        return self.append_updates[expiry, min(ids, 2)]
 
     def listing(
         self, query: ListQuery, now: int, *, ids_only: bool = False, count: bool = False

@@ -16,7 +16,7 @@ import orjson
 
 from .._activity import ActivityCounts, ActivityQuery
 from .._crypto import PAYLOAD_FIELDS, Reseal
-from .._encoding import EncodedAppend, EncodedSession
+from .._encoding import EncodedAppend, EncodedRun, EncodedSession
 from .._paging import ListQuery
 from .._rules import RETRY, OwnerRule, Stored, Verdict, conflict, decide, fenced, sealed_key
 from .._time import now_us
@@ -310,53 +310,72 @@ def _stored_runs(
     sql: SQL, append: EncodedAppend, db: sqlite3.Connection
 ) -> dict[str, tuple[int, bytes]]:
     """The runs of this append whose ids the session already holds: {id: (seq, body)}."""
-    given = append.given_ids
-    if not given:
-        return {}
-    rows = db.execute(sql.select_run_ids, (append.session_id, orjson.dumps(given).decode()))
+    rows = db.execute(
+        sql.select_run_ids, (append.session_id, orjson.dumps(append.given_ids).decode())
+    )
     return {run_id: (seq, body) for run_id, seq, body in rows}
+
+
+def _update(
+    sql: SQL,
+    append: EncodedAppend,
+    head: tuple[Any, ...],
+    fresh: list[EncodedRun],
+    given: list[str],
+    expiry: tuple[int | None, int | None],
+    db: sqlite3.Connection,
+) -> Any:
+    """The append's UPDATE of an existing session for the runs `fresh`, checking that none of
+    the ids `given` is stored yet: the new row, or None when a check failed."""
+    statement, count = sql.append_update(expiry[1] is not None, len(given))
+    ids = None if not given else given[0] if len(given) == 1 else orjson.dumps(given).decode()
+    params = (*head, len(fresh), append.session_id, append.user_id, append.if_version, None)
+    return db.execute(statement, (*params, append.fence, *expiry, ids)[:count]).fetchone()
 
 
 def append(sql: SQL, label: str, append: EncodedAppend, db: sqlite3.Connection) -> Appended:
     """Append the runs whose ids are new, and update the state, in one write (under the write
     lock, so the check of stored ids and the write see the same session). When every run was
-    already stored (a retry of an append that was applied), nothing is written."""
+    already stored (a retry of an append that was applied), nothing is written.
+
+    The UPDATE comes first and checks itself that none of the given ids is stored; only when it
+    changes nothing (a retry, a new or expired session, a failed check) are the stored ids
+    looked up and the reason found."""
     sid, uid = append.session_id, append.user_id
     runs = append.runs
-    stored = _stored_runs(sql, append, db)
-    if stored and _stored(sql, sid, db) is None:
-        stored = {}  # the runs of an expired session, deleted with it
-    if stored:
-        fresh = [r for r in runs if r.run_id not in stored]
-        if not fresh:
-            stored_owner = _stored(sql, sid, db)
-            decide(
-                label,
-                sid,
-                stored_owner,
-                user_id=uid,
-                if_version=None,
-                rule=OwnerRule.IF_GIVEN,
-                fence=append.fence,
-            )
-            row = db.execute(sql.select_session, (sid,)).fetchone()
-            found = [stored[r.run_id] for r in runs]
-            return (
-                row,
-                min(seq for seq, _ in found),
-                [body for _, body in found],
-                [r.run_id for r in runs],
-            )
-        runs = fresh
+    given = append.given_ids
     data = None if append.session_data is None else append.session_data.decode()
     patch = None if append.state_patch is None else append.state_patch.decode()
     now = now_us()
-    params = (data, patch, now, len(runs), sid, uid, append.if_version)
+    head = (data, patch, now)
     expiry = (append.expiry.on_create(now), append.expiry.on_update(now))
-    if expiry[1] is None:
-        row = db.execute(sql.append_update_same_expiry, (*params, None, append.fence)).fetchone()
-    else:
-        row = db.execute(sql.append_update, (*params, None, append.fence, *expiry)).fetchone()
+    row = _update(sql, append, head, runs, given, expiry, db)
+    if row is None and given:
+        stored = _stored_runs(sql, append, db)
+        if stored and _stored(sql, sid, db) is None:
+            stored = {}  # the runs of an expired session, deleted with it
+        if stored:
+            fresh = [r for r in runs if r.run_id not in stored]
+            if not fresh:
+                decide(
+                    label,
+                    sid,
+                    _stored(sql, sid, db),
+                    user_id=uid,
+                    if_version=None,
+                    rule=OwnerRule.IF_GIVEN,
+                    fence=append.fence,
+                )
+                row = db.execute(sql.select_session, (sid,)).fetchone()
+                found = [stored[r.run_id] for r in runs]
+                return (
+                    row,
+                    min(seq for seq, _ in found),
+                    [body for _, body in found],
+                    [r.run_id for r in runs],
+                )
+            runs = fresh  # under the write lock, none of these ids can be stored meanwhile
+            row = _update(sql, append, head, runs, [], expiry, db)
     if row is None:
         decide(
             label,
@@ -371,7 +390,8 @@ def append(sql: SQL, label: str, append: EncodedAppend, db: sqlite3.Connection) 
         # Under the write lock the row cannot have changed since the UPDATE: it is absent.
         _check_fence_to_create(sql, label, sid, append.fence, db)
         row = db.execute(
-            sql.append_insert, (*params, _new_incarnation(), None, expiry[0])
+            sql.append_insert,
+            (*head, len(runs), sid, uid, append.if_version, _new_incarnation(), None, expiry[0]),
         ).fetchone()
     start = run_count(row) - len(runs)
     if len(runs) == 1:
