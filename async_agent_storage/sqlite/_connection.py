@@ -35,7 +35,8 @@ Work = Callable[[sqlite3.Connection], T]
 Outcome = tuple[bool, Any]  # (True, result) or (False, exception)
 BatchRunner = Callable[[Sequence[Work[Any]], sqlite3.Connection], list[Outcome]]
 Call = tuple[Work[Any], "asyncio.Future[Any]"]
-_Item = tuple["asyncio.Future[Any]", Work[Any]] | None  # None: stop
+Done = Callable[[bool, Any], None]  # called on the event loop with (True, result) or (False, error)
+_Item = tuple[Done, Work[Any]] | None  # None: stop
 
 
 def _resolve(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
@@ -49,7 +50,9 @@ def _resolve(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
 
 class ConnectionThread:
     """One `sqlite3.Connection` and the thread that owns it: `submit(work)` queues
-    `work(connection)` there and returns a future of its result, resolved on the event loop."""
+    `work(connection)` there and returns a future of its result, resolved on the event loop;
+    `submit_then(work, done)` calls `done(ok, value)` on the event loop instead (one step less
+    on the loop than a future's callback)."""
 
     def __init__(self, connect: Callable[[], sqlite3.Connection], name: str) -> None:
         self._connect = connect
@@ -86,7 +89,7 @@ class ConnectionThread:
             item = self._queue.get()
             if item is None:
                 break
-            future, work = item
+            done, work = item
             try:
                 result: Any = work(self._db)
             except BaseException as exc:
@@ -94,16 +97,21 @@ class ConnectionThread:
             else:
                 outcome = (True, result)
             with contextlib.suppress(RuntimeError):  # the event loop is gone (interpreter exit)
-                loop.call_soon_threadsafe(_resolve, future, *outcome)
+                loop.call_soon_threadsafe(done, *outcome)
         self._db.close()
 
     def submit(self, work: Work[T]) -> asyncio.Future[T]:
         """Queue `work(connection)` on the thread; the future holds its result."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self.submit_then(work, partial(_resolve, future))
+        return future
+
+    def submit_then(self, work: Work[Any], done: Done) -> None:
+        """Queue `work(connection)` on the thread; `done(ok, value)` runs on the event loop
+        with its result (True, result) or what it raised (False, exception)."""
         if not self.running:
             raise StoreClosedError("the SQLite connection is closed")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((future, work))
-        return future
+        self._queue.put_nowait((done, work))
 
     async def close(self) -> None:
         """Finish what is queued, close the connection, end the thread."""
@@ -272,7 +280,9 @@ class Batcher:
         # for this one, kicked when a batch ends.
         self._blocker: Batcher | None = None
         self._blocked: Batcher | None = None
-        # Called (once) when a batch has been running for `stall_after` seconds.
+        # Called (once) when a batch has been running for `stall_after` seconds while calls of
+        # the batcher blocked by this one wait (the timer is armed only then: most batches have
+        # nobody waiting behind them).
         self._on_stall: Callable[[], None] | None = None
         self._stall_after = 0.0
         self._stall_timer: asyncio.TimerHandle | None = None
@@ -285,9 +295,22 @@ class Batcher:
 
     def on_stall(self, after: float, callback: Callable[[], None]) -> None:
         """Call `callback` when a batch has run for `after` seconds (it then waits for another
-        process's lock, most likely)."""
+        process's lock, most likely) and calls of the batcher that waits for this one are
+        queued."""
         self._stall_after = after
         self._on_stall = callback
+
+    def _watch_stall(self) -> None:
+        """Arm the stall timer of the batch in flight, once."""
+        if self._on_stall is None or not self._busy or self._stall_timer is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self._stall_timer = loop.call_at(self._started + self._stall_after, self._stalled)
+
+    def _stalled(self) -> None:
+        self._stall_timer = None
+        if self._on_stall is not None:
+            self._on_stall()
 
     def take_queued(self) -> list[Call]:
         """Every queued call that has not started, for another batcher to run."""
@@ -320,6 +343,8 @@ class Batcher:
         self._queue.append((work, future))
         if self._can_start():
             self._start()
+        elif self._blocker is not None and self._blocker._busy:
+            self._blocker._watch_stall()  # this call waits for the blocker's batch
         return await future
 
     def _start(self) -> None:
@@ -330,30 +355,29 @@ class Batcher:
         self.batches += 1
         self.calls += len(batch)
         try:
-            done = self.connection.submit(partial(self._runner, [work for work, _ in batch]))
+            self.connection.submit_then(
+                partial(self._runner, [work for work, _ in batch]), partial(self._finished, batch)
+            )
         except StoreClosedError as exc:
             self._settle(batch, [(False, exc)] * len(batch))
             if self._queue:
                 self._start()
             return
         self._busy = True
-        loop = asyncio.get_running_loop()
-        self._started = loop.time()
-        if self._on_stall is not None:
-            self._stall_timer = loop.call_later(self._stall_after, self._on_stall)
-        done.add_done_callback(partial(self._finished, batch))
+        self._started = asyncio.get_running_loop().time()
+        blocked = self._blocked
+        if blocked is not None and blocked._queue:
+            self._watch_stall()  # calls of the blocked batcher wait for this batch
 
-    def _finished(self, batch: list[Call], done: asyncio.Future[list[Outcome]]) -> None:
+    def _finished(self, batch: list[Call], ok: bool, outcomes: Any) -> None:
         self._busy = False
         if self._stall_timer is not None:
             self._stall_timer.cancel()
             self._stall_timer = None
-        exc = None if done.cancelled() else done.exception()
-        if done.cancelled() or exc is not None:  # not expected: the runners catch what they can
-            failure = exc or StoreClosedError("the SQLite connection was closed")
-            self._settle(batch, [(False, failure)] * len(batch))
-        else:
-            self._settle(batch, done.result())
+        if ok:
+            self._settle(batch, outcomes)
+        else:  # not expected: the runners catch what they can
+            self._settle(batch, [(False, outcomes)] * len(batch))
         blocked = self._blocked
         if blocked is not None and blocked._queue and blocked._can_start():
             blocked._start()  # the reads that waited for this batch go first
