@@ -114,6 +114,7 @@ class Lease:
         self.lost = False
         self._state = "new"  # new -> held -> released
         self._renewer: asyncio.Task[None] | None = None
+        self._renewal: asyncio.Future[datetime] | None = None  # the background renewal in flight
 
     def __repr__(self) -> str:
         return (
@@ -229,8 +230,11 @@ class Lease:
         log = logger_for(self._store.backend)
         while True:
             await asyncio.sleep(self.renew_every)
+            # Shielded: `release` cancels this task, but a renewal already sent must run to its
+            # end before the release is sent (see `release`).
+            renewal = self._renewal = asyncio.ensure_future(self.renew())
             try:
-                await self.renew()
+                await asyncio.shield(renewal)
             except SessionBusyError:
                 log.warning("%s: a lease was lost: it was taken over", self._store.label)
                 return
@@ -248,8 +252,12 @@ class Lease:
         self._state = "released"
         renewer, self._renewer = self._renewer, None
         if renewer is not None:
+            # A renewal in flight finishes first: sent on another connection, the database could
+            # apply it after the release and hold the lease for another ttl.
+            renewal, self._renewal = self._renewal, None
             renewer.cancel()
-            await asyncio.gather(renewer, return_exceptions=True)
+            waits = [renewer] if renewal is None else [renewer, renewal]
+            await asyncio.gather(*waits, return_exceptions=True)
         if self.lost:
             return
         store = self._store

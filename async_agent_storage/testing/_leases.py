@@ -11,6 +11,7 @@ import asyncio
 import time
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -122,6 +123,37 @@ class LeaseConformance:
             assert not lease.lost
         async with store.lease(sid) as after:  # released at the end of the block
             assert after.token == lease.token + 1
+
+    async def test_a_renewal_sent_before_the_release_never_outlives_it(
+        self, store: SessionStore
+    ) -> None:
+        # A background renewal already sent when the lease is released can reach the database
+        # after the release (another connection, a slow network). The release must wait for it:
+        # applied after the release, it would hold the lease for another ttl. Here the store's
+        # renew hook reaches the database 0.2 s late, and cancelling the caller does not stop it,
+        # as with a request already on the wire.
+        target: Any = store
+        renew_hook = target._renew_lease
+        sent = asyncio.Event()
+
+        async def late(*args: Any) -> Any:
+            async def deliver() -> Any:
+                await asyncio.sleep(0.2)
+                return await renew_hook(*args)
+
+            sent.set()
+            return await asyncio.shield(asyncio.ensure_future(deliver()))
+
+        target._renew_lease = late
+        try:
+            sid = _sid()
+            async with store.lease(sid, ttl=60, renew_every=0.01):
+                await sent.wait()
+            await asyncio.sleep(0.3)  # past the renewal's arrival
+            taken = await store.lease(sid).acquire()  # free, not held for another 60 s
+            await taken.release()
+        finally:
+            del target._renew_lease
 
     async def test_renew_after_a_takeover_says_the_lease_was_lost(
         self, store: SessionStore
