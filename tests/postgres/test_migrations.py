@@ -4,11 +4,15 @@ lock's key)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncpg
 import pytest
 
 from async_agent_storage import MigrationError, PostgresStore
+from async_agent_storage import _codec as codec
 from async_agent_storage._migrations import Migration
+from async_agent_storage.postgres._jsonb import to_db
 from async_agent_storage.postgres._migrations import advisory_key
 from async_agent_storage.testing.migrations import MigrationConformance, StoreURL, seed_at
 
@@ -24,6 +28,7 @@ RELEASED_CHECKSUMS = {
     4: "50fde3aeb38d0554e107bfb083df9ea2aa4dd0b301ecfb4e0a34ff84acdc7d18",
     5: "413c75914b316ef9c0a802a6e1096072005a1bbb5a91f0cb9079d85e3e8247ef",
     6: "533c5aefc49ae8f73cb036abe7202ae5a12d1ec61a36a9e93c29983bacb60ee7",
+    7: "6f0b7790fb142708d1db74e5b3d006d7f65f2cf747b12d973e3b8020a3a700c7",
 }
 
 
@@ -111,6 +116,67 @@ async def test_upgrade_from_version_1_keeps_the_data(
         assert [r[0] for r in times] == [None, appended.updated_at]
         assert [v for v, _, _ in await history(admin, store)] == list(range(1, LATEST + 1))
         assert f"{store.table_name}_agent_idx" in await indexes(admin, store)
+
+
+# Values `jsonb` would change, which the driver encodes (`_jsonb`), and plain ones.
+EXACT_RUNS: list[dict[str, Any]] = [
+    {"run_id": "r0", "text": "nul \x00 inside", "zero": -0.0, "big": 2**70, "float": 1e16},
+    {
+        "run_id": "r1",
+        "mark": "\uffffstarts with the mark",
+        "nested": {"b": [1, 2.5, None], "a": "x"},
+    },
+    {"run_id": "r2", "plain": "hello", "n": 3},
+]
+
+
+async def test_run_bodies_written_as_jsonb_read_back_exactly_as_json(
+    make_store: StoreMaker, admin: asyncpg.Connection
+) -> None:
+    # Runs stored at version 6 (`jsonb`) by the release before, then migration 7 (`json`): the
+    # old rows, and new ones appended after, read back exactly, alone and in one aggregate.
+    old = make_store()
+    await seed_at(old, 6)
+    sql = old._statements()
+    await admin.execute(
+        f"""INSERT INTO {sql.table} (session_id, session_type, user_id, session_data,
+            created_at, updated_at, version, run_count)
+            VALUES ('s', 'agent', 'u', '{{}}', now(), now(), 1, {len(EXACT_RUNS)})"""
+    )
+    for seq, run in enumerate(EXACT_RUNS):
+        await admin.execute(
+            f"INSERT INTO {sql.runs_table} (session_id, seq, run_id, body) "
+            "VALUES ('s', $1, $2, $3::text::jsonb)",
+            seq,
+            run["run_id"],
+            to_db(codec.dumps(run)),
+        )
+    async with make_store(auto_upgrade_schema=True) as store:
+        assert await store.schema_version() == LATEST
+        column = await admin.fetchval(
+            "SELECT data_type FROM information_schema.columns "
+            "WHERE table_schema = $1 AND table_name = $2 AND column_name = 'body'",
+            sql.schema.strip('"'),
+            sql.runs_table.split(".")[-1].strip('"'),
+        )
+        assert column == "json"
+        more = [{**run, "run_id": f"new-{run['run_id']}"} for run in EXACT_RUNS]
+        await store.append_runs("s", more, user_id="u")
+        read = await store.read("s")
+        assert read is not None
+        assert read.runs == [*EXACT_RUNS, *more]
+        assert [type(r["zero"]) for r in read.runs if "zero" in r] == [float, float]
+        assert str(read.runs[0]["zero"]) == str(read.runs[3]["zero"]) == "-0.0"
+        assert await store.get_run("s", "r0") == EXACT_RUNS[0]
+        listed = await store.get_recent_sessions(user_id="u", include_runs=True)
+        assert listed[0].runs == [*EXACT_RUNS, *more]
+        # An upsert of what was read (one run changed) keeps every run exact.
+        read.runs[-1]["n"] = 4
+        await store.upsert(read)
+        again = await store.read("s")
+        assert again is not None
+        assert again.runs == read.runs
+        assert await store.pop_runs("s", n=2) == read.runs[-2:]
 
 
 async def test_a_failing_step_rolls_back_and_is_not_recorded(
