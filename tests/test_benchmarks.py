@@ -203,6 +203,17 @@ def test_the_postgres_cells_run_against_the_local_server(pg_url: str, tmp_path: 
     assert written["markdown"].exists()
 
 
+def test_the_body_cost_compares_the_three_column_types(pg_url: str) -> None:
+    from benchmarks import body_cost
+
+    result = asyncio.run(body_cost.measure(pg_url, "bench_body_cost", 20, 2, 5))
+    assert set(result) == {"jsonb", "json", "text"}
+    for cells in result.values():
+        assert cells["read"] > 0
+        assert cells["insert"] > 0
+        assert cells["bytes"] > 1000  # 10 runs of about 1.4 KB a session
+
+
 def test_the_lease_cost_runs_interleaved_rounds_on_sqlite(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
