@@ -280,14 +280,17 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         version=7,
-        name="run bodies as json text",
+        name="run bodies as text",
         steps=(
-            # `json` keeps a run's text as written (the store writes it with `_jsonb`'s
-            # encoding, as before) and returns it as it is: a read no longer converts every run
-            # from `jsonb`'s binary form back to text, which was most of its server time
-            # (docs/benchmarks.md). The JSON operators (`body->>'key'`) still work. This step
+            # A run's JSON as text, kept as the store wrote it (with `_jsonb`'s encoding, as
+            # before) and returned as it is: a read no longer converts every run from `jsonb`'s
+            # binary form back to text, which was most of its server time (docs/benchmarks.md).
+            # `text`, not `json`: the previous release's statements still run on it (they
+            # compare bodies with `IS DISTINCT FROM`, which `json` cannot, and insert `jsonb`,
+            # which text takes by assignment), so its processes keep working during a rolling
+            # upgrade. Queries on run bodies cast them: `body::jsonb->>'key'`. This step
             # rewrites the runs table once, under an exclusive lock.
-            "ALTER TABLE {runs} ALTER COLUMN body TYPE json USING body::text::json",
+            "ALTER TABLE {runs} ALTER COLUMN body TYPE text USING body::text",
         ),
     ),
 )

@@ -7,8 +7,8 @@ which `_checks.check_name` validated (or the server's `current_schema()`, quoted
 JSON crosses the wire as text (``$n::text::jsonb`` in, ``column::text`` out): the statements
 then work on any asyncpg connection, whatever `jsonb` codec it has registered (a pool passed in
 keeps its own), and the store decodes with the shared codec. See `_jsonb` for the encoding.
-Run bodies are `json` (migration 7): their text is kept as written and read back as it is, with
-no conversion from `jsonb`'s binary form, the largest part of a read's server time; they are
+Run bodies are `text` (migration 7): kept as written and read back as they are, with no
+conversion from `jsonb`'s binary form, the largest part of a read's server time; they are
 written with `_jsonb`'s encoding all the same, so old and new rows read back alike.
 
 Every hot statement is one round trip. The session row is written first (``INSERT ... ON
@@ -86,12 +86,12 @@ _WRITE_RUNS = """
 runs AS (
     INSERT INTO {runs} AS r (session_id, seq, run_id, body, created_at)
     SELECT {sid}, up.run_count - cardinality({ids}::text[]) + t.ord::integer - 1,
-           t.run_id, t.body::json, up.updated_at
+           t.run_id, t.body, up.updated_at
     FROM up, unnest({ids}::text[], {bodies}::text[]) WITH ORDINALITY AS t(run_id, body, ord)
     ON CONFLICT (session_id, seq) DO UPDATE SET run_id = excluded.run_id, body = excluded.body,
         created_at = CASE WHEN r.run_id = excluded.run_id THEN r.created_at
                           ELSE excluded.created_at END
-    WHERE (r.run_id, r.body::text) IS DISTINCT FROM (excluded.run_id, excluded.body::text)
+    WHERE (r.run_id, r.body) IS DISTINCT FROM (excluded.run_id, excluded.body)
 )"""
 
 # The runs past the new end of the history (an upsert that shortened it).
@@ -361,7 +361,7 @@ runs AS (
 SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM runs)
 """
 # rotate_keys: a run's body written again (after the session row, locked by its own UPDATE).
-_RESEAL_RUN = "UPDATE {runs} SET body = $3::text::json WHERE session_id = $1 AND run_id = $2"
+_RESEAL_RUN = "UPDATE {runs} SET body = $3::text WHERE session_id = $1 AND run_id = $2"
 # A fenced write creating its session: the lease row's token, locked until the write commits, so
 # no lease can be taken (and no new holder start its turn) in between.
 _LOCK_LEASE = "SELECT token FROM {leases} WHERE session_id = $1 FOR SHARE"
@@ -402,13 +402,13 @@ tail AS (
 ),
 runs AS (
     INSERT INTO {runs} AS r (session_id, seq, run_id, body, created_at)
-    SELECT t.session_id, t.seq, t.run_id, t.body::json, now()
+    SELECT t.session_id, t.seq, t.run_id, t.body, now()
     FROM unnest($14::text[], $15::integer[], $16::text[], $17::text[])
         AS t(session_id, seq, run_id, body)
     ON CONFLICT (session_id, seq) DO UPDATE SET run_id = excluded.run_id, body = excluded.body,
         created_at = CASE WHEN r.run_id = excluded.run_id THEN r.created_at
                           ELSE excluded.created_at END
-    WHERE (r.run_id, r.body::text) IS DISTINCT FROM (excluded.run_id, excluded.body::text)
+    WHERE (r.run_id, r.body) IS DISTINCT FROM (excluded.run_id, excluded.body)
 )
 SELECT session_id, created_at, updated_at, version, run_count FROM up
 """

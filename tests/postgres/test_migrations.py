@@ -28,7 +28,7 @@ RELEASED_CHECKSUMS = {
     4: "50fde3aeb38d0554e107bfb083df9ea2aa4dd0b301ecfb4e0a34ff84acdc7d18",
     5: "413c75914b316ef9c0a802a6e1096072005a1bbb5a91f0cb9079d85e3e8247ef",
     6: "533c5aefc49ae8f73cb036abe7202ae5a12d1ec61a36a9e93c29983bacb60ee7",
-    7: "6f0b7790fb142708d1db74e5b3d006d7f65f2cf747b12d973e3b8020a3a700c7",
+    7: "2bbe93d5ae0fc38b98a052cc0c62760659cb030fccf22b5f640fdbe9f52342fa",
 }
 
 
@@ -130,10 +130,10 @@ EXACT_RUNS: list[dict[str, Any]] = [
 ]
 
 
-async def test_run_bodies_written_as_jsonb_read_back_exactly_as_json(
+async def test_run_bodies_written_as_jsonb_read_back_exactly_as_text(
     make_store: StoreMaker, admin: asyncpg.Connection
 ) -> None:
-    # Runs stored at version 6 (`jsonb`) by the release before, then migration 7 (`json`): the
+    # Runs stored at version 6 (`jsonb`) by the release before, then migration 7 (`text`): the
     # old rows, and new ones appended after, read back exactly, alone and in one aggregate.
     old = make_store()
     await seed_at(old, 6)
@@ -159,7 +159,7 @@ async def test_run_bodies_written_as_jsonb_read_back_exactly_as_json(
             sql.schema.strip('"'),
             sql.runs_table.split(".")[-1].strip('"'),
         )
-        assert column == "json"
+        assert column == "text"
         more = [{**run, "run_id": f"new-{run['run_id']}"} for run in EXACT_RUNS]
         await store.append_runs("s", more, user_id="u")
         read = await store.read("s")
@@ -177,6 +177,42 @@ async def test_run_bodies_written_as_jsonb_read_back_exactly_as_json(
         assert again is not None
         assert again.runs == read.runs
         assert await store.pop_runs("s", n=2) == read.runs[-2:]
+
+
+# The run write of the release before migration 7 (`_sql._WRITE_RUNS` then), as its processes
+# still send it during a rolling upgrade: `jsonb` bodies, compared with IS DISTINCT FROM.
+PREVIOUS_WRITE_RUNS = """
+WITH up AS (SELECT $1::text AS session_id, $4::integer AS run_count, now() AS updated_at),
+runs AS (
+    INSERT INTO {runs} AS r (session_id, seq, run_id, body, created_at)
+    SELECT $1, up.run_count - cardinality($2::text[]) + t.ord::integer - 1,
+           t.run_id, t.body::jsonb, up.updated_at
+    FROM up, unnest($2::text[], $3::text[]) WITH ORDINALITY AS t(run_id, body, ord)
+    ON CONFLICT (session_id, seq) DO UPDATE SET run_id = excluded.run_id, body = excluded.body,
+        created_at = CASE WHEN r.run_id = excluded.run_id THEN r.created_at
+                          ELSE excluded.created_at END
+    WHERE (r.run_id, r.body) IS DISTINCT FROM (excluded.run_id, excluded.body)
+)
+SELECT 1
+"""
+
+
+async def test_the_previous_releases_run_writes_still_work_after_migration_7(
+    make_store: StoreMaker, admin: asyncpg.Connection
+) -> None:
+    async with make_store(auto_upgrade_schema=True) as store:
+        await store.append_runs("s", [{"run_id": "a", "n": 1}], user_id="u")
+        statement = PREVIOUS_WRITE_RUNS.format(runs=store._statements().runs_table)
+        # A new run at seq 1, and the run at seq 0 written again (unchanged, then changed).
+        await admin.execute(statement, "s", ["b"], [to_db(codec.dumps({"run_id": "b"}))], 2)
+        await admin.execute(statement, "s", ["a"], [to_db(codec.dumps({"run_id": "a", "n": 1}))], 1)
+        await admin.execute(statement, "s", ["a"], [to_db(codec.dumps({"run_id": "a", "n": 2}))], 1)
+        await admin.execute(
+            f"UPDATE {store._statements().table} SET run_count = 2 WHERE session_id = 's'"
+        )
+        read = await store.read("s")
+        assert read is not None
+        assert read.runs == [{"run_id": "a", "n": 2}, {"run_id": "b"}]
 
 
 async def test_a_failing_step_rolls_back_and_is_not_recorded(
