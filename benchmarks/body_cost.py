@@ -13,7 +13,6 @@ tables (``body_cost`` and its copies unless ``--table``) are dropped after.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import random
 import statistics
@@ -23,6 +22,7 @@ import asyncpg
 
 from async_agent_storage import Session, open_store
 
+from .server_cost import arguments
 from .workload import WorkloadSpec, sessions
 
 TYPES = ("jsonb", "json", "text")
@@ -126,13 +126,14 @@ async def _rounds(
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.body_cost", description=__doc__)
-    p.add_argument("url", help="a PostgreSQL URL")
-    p.add_argument("--table", default="body_cost")
-    p.add_argument("--sessions", type=int, default=2000)
-    p.add_argument("--rounds", type=int, default=8)
-    p.add_argument("--calls", type=int, default=300, help="calls per type, call and round")
-    args = p.parse_args()
+    args = arguments(
+        "body_cost",
+        __doc__,
+        table="body_cost",
+        sessions=2000,
+        rounds=8,
+        calls="calls per type, call and round",
+    )
     result = asyncio.run(measure(args.url, args.table, args.sessions, args.rounds, args.calls))
     print(
         f"run bodies by column type, medians of {args.rounds} rounds of {args.calls} calls "

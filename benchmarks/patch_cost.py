@@ -13,7 +13,6 @@ keys, one of them an object). The table (``patch_cost`` unless ``--table``) is d
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import random
 import statistics
@@ -27,6 +26,7 @@ from async_agent_storage import _codec as codec
 from async_agent_storage.postgres._patch import patched_statement, plan
 from async_agent_storage.postgres._sql import PATCH_FIRST
 
+from .server_cost import arguments
 from .workload import WorkloadSpec, make_run, next_state, sessions
 
 WAYS = ("state replaced", "patched by the plpgsql function", "patched by the bound expression")
@@ -107,13 +107,14 @@ def _patch(session_data: dict[str, Any], rng: random.Random) -> dict[str, Any]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.patch_cost", description=__doc__)
-    p.add_argument("url", help="a PostgreSQL URL")
-    p.add_argument("--table", default="patch_cost")
-    p.add_argument("--sessions", type=int, default=200)
-    p.add_argument("--rounds", type=int, default=6)
-    p.add_argument("--calls", type=int, default=300, help="appends per way and round")
-    args = p.parse_args()
+    args = arguments(
+        "patch_cost",
+        __doc__,
+        table="patch_cost",
+        sessions=200,
+        rounds=6,
+        calls="appends per way and round",
+    )
     result = asyncio.run(measure(args.url, args.table, args.sessions, args.rounds, args.calls))
     print(f"append statement, executor time, median of {args.rounds} rounds of {args.calls}:")
     for way in WAYS:
