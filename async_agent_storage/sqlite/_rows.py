@@ -88,15 +88,16 @@ def stored_session(enc: EncodedSession, row: StoredRow, store: str) -> Session:
 
 
 def listed_session(
-    row: Sequence[Any], runs: tuple[str, str, bool] | None, include_runs: bool, store: str
+    row: Sequence[Any],
+    runs: tuple[list[bytes], list[str]] | None,
+    include_runs: bool,
+    store: str,
 ) -> Session:
     """A listing's row as a `Session`: without runs (`runs_offset` = the count, so an upsert of
-    it keeps the history), or with all of them from their joined text."""
+    it keeps the history), or with all of them (their bodies and ids, see `_work.PageRuns`)."""
     if not include_runs:
         return session_from_row(row, [], [], run_count(row), store)
     if runs is None:  # a session without runs
         return session_from_row(row, [], [], 0, store)
-    bodies, ids, exact = runs
-    session = session_from_row(row, [], ids.split("\x00"), 0, store)
-    session.__dict__["runs"] = codec.loads("[" + bodies + "]", marked=not exact)
-    return session
+    bodies, ids = runs
+    return session_from_row(row, bodies, ids, 0, store)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlite3
 import uuid
 from collections.abc import Sequence
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -83,16 +85,15 @@ def read_session(
     return session_from_row(row, bodies, ids, start, store)
 
 
-PageRuns = dict[str, tuple[str, str, bool]]
-"""The runs of a listing page by session: bodies joined with commas, ids joined with NUL, and
-whether a body holds integers beyond 64 bits."""
+PageRuns = dict[str, tuple[list[bytes], list[str]]]
+"""The runs of a listing page by session: their bodies and their ids, in seq order."""
 
 
 def list_sessions(
     sql: SQL, query: ListQuery, db: sqlite3.Connection
 ) -> tuple[list[Any], PageRuns, bool]:
     """The rows of one listing page (decoded by the caller, on the event loop, so that decoding
-    runs beside the next batch's SQL), and with `include_runs` their runs, one row per session."""
+    runs beside the next batch's SQL), and with `include_runs` their runs."""
     statement, params = sql.listing(query, now_us())
     rows = db.execute(statement, params).fetchall()
     more = query.limit is not None and len(rows) > query.limit
@@ -101,8 +102,15 @@ def list_sessions(
     runs: PageRuns = {}
     if query.include_runs and rows:
         page = orjson.dumps([row[SID] for row in rows]).decode()
-        for session_id, bodies, ids, exact in db.execute(sql.select_runs_of_page, (page,)):
-            runs[session_id] = (bodies, ids, bool(exact))
+        for session_id, group in groupby(
+            db.execute(sql.select_runs_of_page, (page,)), key=itemgetter(0)
+        ):
+            bodies: list[bytes] = []
+            ids: list[str] = []
+            for _, body, run_id in group:
+                bodies.append(body)
+                ids.append(run_id)
+            runs[session_id] = (bodies, ids)
     return rows, runs, more
 
 

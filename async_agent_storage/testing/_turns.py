@@ -482,6 +482,35 @@ class TurnConformance:
         assert [r["by"] for r in read.runs] == ["me"] * 3
         assert read.session_data == {"mine": True}
 
+    async def test_a_listed_session_with_runs_is_written_like_a_read_one(
+        self, store: SessionStore
+    ) -> None:
+        # A listing with runs returns whole histories, as `read` does: an upsert of a listed
+        # session writes the runs the caller changed, keeps the others, and moved under
+        # another id at the same version writes the caller's runs there.
+        user = f"u{_sid()}"
+        x, y = _sid(), _sid()
+        await store.append_runs(x, [{"from": "x", "i": i} for i in range(3)], user_id=user)
+        await store.append_runs(y, [{"from": "y", "i": i} for i in range(3)], user_id=user)
+        listed = {
+            s.session_id: s
+            for s in await store.get_recent_sessions(user_id=user, limit=2, include_runs=True)
+        }
+        assert [r["i"] for r in listed[x].runs] == [0, 1, 2]
+        changed = listed[x].model_copy(deep=True)
+        changed.runs[1]["i"] = 10
+        await store.upsert(changed)
+        read = await store.read(x)
+        assert read is not None
+        assert [(r["from"], r["i"]) for r in read.runs] == [("x", 0), ("x", 10), ("x", 2)]
+        z = _sid()  # at version 1, as the listed copy of y is
+        await store.append_runs(z, [{"from": "z", "i": i} for i in range(3)], user_id=user)
+        stored = await store.upsert(listed[y].model_copy(update={"session_id": z}))
+        assert [r["from"] for r in stored.runs] == ["y"] * 3
+        again = await store.read(z)
+        assert again is not None
+        assert [(r["from"], r["i"]) for r in again.runs] == [("y", 0), ("y", 1), ("y", 2)]
+
     async def test_a_session_copied_from_another_store_is_written_whole(
         self, store: SessionStore, store_factory: StoreFactory
     ) -> None:
