@@ -8,7 +8,8 @@ the runs it already holds are left out, and the update applies only if no write 
 added one of the others (`_queries.unseen_since`, on the session's ``ids_log``), so no retry can
 slip in between the check and the append, while appends of other runs go on at the same time (a
 miss reads again, under `_rules.RETRY`). When every run is already there, nothing is written.
-Appends without given ids pay none of this: one update, then the settle of `_writes`.
+Appends without given ids pay none of this: one update. The settle of `_writes` (the runs copied
+to the runs collection) runs after the answer, in the background (`Writer.settle_later`).
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ async def append(writer: Writer, append: EncodedAppend) -> Session:
             if after is not None:
                 if append.fence is not None and after["version"] == 1:
                     await _leases.after_create(writer.parts, append.session_id, append.fence)
-                return await _appended(writer, after, plan.runs, data, now)
+                return _appended(writer, after, plan.runs, data, now)
         await RETRY.pause(attempt)
     raise RETRY.exhausted(writer.label, append.session_id)
 
@@ -216,7 +217,7 @@ async def _update(
     return None  # changed between the two statements: try again
 
 
-async def _appended(
+def _appended(
     writer: Writer,
     after: dict[str, Any],
     runs: list[_Run],
@@ -226,7 +227,7 @@ async def _appended(
     version, count = after["version"], after["run_count"]
     start = count - len(runs)
     entries = [Entry(version, start, [r.doc.item() for r in runs])] if runs else []
-    await writer.settle(
+    writer.settle_later(
         after["_id"],
         after["gen"],
         entries,
