@@ -104,7 +104,7 @@ async def append(writer: Writer, append: EncodedAppend) -> Session:
             if after is not None:
                 if append.fence is not None and after["version"] == 1:
                     await _leases.after_create(writer.parts, append.session_id, append.fence)
-                return _appended(writer, after, plan.runs, data, now)
+                return await _appended(writer, after, plan.runs, data, now)
         await RETRY.pause(attempt)
     raise RETRY.exhausted(writer.label, append.session_id)
 
@@ -217,7 +217,7 @@ async def _update(
     return None  # changed between the two statements: try again
 
 
-def _appended(
+async def _appended(
     writer: Writer,
     after: dict[str, Any],
     runs: list[_Run],
@@ -227,7 +227,7 @@ def _appended(
     version, count = after["version"], after["run_count"]
     start = count - len(runs)
     entries = [Entry(version, start, [r.doc.item() for r in runs])] if runs else []
-    writer.settle_later(
+    await writer.settle_later(
         after["_id"],
         after["gen"],
         entries,

@@ -3,7 +3,9 @@ protocol): each write is one atomic update of its session document, which carrie
 writes in `pending`; the writer then copies them to the runs collection ("settles" them).
 
 An append settles in the background (`Writer.settle_later`): its caller has its answer after the
-one update, since readers merge `pending` anyway. A write of this store that deletes runs of a
+one update, since readers merge `pending` anyway (up to `SETTLES_IN_FLIGHT` at a time; past
+that, an append settles before it answers, so a server that falls behind slows the callers
+down rather than growing a backlog). A write of this store that deletes runs of a
 session (upsert, delete, pop, truncate, a key rotation's rewrite, retention batches) first waits
 for the settles of that session still in flight here, so a settle never copies runs after the
 write removed them; `close()` waits for them all.
@@ -43,6 +45,9 @@ _log = logger_for("mongodb")
 # An entry of `pending` older than this is taken to be left behind by a writer that died, and is
 # copied to the runs collection by the next write of the session.
 _STALE_US: Final = 10_000_000
+# The most appends' settles one store runs in the background; past it, an append settles before
+# it answers, as if the server were that much slower (the backlog, and its memory, stay bounded).
+SETTLES_IN_FLIGHT: Final = 128
 _DUPLICATE_KEY: Final = 11000
 
 
@@ -132,7 +137,11 @@ class Writer:
 
     # --- settles in the background --------------------------------------------------------------
 
-    def settle_later(
+    @property
+    def settles_in_flight(self) -> int:
+        return sum(map(len, self.settling.values()))
+
+    async def settle_later(
         self,
         sid: str,
         gen: ObjectId,
@@ -141,9 +150,13 @@ class Writer:
         stale: Sequence[int] = (),
         holds: Iterable[Mapping[str, Any]] | None = None,
     ) -> None:
-        """`settle` in a task of its own, after the caller has its answer. Nothing is lost when
-        it fails or never runs: the runs stay readable in `pending` (see `settle`)."""
+        """`settle` in a task of its own, after the caller has its answer; inline when
+        `SETTLES_IN_FLIGHT` are running already. Nothing is lost when it fails or never runs:
+        the runs stay readable in `pending` (see `settle`)."""
         if not entries and not stale:
+            return
+        if self.settles_in_flight >= SETTLES_IN_FLIGHT:
+            await self.settle(sid, gen, entries, stale=stale, holds=holds)
             return
         task = asyncio.ensure_future(self.settle(sid, gen, entries, stale=stale, holds=holds))
         self.settling.setdefault(sid, set()).add(task)

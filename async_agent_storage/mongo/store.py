@@ -342,7 +342,7 @@ class MongoStore(StoreBase):
         await self._shielded(self._live(self._writer).parts.database.command("ping"))
 
     def _stats(self) -> dict[str, Any]:
-        settling = 0 if self._writer is None else sum(map(len, self._writer.settling.values()))
+        settling = 0 if self._writer is None else self._writer.settles_in_flight
         return {
             "calls_in_flight": len(self._calls),
             "settles_in_flight": settling,

@@ -20,7 +20,7 @@ from async_agent_storage import (
     open_store,
 )
 from async_agent_storage._time import to_us
-from async_agent_storage.mongo import MongoStore
+from async_agent_storage.mongo import MongoStore, _writes
 from async_agent_storage.mongo._writes import _STALE_US
 
 from ._server import collect_leaked_sockets, free_port
@@ -347,6 +347,17 @@ async def test_an_append_is_settled_after_its_answer(store: MongoStore, admin: A
         (1, 2, run(1)),
         (2, 2, run(2)),
     ]
+
+
+async def test_past_its_bound_an_append_settles_before_it_answers(
+    store: MongoStore, admin: Admin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that falls behind slows the callers down instead of growing a backlog."""
+    monkeypatch.setattr(_writes, "SETTLES_IN_FLIGHT", 0)
+    await store.append_runs("s", [run(0), run(1)])
+    assert store.stats()["settles_in_flight"] == 0
+    assert raw(admin, store).find_one({"_id": "s"})["pending"] == []
+    assert raw(admin, store, "_runs").count_documents({"session_id": "s"}) == 2
 
 
 async def test_close_waits_for_the_settles_in_flight(
