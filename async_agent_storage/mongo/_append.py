@@ -75,6 +75,9 @@ async def append(writer: Writer, append: EncodedAppend) -> Session:
     ]
     stored_data = None if data is None else _bson.encode(data)
     given = append.given_ids
+    # One settle of a session in the background at a time, per store: appends to one session
+    # faster than their settles would pile their runs up in the document (16 MiB at most).
+    await writer.settled([append.session_id])
     created_with: int | None = None  # a fenced append's lease token for a session it creates
     for attempt in range(RETRY.attempts):
         plan: _Plan | Session | None

@@ -5,10 +5,11 @@ writes in `pending`; the writer then copies them to the runs collection ("settle
 An append settles in the background (`Writer.settle_later`): its caller has its answer after the
 one update, since readers merge `pending` anyway (up to `SETTLES_IN_FLIGHT` at a time; past
 that, an append settles before it answers, so a server that falls behind slows the callers
-down rather than growing a backlog). A write of this store that deletes runs of a
-session (upsert, delete, pop, truncate, a key rotation's rewrite, retention batches) first waits
-for the settles of that session still in flight here, so a settle never copies runs after the
-write removed them; `close()` waits for them all.
+down rather than growing a backlog). An append waits for the settle of its session still in
+flight here, so one session's document never piles up the runs of several appends. A write of
+this store that deletes or rewrites runs of a session (upsert, delete, pop, truncate, a key
+rotation's rewrite, retention batches) first waits for that session's settles too, so a settle
+never copies runs after the write removed or re-encrypted them; `close()` waits for them all.
 
 Ownership and `if_version` are part of each update's filter; when an update misses, `_rules.decide`
 says why, from the owner and version stored.

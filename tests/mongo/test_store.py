@@ -349,6 +349,18 @@ async def test_an_append_is_settled_after_its_answer(store: MongoStore, admin: A
     ]
 
 
+async def test_an_append_waits_for_the_settle_of_its_session_still_running(
+    store: MongoStore, admin: Admin
+) -> None:
+    """Appends to one session faster than their settles would pile their runs up in the
+    session document, which MongoDB caps at 16 MiB."""
+    for i in range(10):
+        await store.append_runs("s", [run(i)])
+        assert len(raw(admin, store).find_one({"_id": "s"})["pending"]) == 1
+    await settled(store)
+    assert raw(admin, store, "_runs").count_documents({"session_id": "s"}) == 10
+
+
 async def test_past_its_bound_an_append_settles_before_it_answers(
     store: MongoStore, admin: Admin, monkeypatch: pytest.MonkeyPatch
 ) -> None:
