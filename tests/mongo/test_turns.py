@@ -133,6 +133,31 @@ async def test_the_log_of_given_ids_stays_bounded(store: MongoStore, admin: Admi
     assert again.version == doc["version"]
 
 
+async def test_a_given_id_only_an_overwritten_pending_entry_holds_is_not_stored(
+    store: MongoStore, admin: Admin
+) -> None:
+    """The check also reads the rows at the seqs where `pending` holds one of the ids: a newer
+    write there wins over an older entry still in `pending` (one whose settle is late, say)."""
+    await store.append_runs("s", [{"run_id": f"r{i}"} for i in range(3)])
+    await store.append_runs("s", [{"run_id": "r3"}])  # version 2, at seq 3
+    await settled(store)
+    late = {
+        "v": 1,
+        "start": 3,
+        "t": now_us(),
+        "runs": [{"run_id": "ghost", "run": {}, "esc": False}],
+    }
+    sessions(admin, store).update_one({"_id": "s"}, {"$push": {"pending": late}})
+    read = await store.read("s")
+    assert read is not None
+    assert read.run_ids == ["r0", "r1", "r2", "r3"]
+    appended = await store.append_runs("s", [{"run_id": "ghost"}, {"run_id": "r2"}])
+    assert (appended.run_ids, appended.runs_offset, appended.version) == (["ghost"], 4, 3)
+    again = await store.append_runs("s", [{"run_id": "ghost"}, {"run_id": "r2"}])
+    assert (again.run_ids, again.version) == (["ghost", "r2"], 3)
+    assert again.runs == [{"run_id": "ghost"}, {"run_id": "r2"}]
+
+
 # --- pops -----------------------------------------------------------------------------------------
 
 
