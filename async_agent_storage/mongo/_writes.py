@@ -404,7 +404,12 @@ class Writer:
         if operations:
             await self._bulk_runs(operations)
         if pulled:
-            await parts.sessions.update_one({"_id": sid, "gen": gen}, q.pull_entries(pulled))
+            pull = await parts.sessions.update_one({"_id": sid, "gen": gen}, q.pull_entries(pulled))
+            if pull.matched_count == 0:
+                # This history of the session is gone (deleted, expired, erased or replaced by
+                # another store object or process since the write): the copies just made are
+                # its runs' only trace, and must not outlive it.
+                await parts.runs.delete_many({"session_id": sid, "gen": gen})
 
     async def _bulk_runs(self, operations: list[Any]) -> None:
         try:

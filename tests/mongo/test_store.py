@@ -372,6 +372,32 @@ async def test_past_its_bound_an_append_settles_before_it_answers(
     assert raw(admin, store, "_runs").count_documents({"session_id": "s"}) == 2
 
 
+async def test_a_settle_that_lands_after_another_process_deleted_the_session_leaves_nothing(
+    store: MongoStore, mongo: MongoTarget, collection_name: str, admin: Admin
+) -> None:
+    """The waits of `settled` cover one store object; another process may delete (or erase)
+    the session while this one's settle is still to run. The settle then removes what it
+    copied: an erased user's runs do not come back as orphans."""
+    assert store._writer is not None
+    move = store._writer.move
+    go = asyncio.Event()
+
+    async def held_back(*args: Any, **kwargs: Any) -> None:
+        await go.wait()
+        await move(*args, **kwargs)
+
+    store._writer.move = held_back  # type: ignore[method-assign]
+    await store.append_runs("s", [run(0), run(1)], user_id="u")
+    async with MongoStore(collection_name, mongo.url, DB_NAME) as other:
+        erased = await other.delete_user("u")
+        assert erased.sessions == 1
+    go.set()
+    await settled(store)
+    assert raw(admin, store).find_one({"_id": "s"}) is None
+    assert raw(admin, store, "_runs").count_documents({"session_id": "s"}) == 0
+    assert await store.read("s") is None
+
+
 async def test_close_waits_for_the_settles_in_flight(
     mongo: MongoTarget, collection_name: str, admin: Admin
 ) -> None:
