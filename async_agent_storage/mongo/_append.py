@@ -8,7 +8,8 @@ the runs it already holds are left out, and the update applies only if no write 
 added one of the others (`_queries.unseen_since`, on the session's ``ids_log``), so no retry can
 slip in between the check and the append, while appends of other runs go on at the same time (a
 miss reads again, under `_rules.RETRY`). When every run is already there, nothing is written.
-Appends without given ids pay none of this: one update, then the settle of `_writes`.
+Appends without given ids pay none of this: one update. The settle of `_writes` (the runs copied
+to the runs collection) runs after the answer, in the background (`Writer.settle_later`).
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ async def append(writer: Writer, append: EncodedAppend) -> Session:
     ]
     stored_data = None if data is None else _bson.encode(data)
     given = append.given_ids
+    # One settle of a session in the background at a time, per store: appends to one session
+    # faster than their settles would pile their runs up in the document (16 MiB at most).
+    await writer.settled([append.session_id])
     created_with: int | None = None  # a fenced append's lease token for a session it creates
     for attempt in range(RETRY.attempts):
         plan: _Plan | Session | None
@@ -226,7 +230,7 @@ async def _appended(
     version, count = after["version"], after["run_count"]
     start = count - len(runs)
     entries = [Entry(version, start, [r.doc.item() for r in runs])] if runs else []
-    await writer.settle(
+    await writer.settle_later(
         after["_id"],
         after["gen"],
         entries,

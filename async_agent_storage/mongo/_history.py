@@ -66,6 +66,7 @@ async def _forget(writer: Writer, sid: str, gen: ObjectId, why: str) -> None:
 
 
 async def pop_runs(writer: Writer, sid: str, uid: str | None, n: int) -> list[dict[str, Any]]:
+    await writer.settled([sid])  # a pop deletes the runs it read back
     sessions = writer.parts.sessions
     filter_: dict[str, Any] = {"_id": sid, "run_count": {"$gt": 0}}
     if uid is not None:
@@ -204,6 +205,7 @@ def _run_document(
 
 
 async def truncate_runs(writer: Writer, sid: str, uid: str | None, keep: int) -> int:
+    await writer.settled([sid])  # the old history's runs are deleted after the switch
     parts = writer.parts
     for attempt in range(RETRY.attempts):
         doc = await _owned(writer, sid, uid)

@@ -33,11 +33,12 @@ one atomic update of the session document. The runs it writes go into that same 
 entry of ``pending`` holding the runs and the session version that wrote them, so the write is
 complete and visible the moment that update commits. Afterwards the writer copies the runs to the
 runs collection (idempotent, conditional on ``version``: an older write never overwrites a newer
-one) and removes its entry from ``pending``. Readers take each seq from the runs collection or
-from ``pending``, whichever holds the higher version, so a crash or a cancellation between the
-steps leaves nothing half-done: the runs stay readable from ``pending``, and the next write to the
-session copies entries left behind for longer than a few seconds. ``pending`` holds only writes
-in flight, so the session document does not grow with the history.
+one) and removes its entry from ``pending`` (an append does this in the background, after its
+caller has the answer: `_writes.Writer.settle_later`). Readers take each seq from the runs
+collection or from ``pending``, whichever holds the higher version, so a crash or a cancellation
+between the steps leaves nothing half-done: the runs stay readable from ``pending``, and the
+next write to the session copies entries left behind for longer than a few seconds. ``pending``
+holds only writes in flight, so the session document does not grow with the history.
 
 **Exactly-once appends without a lock.** An append whose runs carry ids the caller gave reads which
 of them the history holds, then writes the others on the condition that no write since its read

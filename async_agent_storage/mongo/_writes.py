@@ -2,23 +2,34 @@
 protocol): each write is one atomic update of its session document, which carries the runs it
 writes in `pending`; the writer then copies them to the runs collection ("settles" them).
 
+An append settles in the background (`Writer.settle_later`): its caller has its answer after the
+one update, since readers merge `pending` anyway (up to `SETTLES_IN_FLIGHT` at a time; past
+that, an append settles before it answers, so a server that falls behind slows the callers
+down rather than growing a backlog). An append waits for the settle of its session still in
+flight here, so one session's document never piles up the runs of several appends. A write of
+this store that deletes or rewrites runs of a session (upsert, delete, pop, truncate, a key
+rotation's rewrite, retention batches) first waits for that session's settles too, so a settle
+never copies runs after the write removed or re-encrypted them; `close()` waits for them all.
+
 Ownership and `if_version` are part of each update's filter; when an update misses, `_rules.decide`
 says why, from the owner and version stored.
 """
 
 from __future__ import annotations
 
-import logging
+import asyncio
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
+from functools import partial
 from typing import Any, Final
 
 from bson import ObjectId
 from pymongo import ReplaceOne, ReturnDocument, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
+from .._observe import logger_for
 from .._rules import RETRY, OwnerRule, Stored, Verdict, decide, not_owner, owns, sealed_key
 from .._time import from_us, now_us
 from ..errors import SessionOwnershipError
@@ -30,11 +41,14 @@ from ._rows import Prepared
 
 __all__ = ["Writer", "any_hold", "held", "stale_entries"]
 
-_log = logging.getLogger("async_agent_storage.mongo")
+_log = logger_for("mongodb")
 
 # An entry of `pending` older than this is taken to be left behind by a writer that died, and is
 # copied to the runs collection by the next write of the session.
 _STALE_US: Final = 10_000_000
+# The most appends' settles one store runs in the background; past it, an append settles before
+# it answers, as if the server were that much slower (the backlog, and its memory, stay bounded).
+SETTLES_IN_FLIGHT: Final = 128
 _DUPLICATE_KEY: Final = 11000
 
 
@@ -119,6 +133,64 @@ class Writer:
     def __init__(self, parts: Collections, label: str) -> None:
         self.parts = parts
         self.label = label
+        # The settles running in the background, by session id.
+        self.settling: dict[str, set[asyncio.Task[None]]] = {}
+
+    # --- settles in the background --------------------------------------------------------------
+
+    @property
+    def settles_in_flight(self) -> int:
+        return sum(map(len, self.settling.values()))
+
+    async def settle_later(
+        self,
+        sid: str,
+        gen: ObjectId,
+        entries: list[Entry],
+        *,
+        stale: Sequence[int] = (),
+        holds: Iterable[Mapping[str, Any]] | None = None,
+    ) -> None:
+        """`settle` in a task of its own, after the caller has its answer; inline when
+        `SETTLES_IN_FLIGHT` are running already. Nothing is lost when it fails or never runs:
+        the runs stay readable in `pending` (see `settle`)."""
+        if not entries and not stale:
+            return
+        if self.settles_in_flight >= SETTLES_IN_FLIGHT:
+            await self.settle(sid, gen, entries, stale=stale, holds=holds)
+            return
+        task = asyncio.ensure_future(self.settle(sid, gen, entries, stale=stale, holds=holds))
+        self.settling.setdefault(sid, set()).add(task)
+        task.add_done_callback(partial(self._settled, sid))
+
+    def _settled(self, sid: str, task: asyncio.Task[None]) -> None:
+        tasks = self.settling.get(sid)
+        if tasks is not None:
+            tasks.discard(task)
+            if not tasks:
+                del self.settling[sid]
+        if task.cancelled():
+            return
+        exc = task.exception()  # `settle` logs what the database raised; this is anything else
+        if exc is not None:
+            _log.warning(
+                "%s: session %r is written; moving its new runs out of the session document "
+                "failed and is left to its next write: %r",
+                self.label,
+                sid,
+                exc,
+                exc_info=exc,
+            )
+
+    async def settled(self, sids: Iterable[str] | None = None) -> None:
+        """Wait for the settles in flight of these sessions (None: of every session) when the
+        call is made. Waiting never cancels them, nor raises what they raised."""
+        if sids is None:
+            tasks = [t for running in self.settling.values() for t in running]
+        else:
+            tasks = [t for sid in sids for t in self.settling.get(sid, ())]
+        if tasks:
+            await asyncio.wait(tasks)
 
     async def live_doc(self, sid: str, projection: Mapping[str, Any]) -> dict[str, Any] | None:
         """The session's document, None when absent; an expired session is deleted here, with
@@ -156,6 +228,7 @@ class Writer:
     # --- upsert ---------------------------------------------------------------------------------
 
     async def upsert(self, p: Prepared, expected: int | None) -> Session:
+        await self.settled([p.session_id])  # this write may cut runs off the end
         now = now_us()
         gen = ObjectId()
         before: dict[str, Any] | None = None
@@ -331,7 +404,12 @@ class Writer:
         if operations:
             await self._bulk_runs(operations)
         if pulled:
-            await parts.sessions.update_one({"_id": sid, "gen": gen}, q.pull_entries(pulled))
+            pull = await parts.sessions.update_one({"_id": sid, "gen": gen}, q.pull_entries(pulled))
+            if pull.matched_count == 0:
+                # This history of the session is gone (deleted, expired, erased or replaced by
+                # another store object or process since the write): the copies just made are
+                # its runs' only trace, and must not outlive it.
+                await parts.runs.delete_many({"session_id": sid, "gen": gen})
 
     async def _bulk_runs(self, operations: list[Any]) -> None:
         try:
@@ -347,6 +425,7 @@ class Writer:
     # --- upsert_many ----------------------------------------------------------------------------
 
     async def upsert_many(self, items: list[Prepared]) -> list[Session]:
+        await self.settled([p.session_id for p in items])
         now = now_us()
         todo = {p.session_id: p for p in items}
         done: dict[str, Session] = {}
@@ -502,6 +581,7 @@ class Writer:
     # --- delete ---------------------------------------------------------------------------------
 
     async def delete(self, sid: str, uid: str | None) -> bool:
+        await self.settled([sid])
         filter_ = {"_id": sid} if uid is None else {"_id": sid, "user_id": uid}
         doc = await self.parts.sessions.find_one_and_delete(
             filter_, projection={"gen": 1, "holds": 1}

@@ -9,9 +9,10 @@ migrations collection (history and lease lock).
 No write uses a multi-document transaction (a standalone ``mongod`` has none, and they would tie
 sessions together on a sharded cluster): each write is one atomic update of its session document,
 which carries the runs it writes until they are copied to the runs collection (`_writes`; reads
-in `_reads`). `append_runs` (`_append`) merges a `state_patch` inside that update (`_patch`) and
-stores a given run id once without a lock; `pop_runs`, `truncate_runs` and `fork_session`
-(`_history`) copy histories inside the database.
+in `_reads`); an append's copy runs in the background, after its caller has the answer.
+`append_runs` (`_append`) merges a `state_patch` inside that update (`_patch`) and stores a given
+run id once without a lock; `pop_runs`, `truncate_runs` and `fork_session` (`_history`) copy
+histories inside the database.
 
 A Motor client passed in works too: the store only uses the collection methods both share.
 """
@@ -19,7 +20,7 @@ A Motor client passed in works too: the store only uses the collection methods b
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, ClassVar, Final, TypeVar, Unpack
 from urllib.parse import unquote
@@ -220,10 +221,14 @@ class MongoStore(StoreBase):
         self._writer = Writer(self._collections(client), self.label)
 
     async def _close_resources(self) -> None:
-        """Wait for writes in progress (a cancelled call's write included), then close the client
-        the store made (never one passed in)."""
-        while self._calls:
+        """Wait for writes in progress (a cancelled call's write included) and for the settles
+        of appends running in the background, then close the client the store made (never one
+        passed in)."""
+        writer = self._writer
+        while self._calls or (writer is not None and writer.settling):
             await asyncio.gather(*list(self._calls), return_exceptions=True)
+            if writer is not None:
+                await writer.settled()
         client, self._client, self._writer = self._client, None, None
         if client is not None:
             await client.close()
@@ -337,7 +342,12 @@ class MongoStore(StoreBase):
         await self._shielded(self._live(self._writer).parts.database.command("ping"))
 
     def _stats(self) -> dict[str, Any]:
-        return {"calls_in_flight": len(self._calls), "pool_max_size": self.pool_max_size}
+        settling = 0 if self._writer is None else self._writer.settles_in_flight
+        return {
+            "calls_in_flight": len(self._calls),
+            "settles_in_flight": settling,
+            "pool_max_size": self.pool_max_size,
+        }
 
     async def _drop(self) -> None:
         database = self._live(self._writer).parts.database
@@ -350,16 +360,30 @@ class MongoStore(StoreBase):
             await database.drop_collection(name)
 
     async def _purge_expired(self, batch: int) -> tuple[int, int]:
-        parts = self._live(self._writer).parts
-        return await self._shielded(_retention.delete_batch(parts, None, batch))
+        return await self._shielded(
+            self._after_settles(None, lambda parts: _retention.delete_batch(parts, None, batch))
+        )
 
     async def _delete_user(self, user_id: str, batch: int) -> tuple[int, int]:
-        parts = self._live(self._writer).parts
-        return await self._shielded(_retention.delete_batch(parts, user_id, batch))
+        return await self._shielded(
+            self._after_settles(None, lambda parts: _retention.delete_batch(parts, user_id, batch))
+        )
 
     async def _reseal(self, reseal: Reseal) -> bool:
-        parts = self._live(self._writer).parts
-        return await self._shielded(_retention.reseal(parts, reseal))
+        return await self._shielded(
+            self._after_settles([reseal.session_id], lambda parts: _retention.reseal(parts, reseal))
+        )
+
+    async def _after_settles(
+        self,
+        sids: list[str] | None,
+        work: Callable[[Collections], Awaitable[T]],
+    ) -> T:
+        """`work` once the appends' settles in flight of these sessions (None: all) are done:
+        a settle must not copy runs after this call deleted or rewrote them."""
+        writer = self._live(self._writer)
+        await writer.settled(sids)
+        return await work(writer.parts)
 
     async def _take_lease(
         self, session_id: str, user_id: str | None, holder: str, ttl: float

@@ -6,19 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pymongo import MongoClient
 from pymongo.uri_parser import parse_uri
 
 from async_agent_storage import Session, StorageError, StorageUnavailableError
 from async_agent_storage.mongo import MongoStore
+from async_agent_storage.mongo._writes import _STALE_US
 from tests.conftest import NOT_RUN
 
 from ._server import MongoecoServer, collect_leaked_sockets, free_port
 from .conftest import DB_NAME, MongoTarget
+from .test_store import settled
 
 pytestmark = [
     pytest.mark.anyio,
@@ -220,4 +224,41 @@ async def test_server_killed_mid_call_then_restarted(
     finally:
         with contextlib.suppress(StorageError):
             await asyncio.to_thread(server.stop)
+    collect_leaked_sockets()
+
+
+async def test_a_settle_that_fails_leaves_the_runs_readable_and_the_next_write_finishes_it(
+    mongo: MongoTarget,
+    proxy: Proxy,
+    collection_name: str,
+    admin: MongoClient[Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The server hangs right after an append's answer, before its settle (in the background)
+    has its own: the settle times out, says so at WARNING, and nothing is lost."""
+    sessions: Any = admin[DB_NAME][collection_name]
+    runs: Any = admin[DB_NAME][collection_name + "_runs"]
+    url = through(mongo.url, proxy.port)
+    async with MongoStore(collection_name, url, DB_NAME, operation_timeout=1.0) as store:
+        await store.append_runs("a", [run(0)])
+        await settled(store)
+        caplog.set_level(logging.WARNING, logger="async_agent_storage.mongo")
+        appended = await store.append_runs("a", [run(1)])
+        proxy.hold()
+        await settled(store)
+        (record,) = [r for r in caplog.records if r.name == "async_agent_storage.mongo"]
+        assert record.levelno == logging.WARNING
+        assert "left to its next write" in record.getMessage()
+        proxy.release()
+        assert len(sessions.find_one({"_id": "a"})["pending"]) == 1  # not moved
+        read = await store.read("a")
+        assert read is not None
+        assert read.runs == [run(0), *appended.runs]
+        # The next write finishes it, once it is old enough to be taken as left behind.
+        sessions.update_one({"_id": "a"}, {"$inc": {"pending.0.t": -_STALE_US - 1}})
+        await store.append_runs("a", [run(2)])
+        await settled(store)
+    assert sessions.find_one({"_id": "a"})["pending"] == []
+    rows = runs.find({"session_id": "a"}).sort("seq")
+    assert [(row["seq"], row["run"]) for row in rows] == [(i, run(i)) for i in range(3)]
     collect_leaked_sockets()

@@ -20,7 +20,7 @@ from async_agent_storage import (
     open_store,
 )
 from async_agent_storage._time import to_us
-from async_agent_storage.mongo import MongoStore
+from async_agent_storage.mongo import MongoStore, _writes
 from async_agent_storage.mongo._writes import _STALE_US
 
 from ._server import collect_leaked_sockets, free_port
@@ -42,6 +42,13 @@ def raw(admin: Admin, store: MongoStore, suffix: str = "") -> Any:
 
 def run(i: int, **extra: Any) -> dict[str, Any]:
     return {"input": f"question {i}", "output": f"answer {i}", **extra}
+
+
+async def settled(store: MongoStore) -> None:
+    """Wait for the settles of appends still running in the background (an append's runs are
+    copied to the runs collection after its caller has the answer)."""
+    assert store._writer is not None
+    await store._writer.settled()
 
 
 def no_settle(store: MongoStore, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -95,6 +102,7 @@ async def test_a_write_stopped_before_moving_its_runs_is_whole_and_finished_late
     store: MongoStore, admin: Admin, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await store.append_runs("crash", [run(0), run(1)], user_id="u")
+    await settled(store)
     with monkeypatch.context() as patch:
         no_settle(store, patch)
         stopped = await store.append_runs(
@@ -117,6 +125,7 @@ async def test_a_write_stopped_before_moving_its_runs_is_whole_and_finished_late
     # A write that comes after finishes the abandoned one once it is old enough.
     sessions.update_one({"_id": "crash"}, {"$inc": {"pending.0.t": -_STALE_US - 1}})
     await store.append_runs("crash", [run(4)], user_id="u")
+    await settled(store)
     assert sessions.find_one({"_id": "crash"})["pending"] == []
     assert runs.count_documents({"session_id": "crash"}) == 5
     read = await store.read("crash")
@@ -177,6 +186,7 @@ async def test_a_reader_never_sees_two_versions_mixed(store: MongoStore) -> None
 
 async def test_runs_of_a_deleted_session_never_come_back(store: MongoStore, admin: Admin) -> None:
     await store.append_runs("gone", [run(0), run(1)])
+    await settled(store)
     old_runs = list(raw(admin, store, "_runs").find({"session_id": "gone"}, {"_id": 0}))
     assert await store.delete_session("gone")
     assert raw(admin, store, "_runs").count_documents({"session_id": "gone"}) == 0
@@ -267,37 +277,139 @@ async def test_no_call_uses_a_multi_document_transaction(
         assert "autocommit" not in command, name
 
 
-async def test_an_append_costs_three_round_trips_and_five_with_caller_given_run_ids(
+class ByTask(monitoring.CommandListener):
+    """The commands sent, each with whether an append's background settle sent it."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bool]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name in ("endSessions", "hello", "isMaster"):
+            return  # the client's own
+        task = asyncio.current_task()
+        coro = None if task is None else task.get_coro()
+        self.sent.append((event.command_name, getattr(coro, "__qualname__", "") == "Writer.settle"))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+    def caller(self) -> list[str]:
+        return [name for name, background in self.sent if not background]
+
+    def settle(self) -> list[str]:
+        return [name for name, background in self.sent if background]
+
+
+async def test_an_append_answers_after_one_round_trip_and_three_with_caller_given_run_ids(
     mongo: MongoTarget, collection_name: str
 ) -> None:
-    """The round trips of append_runs (docs/benchmarks.md): the atomic update of the session
-    document, then the settle (the new runs copied to the runs collection, then pulled from the
-    document's `pending`). Runs with ids the caller gave (the only ids a retry repeats) first
-    read the session and the stored runs with those ids, for exactly-once appends."""
-    listener = Commands()
+    """The round trips of append_runs in its caller's path (docs/benchmarks.md): the atomic
+    update of the session document. The settle (the new runs copied to the runs collection,
+    then pulled from the document's `pending`) runs afterwards, in the background. Runs with ids
+    the caller gave (the only ids a retry repeats) first read the session and the stored runs
+    with those ids, for exactly-once appends."""
+    listener = ByTask()
     options = {"event_listeners": [listener]}
     async with MongoStore(collection_name, mongo.url, DB_NAME, client_options=options) as store:
         await store.append_runs("t", [run(0)], user_id="u", session_data={"a": 1})
-
-        def sent(call_names: list[str]) -> list[str]:
-            return [name for name in call_names if name not in ("endSessions", "hello")]
-
-        listener.commands.clear()
+        await settled(store)
+        listener.sent.clear()
         await store.append_runs("t", [run(1)], user_id="u", state_patch={"b": 2})
-        assert sent([name for name, _ in listener.commands]) == [
-            "findAndModify",
-            "update",
-            "update",
-        ]
-        listener.commands.clear()
+        await settled(store)
+        assert listener.caller() == ["findAndModify"]
+        assert listener.settle() == ["update", "update"]
+        listener.sent.clear()
         await store.append_runs("t", [run(2, run_id="r2")], user_id="u", state_patch={"b": 3})
-        assert sent([name for name, _ in listener.commands]) == [
-            "find",
-            "find",
-            "findAndModify",
-            "update",
-            "update",
-        ]
+        await settled(store)
+        assert listener.caller() == ["find", "find", "findAndModify"]
+        assert listener.settle() == ["update", "update"]
+
+
+async def test_an_append_is_settled_after_its_answer(store: MongoStore, admin: Admin) -> None:
+    await store.append_runs("s", [run(0)])
+    await settled(store)
+    appended = await store.append_runs("s", [run(1), run(2)])
+    # Answered: the runs are still in the session document, and readable from there.
+    assert store.stats()["settles_in_flight"] == 1
+    assert [len(e["runs"]) for e in raw(admin, store).find_one({"_id": "s"})["pending"]] == [2]
+    read = await store.read("s")
+    assert read is not None
+    assert read.runs[1:] == appended.runs
+    await settled(store)
+    assert store.stats()["settles_in_flight"] == 0
+    assert raw(admin, store).find_one({"_id": "s"})["pending"] == []
+    rows = raw(admin, store, "_runs").find({"session_id": "s"}).sort("seq")
+    assert [(row["seq"], row["version"], row["run"]) for row in rows] == [
+        (0, 1, run(0)),
+        (1, 2, run(1)),
+        (2, 2, run(2)),
+    ]
+
+
+async def test_an_append_waits_for_the_settle_of_its_session_still_running(
+    store: MongoStore, admin: Admin
+) -> None:
+    """Appends to one session faster than their settles would pile their runs up in the
+    session document, which MongoDB caps at 16 MiB."""
+    for i in range(10):
+        await store.append_runs("s", [run(i)])
+        assert len(raw(admin, store).find_one({"_id": "s"})["pending"]) == 1
+    await settled(store)
+    assert raw(admin, store, "_runs").count_documents({"session_id": "s"}) == 10
+
+
+async def test_past_its_bound_an_append_settles_before_it_answers(
+    store: MongoStore, admin: Admin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that falls behind slows the callers down instead of growing a backlog."""
+    monkeypatch.setattr(_writes, "SETTLES_IN_FLIGHT", 0)
+    await store.append_runs("s", [run(0), run(1)])
+    assert store.stats()["settles_in_flight"] == 0
+    assert raw(admin, store).find_one({"_id": "s"})["pending"] == []
+    assert raw(admin, store, "_runs").count_documents({"session_id": "s"}) == 2
+
+
+async def test_a_settle_that_lands_after_another_process_deleted_the_session_leaves_nothing(
+    store: MongoStore, mongo: MongoTarget, collection_name: str, admin: Admin
+) -> None:
+    """The waits of `settled` cover one store object; another process may delete (or erase)
+    the session while this one's settle is still to run. The settle then removes what it
+    copied: an erased user's runs do not come back as orphans."""
+    assert store._writer is not None
+    move = store._writer.move
+    go = asyncio.Event()
+
+    async def held_back(*args: Any, **kwargs: Any) -> None:
+        await go.wait()
+        await move(*args, **kwargs)
+
+    store._writer.move = held_back  # type: ignore[method-assign]
+    await store.append_runs("s", [run(0), run(1)], user_id="u")
+    async with MongoStore(collection_name, mongo.url, DB_NAME) as other:
+        erased = await other.delete_user("u")
+        assert erased.sessions == 1
+    go.set()
+    await settled(store)
+    assert raw(admin, store).find_one({"_id": "s"}) is None
+    assert raw(admin, store, "_runs").count_documents({"session_id": "s"}) == 0
+    assert await store.read("s") is None
+
+
+async def test_close_waits_for_the_settles_in_flight(
+    mongo: MongoTarget, collection_name: str, admin: Admin
+) -> None:
+    store = MongoStore(collection_name, mongo.url, DB_NAME)
+    await store.open()
+    await asyncio.gather(*(store.append_runs(f"c{i}", [run(i)]) for i in range(20)))
+    assert store.stats()["settles_in_flight"] > 0
+    await store.close()
+    # Had the client been closed under them, their runs would still be in `pending`.
+    sessions = admin[DB_NAME][collection_name]
+    assert sessions.count_documents({"pending.0": {"$exists": True}}) == 0
+    assert admin[DB_NAME][collection_name + "_runs"].count_documents({}) == 20
 
 
 # --- upsert_many ----------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from async_agent_storage.mongo import MongoStore, _append, _history
 from async_agent_storage.mongo import _queries as q
 
 from .conftest import DB_NAME, MongoTarget
-from .test_store import Commands, no_settle
+from .test_store import Commands, no_settle, settled
 
 pytestmark = [pytest.mark.anyio, pytest.mark.mongo]
 Admin = MongoClient[dict[str, Any]]
@@ -133,6 +133,31 @@ async def test_the_log_of_given_ids_stays_bounded(store: MongoStore, admin: Admi
     assert again.version == doc["version"]
 
 
+async def test_a_given_id_only_an_overwritten_pending_entry_holds_is_not_stored(
+    store: MongoStore, admin: Admin
+) -> None:
+    """The check also reads the rows at the seqs where `pending` holds one of the ids: a newer
+    write there wins over an older entry still in `pending` (one whose settle is late, say)."""
+    await store.append_runs("s", [{"run_id": f"r{i}"} for i in range(3)])
+    await store.append_runs("s", [{"run_id": "r3"}])  # version 2, at seq 3
+    await settled(store)
+    late = {
+        "v": 1,
+        "start": 3,
+        "t": now_us(),
+        "runs": [{"run_id": "ghost", "run": {}, "esc": False}],
+    }
+    sessions(admin, store).update_one({"_id": "s"}, {"$push": {"pending": late}})
+    read = await store.read("s")
+    assert read is not None
+    assert read.run_ids == ["r0", "r1", "r2", "r3"]
+    appended = await store.append_runs("s", [{"run_id": "ghost"}, {"run_id": "r2"}])
+    assert (appended.run_ids, appended.runs_offset, appended.version) == (["ghost"], 4, 3)
+    again = await store.append_runs("s", [{"run_id": "ghost"}, {"run_id": "r2"}])
+    assert (again.run_ids, again.version) == (["ghost", "r2"], 3)
+    assert again.runs == [{"run_id": "ghost"}, {"run_id": "r2"}]
+
+
 # --- pops -----------------------------------------------------------------------------------------
 
 
@@ -163,13 +188,16 @@ async def test_a_pop_reads_back_its_runs_while_an_append_reuses_their_seqs(
 
 async def test_a_hold_left_by_a_pop_that_died_expires(store: MongoStore, admin: Admin) -> None:
     await store.append_runs("s", [{"i": 0}])
+    await settled(store)
     hold = {"v": 1, "low": 0, "high": 10}
     sessions(admin, store).update_one({"_id": "s"}, {"$set": {"holds": [{**hold, "t": now_us()}]}})
     await store.append_runs("s", [{"i": 1}])
+    await settled(store)
     assert len(sessions(admin, store).find_one({"_id": "s"})["pending"]) == 1  # held
     expired = now_us() - q.HOLD_US - 1
     sessions(admin, store).update_one({"_id": "s"}, {"$set": {"holds": [{**hold, "t": expired}]}})
     await store.append_runs("s", [{"i": 2}])
+    await settled(store)
     doc = sessions(admin, store).find_one({"_id": "s"})
     assert len(doc["pending"]) == 1  # its own runs were copied; the held entry waits
     assert runs(admin, store).count_documents({"session_id": "s"}) == 2
@@ -185,6 +213,7 @@ async def test_run_level_calls_see_runs_still_in_pending(
     store: MongoStore, admin: Admin, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await store.append_runs("s", [{"run_id": f"r{i}", "i": i} for i in range(3)])
+    await settled(store)
     with monkeypatch.context() as patch:
         no_settle(store, patch)
         await store.append_runs("s", [{"run_id": f"r{i}", "i": i} for i in range(3, 6)])
