@@ -33,7 +33,7 @@ from ._patch import patch_expression
 from ._queries import Entry, RunDoc
 from ._reads import StoredRun, decode_run, runs_by_id
 from ._rows import run_doc, session_from_doc
-from ._writes import Writer, sealed_of, stale_entries
+from ._writes import Slot, Writer, sealed_of, stale_entries
 
 __all__ = ["append"]
 
@@ -74,10 +74,25 @@ async def append(writer: Writer, append: EncodedAppend) -> Session:
         for r, v in zip(append.runs, values, strict=True)
     ]
     stored_data = None if data is None else _bson.encode(data)
+    # A few appends of a session between update and settle at a time, per store: appends to one
+    # session faster than their settles would pile their runs up in the document (16 MiB at most).
+    slot = await writer.slot(append.session_id)
+    try:
+        return await _append(writer, append, runs, stored_data, patch, data, slot)
+    finally:
+        slot.release()  # unless the settle's task has it
+
+
+async def _append(
+    writer: Writer,
+    append: EncodedAppend,
+    runs: list[_Run],
+    stored_data: tuple[Any, bool] | None,
+    patch: tuple[dict[str, Any], bool] | None,
+    data: dict[str, Any] | None,
+    slot: Slot,
+) -> Session:
     given = append.given_ids
-    # One settle of a session in the background at a time, per store: appends to one session
-    # faster than their settles would pile their runs up in the document (16 MiB at most).
-    await writer.settled([append.session_id])
     created_with: int | None = None  # a fenced append's lease token for a session it creates
     for attempt in range(RETRY.attempts):
         plan: _Plan | Session | None
@@ -107,7 +122,7 @@ async def append(writer: Writer, append: EncodedAppend) -> Session:
             if after is not None:
                 if append.fence is not None and after["version"] == 1:
                     await _leases.after_create(writer.parts, append.session_id, append.fence)
-                return await _appended(writer, after, plan.runs, data, now)
+                return await _appended(writer, after, plan.runs, data, now, slot)
         await RETRY.pause(attempt)
     raise RETRY.exhausted(writer.label, append.session_id)
 
@@ -226,6 +241,7 @@ async def _appended(
     runs: list[_Run],
     data: dict[str, Any] | None,
     now: int,
+    slot: Slot,
 ) -> Session:
     version, count = after["version"], after["run_count"]
     start = count - len(runs)
@@ -236,6 +252,7 @@ async def _appended(
         entries,
         stale=stale_entries(after, now),
         holds=after.get("holds"),
+        slot=slot,
     )
     return session_from_doc(
         after, [r.value for r in runs], start, [r.run_id for r in runs], session_data=data

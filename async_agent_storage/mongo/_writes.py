@@ -5,8 +5,10 @@ writes in `pending`; the writer then copies them to the runs collection ("settle
 An append settles in the background (`Writer.settle_later`): its caller has its answer after the
 one update, since readers merge `pending` anyway (up to `SETTLES_IN_FLIGHT` at a time; past
 that, an append settles before it answers, so a server that falls behind slows the callers
-down rather than growing a backlog). An append waits for the settle of its session still in
-flight here, so one session's document never piles up the runs of several appends. A write of
+down rather than growing a backlog). At most `APPENDS_PER_SESSION` appends of one session are
+between their update and the end of their settle in one store (`Writer.slot`); the next waits
+for one of them, so one session's document never piles up the runs of more appends than that,
+while that many concurrent appends to one session still run side by side. A write of
 this store that deletes or rewrites runs of a session (upsert, delete, pop, truncate, a key
 rotation's rewrite, retention batches) first waits for that session's settles too, so a settle
 never copies runs after the write removed or re-encrypted them; `close()` waits for them all.
@@ -39,7 +41,7 @@ from . import _queries as q
 from ._queries import Collections, Entry
 from ._rows import Prepared
 
-__all__ = ["Writer", "any_hold", "held", "stale_entries"]
+__all__ = ["Slot", "Writer", "any_hold", "held", "stale_entries"]
 
 _log = logger_for("mongodb")
 
@@ -49,6 +51,11 @@ _STALE_US: Final = 10_000_000
 # The most appends' settles one store runs in the background; past it, an append settles before
 # it answers, as if the server were that much slower (the backlog, and its memory, stay bounded).
 SETTLES_IN_FLIGHT: Final = 128
+# The most appends of one session between their update and the end of their settle, per store;
+# past it, the next append to that session waits for one of them. Bounds the runs waiting in the
+# session document (MongoDB caps it at 16 MiB) without making a few concurrent appends to one
+# session (tools, sub-agents) queue behind each other's settles.
+APPENDS_PER_SESSION: Final = 8
 _DUPLICATE_KEY: Final = 11000
 
 
@@ -127,6 +134,35 @@ def sealed_of(doc: Mapping[str, Any]) -> str | None:
     return sealed_key(state if isinstance(state, str) else "")
 
 
+class _Room:
+    """The places of one session's appends in one store."""
+
+    __slots__ = ("places", "users")
+
+    def __init__(self, size: int) -> None:
+        self.places = asyncio.Semaphore(size)
+        self.users = 0  # holding a place or waiting for one
+
+
+class Slot:
+    """An append's place among its session's (`Writer.slot`). The append releases it when it
+    ends, unless it handed it to its settle's task (`hand_to`), which releases it when done."""
+
+    __slots__ = ("_held", "_room", "_sid", "_writer")
+
+    def __init__(self, writer: Writer, sid: str, room: _Room) -> None:
+        self._writer, self._sid, self._room, self._held = writer, sid, room, True
+
+    def hand_to(self, task: asyncio.Task[None]) -> None:
+        self._held = False
+        task.add_done_callback(lambda _: self._writer._leave(self._sid, self._room))
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._writer._leave(self._sid, self._room)
+
+
 class Writer:
     """The writes of one store's collections."""
 
@@ -135,6 +171,8 @@ class Writer:
         self.label = label
         # The settles running in the background, by session id.
         self.settling: dict[str, set[asyncio.Task[None]]] = {}
+        # The sessions with appends between their update and the end of their settle.
+        self._rooms: dict[str, _Room] = {}
 
     # --- settles in the background --------------------------------------------------------------
 
@@ -150,10 +188,12 @@ class Writer:
         *,
         stale: Sequence[int] = (),
         holds: Iterable[Mapping[str, Any]] | None = None,
+        slot: Slot | None = None,
     ) -> None:
         """`settle` in a task of its own, after the caller has its answer; inline when
         `SETTLES_IN_FLIGHT` are running already. Nothing is lost when it fails or never runs:
-        the runs stay readable in `pending` (see `settle`)."""
+        the runs stay readable in `pending` (see `settle`). `slot`, the append's, is released
+        when the settle ends."""
         if not entries and not stale:
             return
         if self.settles_in_flight >= SETTLES_IN_FLIGHT:
@@ -162,6 +202,8 @@ class Writer:
         task = asyncio.ensure_future(self.settle(sid, gen, entries, stale=stale, holds=holds))
         self.settling.setdefault(sid, set()).add(task)
         task.add_done_callback(partial(self._settled, sid))
+        if slot is not None:
+            slot.hand_to(task)
 
     def _settled(self, sid: str, task: asyncio.Task[None]) -> None:
         tasks = self.settling.get(sid)
@@ -181,6 +223,28 @@ class Writer:
                 exc,
                 exc_info=exc,
             )
+
+    async def slot(self, sid: str) -> Slot:
+        """One of the `APPENDS_PER_SESSION` places of session `sid`, waiting for one when all
+        are taken. Released by `settle_later` when the append's settle ends, or by the append
+        itself when it hands nothing over (see `Slot`)."""
+        room = self._rooms.get(sid)
+        if room is None:
+            room = self._rooms[sid] = _Room(APPENDS_PER_SESSION)
+        room.users += 1
+        try:
+            await room.places.acquire()
+        except BaseException:
+            self._leave(sid, room, taken=False)
+            raise
+        return Slot(self, sid, room)
+
+    def _leave(self, sid: str, room: _Room, *, taken: bool = True) -> None:
+        if taken:
+            room.places.release()
+        room.users -= 1
+        if not room.users:
+            del self._rooms[sid]
 
     async def settled(self, sids: Iterable[str] | None = None) -> None:
         """Wait for the settles in flight of these sessions (None: of every session) when the

@@ -16,6 +16,8 @@ from async_agent_storage import (
     MigrationError,
     SerializationError,
     Session,
+    SessionConflictError,
+    SessionOwnershipError,
     StorageUnavailableError,
     open_store,
 )
@@ -349,16 +351,74 @@ async def test_an_append_is_settled_after_its_answer(store: MongoStore, admin: A
     ]
 
 
-async def test_an_append_waits_for_the_settle_of_its_session_still_running(
+async def test_an_append_waits_only_while_its_session_has_its_bound_of_appends_settling(
     store: MongoStore, admin: Admin
 ) -> None:
     """Appends to one session faster than their settles would pile their runs up in the
-    session document, which MongoDB caps at 16 MiB."""
-    for i in range(10):
-        await store.append_runs("s", [run(i)])
-        assert len(raw(admin, store).find_one({"_id": "s"})["pending"]) == 1
+    session document, which MongoDB caps at 16 MiB; below the bound, appends to one session
+    do not queue behind each other's settles."""
+    assert store._writer is not None
+    move = store._writer.move
+    go = asyncio.Event()
+
+    async def held_back(*args: Any, **kwargs: Any) -> None:
+        await go.wait()
+        await move(*args, **kwargs)
+
+    store._writer.move = held_back  # type: ignore[method-assign]
+    bound = _writes.APPENDS_PER_SESSION
+    for i in range(bound):  # each answers though every settle before it is still held
+        await asyncio.wait_for(store.append_runs("s", [run(i)]), 10)
+    assert len(raw(admin, store).find_one({"_id": "s"})["pending"]) == bound
+    await store.append_runs("other", [run(0)])  # the bound is per session
+    one_past = asyncio.ensure_future(store.append_runs("s", [run(bound)]))
+    done, _ = await asyncio.wait([one_past], timeout=0.5)
+    assert not done  # waits for one of its session's settles
+    assert len(raw(admin, store).find_one({"_id": "s"})["pending"]) == bound
+    go.set()
+    assert (await one_past).version == bound + 1
     await settled(store)
-    assert raw(admin, store, "_runs").count_documents({"session_id": "s"}) == 10
+    read = await store.read("s")
+    assert read is not None
+    assert [r["input"] for r in read.runs] == [f"question {i}" for i in range(bound + 1)]
+    assert raw(admin, store).find_one({"_id": "s"})["pending"] == []
+    assert raw(admin, store, "_runs").count_documents({"session_id": "s"}) == bound + 1
+
+
+async def test_appends_that_fail_and_waits_cancelled_give_their_place_back(
+    store: MongoStore,
+) -> None:
+    """A session's places are not used up by appends that wrote nothing."""
+    assert store._writer is not None
+    await store.append_runs("s", [run(0)], user_id="u")
+    for i in range(2 * _writes.APPENDS_PER_SESSION):
+        with pytest.raises(SessionOwnershipError):
+            await store.append_runs("s", [run(i)], user_id="someone else")
+        with pytest.raises(SessionConflictError):
+            await store.append_runs("s", [run(i)], user_id="u", if_version=7)
+    assert store._writer._rooms == {}
+    move = store._writer.move
+    go = asyncio.Event()
+
+    async def held_back(*args: Any, **kwargs: Any) -> None:
+        await go.wait()
+        await move(*args, **kwargs)
+
+    store._writer.move = held_back  # type: ignore[method-assign]
+    bound = _writes.APPENDS_PER_SESSION
+    await asyncio.gather(*(store.append_runs("s", [run(i)], user_id="u") for i in range(bound)))
+    # (a store's write goes on when its caller is cancelled: cancel the wait for a place itself)
+    waiting = asyncio.ensure_future(store._writer.slot("s"))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    go.set()
+    await settled(store)
+    assert store._writer._rooms == {}
+    stored = await asyncio.wait_for(store.append_runs("s", [run(1)], user_id="u"), 10)
+    assert stored.version == bound + 2
 
 
 async def test_past_its_bound_an_append_settles_before_it_answers(
