@@ -214,6 +214,20 @@ def test_the_body_cost_compares_the_three_column_types(pg_url: str) -> None:
         assert cells["bytes"] > 1000  # 10 runs of about 1.4 KB a session
 
 
+def test_the_layout_cost_holds_the_same_runs_in_every_layout(pg_url: str) -> None:
+    """`measure` reads every layout back against the store's after its appends (it raises when
+    one holds other runs) and reports bytes, reads and appends for each."""
+    from benchmarks import layout_cost
+
+    result = asyncio.run(layout_cost.measure(pg_url, "bench_layout_cost", 30, 2, 8))
+    assert list(result) == ["row", "row_zlib", *(f"chunk{k}" for k in layout_cost.CHUNKS), "doc"]
+    for cells in result.values():
+        assert cells["read"] > 0
+        assert cells["append"] > 0
+        assert cells["after"] >= cells["seeded"] > 1000
+    assert result["row_zlib"]["seeded"] < result["row"]["seeded"]
+
+
 def test_the_lease_cost_runs_interleaved_rounds_on_sqlite(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
