@@ -100,18 +100,23 @@ class RunSource:
 
 
 class RunList(list[dict[str, Any]]):
-    """The runs of a session read from a store that keeps JSON text exactly, with that text
-    (`stored`, one entry per run as read) and where it was read (`source`). It lets `upsert` find
-    the runs that did not change without encoding them, and skip rewriting them. Otherwise an
-    ordinary list."""
+    """The runs of a session read from a store that keeps JSON text exactly, with that text and
+    the run ids (`stored`, `ids`: one entry per run as read) and where it was read (`source`). It
+    lets `upsert` find the runs that did not change, text and id, without encoding them, and
+    skip rewriting them. Otherwise an ordinary list."""
 
-    __slots__ = ("source", "stored")
+    __slots__ = ("ids", "source", "stored")
 
     def __init__(
-        self, runs: list[dict[str, Any]], stored: tuple[bytes, ...], source: RunSource | None
+        self,
+        runs: list[dict[str, Any]],
+        stored: tuple[bytes, ...],
+        ids: tuple[str, ...],
+        source: RunSource | None,
     ) -> None:
         super().__init__(runs)
         self.stored = stored
+        self.ids = ids
         self.source = source
 
 
@@ -221,23 +226,25 @@ def encode_runs(
 ) -> list[EncodedRun]:
     """Check and encode runs, each with its id (see `_prepare_run`); the caller's dicts are not
     changed, and two runs with one id are refused. Runs of a `RunList` that still encode to the
-    text they were read as reuse it."""
+    text they were read as, under the id they were read with, reuse it and are marked
+    `unchanged`."""
     if isinstance(runs, str | bytes | Mapping) or not isinstance(runs, Sequence):
         raise InvalidInputError(f"runs must be a list of dicts, got {type(runs).__name__}")
     ids = _check_run_ids(run_ids, len(runs))
-    stored = runs.stored if isinstance(runs, RunList) else ()
+    stored, read_ids = (runs.stored, runs.ids) if isinstance(runs, RunList) else ((), ())
     encoded: list[EncodedRun] = []
     size = base_size
     for index, run in enumerate(runs):
         fallback = ids[index] if index < len(ids) else None
         if (
             index < len(stored)
+            and index < len(read_ids)
             and type(run) is dict
-            and type(run.get("run_id", fallback)) is str
+            and type(run_id := run.get("run_id", fallback)) is str
+            and run_id == read_ids[index]
             and codec.same_json(run, stored[index])
         ):
             data = stored[index]
-            run_id, given = run.get("run_id", fallback), True
             encoded.append(EncodedRun(check_id(run_id, f"runs[{index}].run_id"), data, True, True))
         else:
             where = f"runs[{index}]"
@@ -360,13 +367,17 @@ def encode_sessions(sessions: object, *, max_bytes: int) -> list[EncodedSession]
 
 
 def decode_runs(
-    bodies: Sequence[str | bytes], *, marked: bool = False, source: RunSource | None = None
+    bodies: Sequence[str | bytes],
+    *,
+    marked: bool = False,
+    ids: Sequence[str] = (),
+    source: RunSource | None = None,
 ) -> list[dict[str, Any]]:
     """Decode stored run bodies with one parser call. With `marked` (the bodies are exactly what
-    the codec wrote, see `_codec.loads`) the result is a `RunList` that keeps them, and where
-    they were read (`source`)."""
+    the codec wrote, see `_codec.loads`) the result is a `RunList` that keeps them, their `ids`
+    and where they were read (`source`)."""
     if not bodies:
-        return RunList([], (), source) if marked else []
+        return RunList([], (), (), source) if marked else []
     if isinstance(bodies[0], str):
         text = "[" + ",".join(cast(Sequence[str], bodies)) + "]"
         exact = marked and any(b[:1] == " " for b in bodies)
@@ -376,7 +387,7 @@ def decode_runs(
     runs: list[dict[str, Any]] = codec.loads(
         b"[" + b",".join(raw) + b"]", marked=marked and not exact
     )
-    return RunList(runs, tuple(raw), source) if marked else runs
+    return RunList(runs, tuple(raw), tuple(ids), source) if marked else runs
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -421,7 +432,12 @@ def session_from_encoded(
         workflow_data=_loads_optional(enc.workflow_data),
         metadata=_loads_optional(enc.metadata),
         summary=_loads_optional(enc.summary),
-        runs=decode_runs([r.body for r in enc.runs], marked=True, source=source),
+        runs=decode_runs(
+            [r.body for r in enc.runs],
+            marked=True,
+            ids=[r.run_id for r in enc.runs],
+            source=source,
+        ),
         runs_offset=runs_offset,
         created_at=created_at,
         updated_at=updated_at,

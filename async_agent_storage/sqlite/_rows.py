@@ -59,7 +59,7 @@ def session_from_row(
         workflow_data=_loads(row[9]),
         metadata=_loads(row[10]),
         summary=_loads(row[11]),
-        runs=decode_runs(bodies, marked=True, source=source),
+        runs=decode_runs(bodies, marked=True, ids=run_ids, source=source),
         runs_offset=runs_offset,
         created_at=from_us(row[CREATED]),
         updated_at=from_us(row[UPDATED]),

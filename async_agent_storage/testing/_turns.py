@@ -511,6 +511,32 @@ class TurnConformance:
         assert again is not None
         assert [(r["from"], r["i"]) for r in again.runs] == [("y", 0), ("y", 1), ("y", 2)]
 
+    async def test_an_upsert_stores_the_run_ids_the_session_carries(
+        self, store: SessionStore
+    ) -> None:
+        # A run without a `run_id` key of its own is stored under the id `run_ids` gives it: an
+        # unchanged run given another id is stored under that id, as the returned session says,
+        # whether the session was read or listed.
+        user = f"u{_sid()}"
+        sid = _sid()
+        await store.append_runs(sid, [{"i": i} for i in range(3)], user_id=user)
+        read = await store.read(sid, user_id=user)
+        assert read is not None
+        read.run_ids[1] = "renamed"
+        stored = await store.upsert(read)
+        assert stored.run_ids[1] == "renamed"
+        again = await store.read(sid, user_id=user)
+        assert again is not None
+        assert again.run_ids == stored.run_ids
+        assert [r["i"] for r in again.runs] == [0, 1, 2]
+        assert (await store.get_run(sid, "renamed", user_id=user)) == {"i": 1}
+        (listed,) = await store.get_recent_sessions(user_id=user, limit=1, include_runs=True)
+        listed.run_ids[2] = "renamed too"
+        await store.upsert(listed)
+        last = await store.read(sid, user_id=user)
+        assert last is not None
+        assert last.run_ids[1:] == ["renamed", "renamed too"]
+
     async def test_a_session_copied_from_another_store_is_written_whole(
         self, store: SessionStore, store_factory: StoreFactory
     ) -> None:
