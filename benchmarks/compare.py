@@ -10,7 +10,8 @@ run much less).
 The earlier commit is checked out in a git worktree under ``--workdir`` (kept for the next run)
 and run with this interpreter, so its dependencies must be installed here (`make .venv`
 installs every driver the benchmark uses). Each build gets one round per run; a round is
-``python -m benchmarks --scenarios SCENARIO --systems "store append,raw DRIVER"``.
+``python -m benchmarks --scenarios SCENARIO --systems "SYSTEM,raw DRIVER"`` (SYSTEM: ``--system``,
+"store append" unless told).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def run_once(tree: Path, tag: str, args: argparse.Namespace, out: Path) -> dict[
         "--scenarios",
         args.scenario,
         "--systems",
-        f"{STORE},{RAW[args.backend]}",
+        f"{args.system},{RAW[args.backend]}",
         "--duration",
         str(args.duration),
         "--out",
@@ -83,9 +84,9 @@ def run_once(tree: Path, tag: str, args: argparse.Namespace, out: Path) -> dict[
         if c["scenario"] == args.scenario
     }
     return {
-        n: ops[(STORE, n)] / ops[(RAW[args.backend], n)]
+        n: ops[(args.system, n)] / ops[(RAW[args.backend], n)]
         for (system, n) in ops
-        if system == STORE and ops.get((RAW[args.backend], n))
+        if system == args.system and ops.get((RAW[args.backend], n))
     }
 
 
@@ -95,6 +96,7 @@ def main() -> None:
     p.add_argument("--backend", default="sqlite", choices=sorted(RAW))
     p.add_argument("--url", default=None, help="the database URL (SQLite: a scratch file)")
     p.add_argument("--scenario", default="turn")
+    p.add_argument("--system", default=STORE, help=f"the store's system (default {STORE!r})")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration", type=float, default=3.0, help="measured seconds per cell")
     p.add_argument("--concurrency", default=None, help="callers, e.g. 1,16,64 (the benchmark's)")
@@ -113,7 +115,7 @@ def main() -> None:
             ratios[name].append(run_once(builds[name], tag, args, out))
             print(f"round {round_ + 1}, {name}: done", flush=True)
     raw = RAW[args.backend]
-    print(f"{args.backend} {args.scenario}, {STORE} / {raw}, median of {args.rounds} rounds:")
+    print(f"{args.backend} {args.scenario}, {args.system} / {raw}, median of {args.rounds} rounds:")
     for name, runs in ratios.items():
         cells = []
         for n in sorted(runs[0]):

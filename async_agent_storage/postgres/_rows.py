@@ -12,6 +12,8 @@ from .._encoding import (
     EncodedAppend,
     EncodedRun,
     EncodedSession,
+    RunList,
+    RunSource,
     decode_runs,
     session_from_encoded,
 )
@@ -78,12 +80,24 @@ def _session(
 
 
 def session_from_row(
-    row: Any, runs: str | None, run_ids: list[str] | None, runs_offset: int
+    row: Any,
+    runs: list[str] | None,
+    run_ids: list[str] | None,
+    runs_offset: int,
+    store: str | None = None,
 ) -> Session:
-    """A row selected with `_sql`'s session columns, the aggregated text of its runs and their
-    ids."""
-    decoded = [] if runs is None else from_db("[" + runs + "]")
-    return _session(row, from_db(row[q.DATA]), decoded, list(run_ids or ()), runs_offset)
+    """A row selected with `_sql`'s session columns, the bodies of its runs and their ids. With
+    `store` (the token of the store that read it) the row was selected with its runs and its
+    `xmin` (`_sql._WITH_RUNS`): the runs are a `RunList` that keeps their text, so that an upsert
+    need not send those it leaves unchanged (`_writes.upsert`)."""
+    ids = list(run_ids or ())
+    if not runs:
+        return _session(row, from_db(row[q.DATA]), [], ids, runs_offset)
+    decoded: list[Any] = from_db("[" + ",".join(runs) + "]")
+    if store is not None:
+        source = RunSource(store, row[q.SID], row[q.ROW_VERSION], row[q.VERSION])
+        decoded = RunList(decoded, tuple(b.encode() for b in runs), tuple(ids), source)
+    return _session(row, from_db(row[q.DATA]), decoded, ids, runs_offset)
 
 
 def appended_session(row: Any, append: EncodedAppend, runs: list[EncodedRun]) -> Session:

@@ -9,7 +9,9 @@ then work on any asyncpg connection, whatever `jsonb` codec it has registered (a
 keeps its own), and the store decodes with the shared codec. See `_jsonb` for the encoding.
 Run bodies are `text` (migration 7): kept as written and read back as they are, with no
 conversion from `jsonb`'s binary form, the largest part of a read's server time; they are
-written with `_jsonb`'s encoding all the same, so old and new rows read back alike.
+written with `_jsonb`'s encoding all the same, so old and new rows read back alike. A read keeps
+each body's text and the row's `xmin`, so that an upsert need not send the runs it left as they
+were (`update_skipping`).
 
 Every hot statement is one round trip. The session row is written first (``INSERT ... ON
 CONFLICT DO UPDATE`` or ``UPDATE``, which lock it and see its latest committed version, so
@@ -38,10 +40,10 @@ MERGE_CALL = "{merge_patch}(s.session_data, $6::text::jsonb)"
 PATCH_FIRST = 13  # the first parameter of that expression
 
 # Positions in a row selected with `_COLUMNS`; `RUNS` and `RUN_IDS` are the aggregated runs and
-# their ids, when selected.
+# their ids, and `ROW_VERSION` the row's `xmin` (as text), when selected (`_WITH_RUNS`).
 SID, TYPE, USER, AGENT, TEAM, WORKFLOW, DATA = 0, 1, 2, 3, 4, 5, 6
 AGENT_DATA, TEAM_DATA, WORKFLOW_DATA, METADATA, SUMMARY = 7, 8, 9, 10, 11
-CREATED, UPDATED, VERSION, RUN_COUNT, RUNS, RUN_IDS = 12, 13, 14, 15, 16, 17
+CREATED, UPDATED, VERSION, RUN_COUNT, RUNS, RUN_IDS, ROW_VERSION = 12, 13, 14, 15, 16, 17, 18
 
 MAX_INT4 = 2**31 - 1
 
@@ -62,18 +64,23 @@ _COLUMNS = (
     "s.metadata::text, s.summary::text, s.created_at, s.updated_at, s.version, s.run_count"
 )
 
-# The runs of session `s` from seq `{first}`: one text (JSON objects joined by commas) and their
-# ids, in order.
+# The runs of session `s` from seq `{first}`: their bodies and their ids, in order. Each body's
+# text is kept (`RunList`), so that an upsert of runs the caller left unchanged need not send them
+# (`update_skipping`).
 _RUNS_OF = """LEFT JOIN LATERAL (
-    SELECT string_agg(r.body::text, ',' ORDER BY r.seq) AS bodies,
+    SELECT array_agg(r.body ORDER BY r.seq) AS bodies,
            array_agg(r.run_id ORDER BY r.seq) AS ids
     FROM {runs} r
     WHERE r.session_id = s.session_id AND r.seq >= {first} AND r.seq < s.run_count
 ) runs ON true"""
 
 # $1 session_id, $2 user_id filter (NULL: none), $3 last_runs (NULL: all).
+# The columns of a session selected with its runs: the row's `xmin` is the identity of the row
+# version read (any write of the session, and a delete and create again, makes a new one).
+_WITH_RUNS = _COLUMNS + ", runs.bodies, runs.ids, s.xmin::text"
+
 _READ = """
-SELECT {cols}, runs.bodies, runs.ids
+SELECT {with_runs}
 FROM {t} s {runs_of}
 WHERE s.session_id = $1 AND ($2::text IS NULL OR s.user_id = $2::text) AND {live}
 """
@@ -134,11 +141,11 @@ WITH up AS (
         expires_at = {expires_set}
     WHERE s.user_id IS NOT DISTINCT FROM excluded.user_id
       AND ($16::bigint IS NULL OR s.version = $16::bigint) AND {live}
-    RETURNING s.created_at, s.updated_at, s.version, s.run_count
+    RETURNING s.created_at, s.updated_at, s.version, s.run_count, s.xmin::text AS row_version
 ),
 {tail},
 {write_runs}
-SELECT created_at, updated_at, version, run_count FROM up
+SELECT created_at, updated_at, version, run_count, row_version FROM up
 """
 
 # upsert with if_version >= 1 or a fence: the same parameters but $17, the fence; only an existing
@@ -156,12 +163,19 @@ WITH up AS (
     WHERE s.session_id = $1 AND s.user_id IS NOT DISTINCT FROM $3::text
       AND ($16::bigint IS NULL OR s.version = $16::bigint) AND {fence_ok} AND {live}
       AND ($19::bigint IS NULL OR true)  -- a new session's ttl: the UPSERT's parameters
-    RETURNING s.created_at, s.updated_at, s.version, s.run_count
+      {guard}
+    RETURNING s.created_at, s.updated_at, s.version, s.run_count, s.xmin::text AS row_version
 ),
 {tail},
 {write_runs}
-SELECT created_at, updated_at, version, run_count FROM up
+SELECT created_at, updated_at, version, run_count, row_version FROM up
 """
+
+# `update` of a session read with `RunList` runs, sending only the runs after those the caller
+# left unchanged ($13 the seq of the first run sent): it writes only when the row is the very
+# version that was read ($21 its xmin, $22 its version), whose runs are then the ones read. When
+# it writes nothing, the driver sends the whole write as usual.
+_SKIP_GUARD = "AND s.xmin::text = $21::text AND s.version = $22::bigint"
 
 # append_runs: $1 session_id, $2 user_id (NULL: no owner check; the owner of a new session),
 # $3 session_data (NULL: keep), $4 run ids, $5 run bodies, $6 state_patch (NULL: none; an RFC 7396
@@ -501,6 +515,7 @@ class SQL:
     read: str
     upsert: str
     update: str
+    update_skipping: str
     append: str
     append_update: str
     select_run_ids: str
@@ -547,6 +562,7 @@ class SQL:
                 history=history,
                 leases=leases,
                 cols=_COLUMNS,
+                with_runs=_WITH_RUNS,
                 merge_patch=merge_patch,
                 merge_call=MERGE_CALL.format(merge_patch=merge_patch),
                 fence_ok=_FENCE_OK.format(fence="$17", leases=leases),
@@ -576,7 +592,8 @@ class SQL:
             take_lease=take_lease,
             read=f(_READ, runs_of=f(_RUNS_OF, first="greatest(s.run_count - $3::integer, 0)")),
             upsert=f(_UPSERT, tail=tail, write_runs=write_runs),
-            update=f(_UPDATE, tail=tail, write_runs=write_runs),
+            update=f(_UPDATE, tail=tail, write_runs=write_runs, guard=""),
+            update_skipping=f(_UPDATE, tail=tail, write_runs=write_runs, guard=_SKIP_GUARD),
             append=f(_APPEND, write_runs=append_runs),
             append_update=f(_APPEND_UPDATE, write_runs=append_runs),
             select_run_ids=f(_SELECT_RUN_IDS),
@@ -663,7 +680,7 @@ class SQL:
         elif ids_only:
             columns = "s.session_id"
         elif query.include_runs:
-            columns = f"{_COLUMNS}, runs.bodies, runs.ids"
+            columns = _WITH_RUNS
             source += " " + _RUNS_OF.format(runs=self.runs_table, first="0")
         else:
             columns = _COLUMNS

@@ -90,9 +90,27 @@ def _duplicate_run_id(exc: asyncpg.UniqueViolationError, sql: SQL) -> bool:
 
 
 async def upsert(
-    connection: Connection, sql: SQL, label: str, enc: EncodedSession, if_version: int | None
+    connection: Connection,
+    sql: SQL,
+    label: str,
+    enc: EncodedSession,
+    if_version: int | None,
+    store: str,
+    row_version: str | None,
 ) -> Any:
-    """upsert(): the session's row (created_at, updated_at, version, run_count) as written."""
+    """upsert(): the session's row (created_at, updated_at, version, run_count, xmin) as
+    written.
+
+    A session read by this store object (`store`, its token) at the row version it last saw
+    (`row_version`), whose first runs the caller left as they were read (same text, same id), is
+    first written without sending them (`update_skipping`), which applies only if the row is
+    still the version that was read, and so still holds those runs. Otherwise (another writer
+    came in between), and for any other session, the whole write is sent."""
+    kept = _kept_runs(enc, store, row_version)
+    if kept:
+        row = await _write_skipping(connection, sql, enc, if_version, kept)
+        if row is not None:
+            return row
     args = (
         *session_columns(enc),
         min(enc.runs_offset, MAX_INT4),
@@ -104,6 +122,49 @@ async def upsert(
     )
     statement = sql.update if if_version or enc.fence is not None else sql.upsert
     return await write_session(connection, sql, label, statement, args, enc, if_version)
+
+
+def _kept_runs(enc: EncodedSession, store: str, row_version: str | None) -> int:
+    """How many of the first runs of `enc` are unchanged since this store read them, at the row
+    version it last saw (an older copy would only make `update_skipping` miss)."""
+    source = enc.source
+    if (
+        source is None
+        or source.store != store
+        or source.session_id != enc.session_id
+        or source.incarnation != row_version
+    ):
+        return 0
+    kept = 0
+    for run in enc.runs:
+        if not run.unchanged:
+            break
+        kept += 1
+    return kept
+
+
+async def _write_skipping(
+    connection: Connection, sql: SQL, enc: EncodedSession, if_version: int | None, kept: int
+) -> Any:
+    """`update_skipping`: the row as written, or None when the row is not the version read (or
+    the write would fail: the whole write then says why)."""
+    assert enc.source is not None
+    runs = enc.runs[kept:]
+    try:
+        return await connection.fetchrow(
+            sql.update_skipping,
+            *session_columns(enc),
+            min(enc.runs_offset + kept, MAX_INT4),
+            [r.run_id for r in runs],
+            [to_db(r.body) for r in runs],
+            if_version,
+            enc.fence,
+            *expiry_args(enc.expiry),
+            enc.source.incarnation,
+            enc.source.version,
+        )
+    except asyncpg.UniqueViolationError:
+        return None
 
 
 async def write_session(

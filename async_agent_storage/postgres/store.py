@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, ClassVar, Unpack
+from typing import Any, ClassVar, Final, Unpack
 
 import asyncpg
 
@@ -27,7 +27,7 @@ from .._checks import (
     check_seconds,
 )
 from .._crypto import Reseal
-from .._encoding import EncodedAppend, EncodedSession, session_from_encoded
+from .._encoding import EncodedAppend, EncodedSession, RunSource, session_from_encoded
 from .._leases import Busy, Grant
 from .._paging import ListQuery, PageKey, page_key
 from .._store import StoreBase, StoreOptions
@@ -51,6 +51,9 @@ from ._sql import SQL
 from ._url import normalize_url, where
 
 __all__ = ["PostgresStore", "normalize_url"]
+
+# The most sessions whose last row version a store remembers (`PostgresStore._seen`).
+_ROW_VERSIONS: Final = 4096
 
 
 class PostgresStore(StoreBase):
@@ -152,6 +155,9 @@ class PostgresStore(StoreBase):
         if self.schema is not None:
             self._sql = SQL.for_table(self.schema, self.table_name)
         self._pool: GatedPool | None = None
+        # The row version (xmin) this store last read or wrote of each recent session: an upsert
+        # of runs read at another one would not be written without them (`_writes.upsert`).
+        self._row_versions: dict[str, str] = {}
         self._router: Router | None = None
         self._lease_sql: _leases.LeaseSQL | None = None
 
@@ -282,19 +288,40 @@ class PostgresStore(StoreBase):
         if row is None:
             return None
         start = 0 if tail is None else max(0, row[q.RUN_COUNT] - tail)
-        return session_from_row(row, row[q.RUNS], row[q.RUN_IDS], start)
+        self._seen(session_id, row[q.ROW_VERSION])
+        return session_from_row(row, row[q.RUNS], row[q.RUN_IDS], start, self.token)
+
+    def _seen(self, session_id: str, row_version: str | None) -> None:
+        """Note the row version of a session as last read or written here (None: unknown)."""
+        versions = self._row_versions
+        versions.pop(session_id, None)
+        if row_version is None:
+            return
+        versions[session_id] = row_version
+        if len(versions) > _ROW_VERSIONS:
+            del versions[next(iter(versions))]  # the least recently seen
 
     async def _upsert(self, session: EncodedSession, if_version: int | None) -> Session:
         row = await self._writes(session.session_id).run(
-            _writes.upsert, self._statements(), self.label, session, if_version
+            _writes.upsert,
+            self._statements(),
+            self.label,
+            session,
+            if_version,
+            self.token,
+            self._row_versions.get(session.session_id),
         )
-        created, updated, version, run_count = row
+        created, updated, version, run_count, row_version = row
+        self._seen(session.session_id, row_version)
         return session_from_encoded(
             session,
             created_at=created,
             updated_at=updated,
             version=version,
             runs_offset=run_count - len(session.runs),
+            # The row version written: an upsert of the returned session need not send its
+            # runs again (`_writes.upsert`).
+            source=RunSource(self.token, session.session_id, row_version, version),
         )
 
     async def _upsert_many(self, sessions: list[EncodedSession]) -> list[Session]:
@@ -305,6 +332,7 @@ class PostgresStore(StoreBase):
         return written_sessions(sessions, rows)
 
     async def _append(self, append: EncodedAppend) -> Session:
+        self._seen(append.session_id, None)  # this append makes another row version
         done = await self._writes(append.session_id).run(
             _writes.append, self._statements(), self.label, append
         )
@@ -377,7 +405,10 @@ class PostgresStore(StoreBase):
         if more:
             del rows[query.limit :]
         if query.include_runs:
-            sessions = [session_from_row(row, row[q.RUNS], row[q.RUN_IDS], 0) for row in rows]
+            sessions = []
+            for row in rows:
+                self._seen(row[q.SID], row[q.ROW_VERSION])
+                sessions.append(session_from_row(row, row[q.RUNS], row[q.RUN_IDS], 0, self.token))
         else:  # no runs loaded: an `upsert` of such a session keeps its whole history
             sessions = [session_from_row(row, None, None, row[q.RUN_COUNT]) for row in rows]
         return sessions, page_key(sessions, more)

@@ -537,6 +537,31 @@ class TurnConformance:
         assert last is not None
         assert last.run_ids[1:] == ["renamed", "renamed too"]
 
+    async def test_an_upsert_after_another_store_rewrote_a_run_stores_the_callers_runs(
+        self, store: SessionStore, store_factory: StoreFactory
+    ) -> None:
+        # Runs left as they were read may be skipped only while the session is still as read:
+        # another store object (another process) rewrote one in between, and the last writer's
+        # runs are the ones stored, all of them.
+        user = f"u{_sid()}"
+        sid = _sid()
+        await store.append_runs(sid, [{"i": i} for i in range(3)], user_id=user)
+        mine = await store.read(sid, user_id=user)
+        assert mine is not None
+        async with store_factory() as other:
+            theirs = await other.read(sid, user_id=user)
+            if theirs is None:
+                pytest.skip("each store object has a database of its own (SQLite in memory)")
+            theirs.runs[1]["i"] = -1
+            await other.upsert(theirs)
+        mine.runs.append({"i": 3})
+        stored = await store.upsert(mine)
+        assert [r["i"] for r in stored.runs] == [0, 1, 2, 3]
+        again = await store.read(sid, user_id=user)
+        assert again is not None
+        assert [r["i"] for r in again.runs] == [0, 1, 2, 3]
+        assert again.version == 3
+
     async def test_a_session_copied_from_another_store_is_written_whole(
         self, store: SessionStore, store_factory: StoreFactory
     ) -> None:

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 
@@ -166,6 +167,62 @@ async def test_hot_calls_send_one_statement_each(store: PostgresStore) -> None:
             await call()
             assert len(sent) == 1, (name, sent)  # no reset query on release either
     assert session.version == 1
+
+
+def _log_statements(store: PostgresStore) -> list[Any]:
+    """The statements the store's pool sends from now on (asyncpg's query records)."""
+    sent: list[Any] = []
+    assert store._pool is not None
+    for holder in store._pool.pool._holders:
+        assert holder._con is not None
+        holder._con.add_query_logger(sent.append)
+    return sent
+
+
+async def test_an_upsert_sends_only_the_runs_changed_since_the_read(
+    store: PostgresStore, make_store: StoreMaker
+) -> None:
+    """Runs read by this store and left as they were are not sent again while the row is the
+    version read; when another writer came in between, the whole write is sent, and it is the
+    caller's that is stored, as without the shortcut."""
+    await store.append_runs("s", [{"i": i, "text": "x" * 100} for i in range(3)], user_id="u")
+    read = await store.read("s", user_id="u")
+    assert read is not None
+    sql = store._statements()
+    sent = _log_statements(store)
+    read.runs.append({"i": 3})
+    read.runs[2]["i"] = 20  # changed: sent, with what follows it
+    written = await store.upsert(read)
+    assert [r.query for r in sent] == [sql.update_skipping]
+    assert [orjson.loads(b) for b in sent[0].args[14]] == [{"i": 20, "text": "x" * 100}, {"i": 3}]
+    written.runs.append({"i": 4})  # the returned session carries the row version it wrote
+    sent.clear()
+    latest = await store.upsert(written)
+    assert [r.query for r in sent] == [sql.update_skipping]
+    assert [orjson.loads(b) for b in sent[0].args[14]] == [{"i": 4}]
+    sent.clear()
+    await store.upsert(read)  # an older copy: no attempt, the whole write in one statement
+    assert [r.query for r in sent] == [sql.upsert]
+    again = await store.read("s", user_id="u")
+    assert again is not None
+    assert [r["i"] for r in again.runs] == [0, 1, 20, 3]
+    assert latest.version == 3
+    # Another store object writes between this one's read and its upsert: one statement that
+    # misses, then the whole write; the caller's runs are stored (the last writer wins).
+    mine = await store.read("s", user_id="u")
+    assert mine is not None
+    async with make_store() as other:
+        theirs = await other.read("s", user_id="u")
+        assert theirs is not None
+        theirs.runs[0]["i"] = -1
+        await other.upsert(theirs)
+    mine.runs.append({"i": 5})
+    sent.clear()
+    await store.upsert(mine)
+    assert [r.query for r in sent] == [sql.update_skipping, sql.upsert]
+    final = await store.read("s", user_id="u")
+    assert final is not None
+    assert [r["i"] for r in final.runs] == [0, 1, 20, 3, 5]
 
 
 async def test_reading_the_tail_of_a_long_history_touches_only_the_tail(
