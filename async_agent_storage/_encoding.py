@@ -89,14 +89,17 @@ class EncodedRun:
 @dataclass(frozen=True, slots=True)
 class RunSource:
     """Where a `RunList` was read from: the store (a token of the store object), the session, the
-    incarnation of its row (a new one when a session is deleted and created again) and the
-    version. Runs read there and written back unchanged, to the same incarnation at the next
-    version, are still stored as they are: the only case where a store may skip writing them."""
+    incarnation of its row (a new one when a session is deleted and created again), the version
+    and the position of its first run in the whole history (`offset`). Runs read there and
+    written back unchanged, to the same incarnation at the next version and at the same
+    positions, are still stored as they are: the only case where a store may skip writing
+    them."""
 
     store: str
     session_id: str
     incarnation: str
     version: int
+    offset: int
 
 
 class RunList(list[dict[str, Any]]):
@@ -154,6 +157,7 @@ class EncodedSession:
             and source.session_id == self.session_id
             and source.incarnation == incarnation
             and source.version == previous
+            and source.offset == self.runs_offset
         )
 
     def optional_json(self) -> tuple[bytes | None, ...]:

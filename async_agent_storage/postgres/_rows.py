@@ -95,7 +95,7 @@ def session_from_row(
         return _session(row, from_db(row[q.DATA]), [], ids, runs_offset)
     decoded: list[Any] = from_db("[" + ",".join(runs) + "]")
     if store is not None:
-        source = RunSource(store, row[q.SID], row[q.ROW_VERSION], row[q.VERSION])
+        source = RunSource(store, row[q.SID], row[q.ROW_VERSION], row[q.VERSION], runs_offset)
         decoded = RunList(decoded, tuple(b.encode() for b in runs), tuple(ids), source)
     return _session(row, from_db(row[q.DATA]), decoded, ids, runs_offset)
 

@@ -133,6 +133,7 @@ def _kept_runs(enc: EncodedSession, store: str, row_version: str | None) -> int:
         or source.store != store
         or source.session_id != enc.session_id
         or source.incarnation != row_version
+        or source.offset != enc.runs_offset  # the caller moved the runs: write them all
     ):
         return 0
     kept = 0

@@ -313,15 +313,16 @@ class PostgresStore(StoreBase):
         )
         created, updated, version, run_count, row_version = row
         self._seen(session.session_id, row_version)
+        start = run_count - len(session.runs)
         return session_from_encoded(
             session,
             created_at=created,
             updated_at=updated,
             version=version,
-            runs_offset=run_count - len(session.runs),
+            runs_offset=start,
             # The row version written: an upsert of the returned session need not send its
             # runs again (`_writes.upsert`).
-            source=RunSource(self.token, session.session_id, row_version, version),
+            source=RunSource(self.token, session.session_id, row_version, version, start),
         )
 
     async def _upsert_many(self, sessions: list[EncodedSession]) -> list[Session]:

@@ -45,7 +45,11 @@ def session_from_row(
     """A row selected with `_sql.SELECT_COLUMNS`, and its runs from `runs_offset` (bodies and ids).
     `store` is the token of the store that read it (see `RunSource`)."""
     incarnation = row[INCARNATION]
-    source = None if incarnation is None else RunSource(store, row[SID], incarnation, row[VERSION])
+    source = (
+        None
+        if incarnation is None
+        else RunSource(store, row[SID], incarnation, row[VERSION], runs_offset)
+    )
     return trusted_session(
         session_id=row[SID],
         session_type=row[TYPE],
@@ -76,7 +80,11 @@ def run_count(row: Sequence[Any]) -> int:
 def stored_session(enc: EncodedSession, row: StoredRow, store: str) -> Session:
     """The session an upsert wrote, from what it sent and what the database assigned."""
     created_us, updated_us, version, start, incarnation = row
-    source = None if incarnation is None else RunSource(store, enc.session_id, incarnation, version)
+    source = (
+        None
+        if incarnation is None
+        else RunSource(store, enc.session_id, incarnation, version, start)
+    )
     return session_from_encoded(
         enc,
         created_at=from_us(created_us),

@@ -562,6 +562,26 @@ class TurnConformance:
         assert [r["i"] for r in again.runs] == [0, 1, 2, 3]
         assert again.version == 3
 
+    async def test_an_upsert_of_a_tail_moved_to_another_offset_stores_its_runs_there(
+        self, store: SessionStore
+    ) -> None:
+        # `runs_offset` says where the runs go; a caller that moves a tail read with
+        # `last_runs` (here to the start: the history becomes that tail) gets its runs stored
+        # where it said, not the ones read at those positions.
+        user = f"u{_sid()}"
+        sid = _sid()
+        await store.append_runs(sid, [{"i": i} for i in range(4)], user_id=user)
+        tail = await store.read(sid, user_id=user, last_runs=2)
+        assert tail is not None
+        assert tail.runs_offset == 2
+        tail.runs_offset = 0
+        stored = await store.upsert(tail)
+        assert [r["i"] for r in stored.runs] == [2, 3]
+        again = await store.read(sid, user_id=user)
+        assert again is not None
+        assert [r["i"] for r in again.runs] == [2, 3]
+        assert again.run_ids == stored.run_ids
+
     async def test_a_session_copied_from_another_store_is_written_whole(
         self, store: SessionStore, store_factory: StoreFactory
     ) -> None:
