@@ -146,18 +146,29 @@ class EncodedSession:
     fence: int | None = None  # the lease token the write carries (`upsert(fence=...)`)
     expiry: Expiry = NO_EXPIRY  # when the session expires after this write
 
+    def read_here(self, store: str) -> RunSource | None:
+        """Where `runs` were read, when this store read them of this session and the write puts
+        them back at the positions they were read at: the part of the rule for skipping runs
+        marked `unchanged` that every store shares (each then checks its row's identity)."""
+        source = self.source
+        if (
+            source is None
+            or source.store != store
+            or source.session_id != self.session_id
+            or source.offset != self.runs_offset
+        ):
+            return None
+        return source
+
     def may_skip_unchanged(self, store: str, incarnation: str | None, previous: int) -> bool:
         """Whether the runs marked `unchanged` are stored as they are: the session was read from
         this store, this incarnation of its row, at the version the write replaced."""
-        source = self.source
+        source = self.read_here(store)
         return (
             source is not None
             and incarnation is not None
-            and source.store == store
-            and source.session_id == self.session_id
             and source.incarnation == incarnation
             and source.version == previous
-            and source.offset == self.runs_offset
         )
 
     def optional_json(self) -> tuple[bytes | None, ...]:

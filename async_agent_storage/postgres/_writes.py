@@ -127,14 +127,8 @@ async def upsert(
 def _kept_runs(enc: EncodedSession, store: str, row_version: str | None) -> int:
     """How many of the first runs of `enc` are unchanged since this store read them, at the row
     version it last saw (an older copy would only make `update_skipping` miss)."""
-    source = enc.source
-    if (
-        source is None
-        or source.store != store
-        or source.session_id != enc.session_id
-        or source.incarnation != row_version
-        or source.offset != enc.runs_offset  # the caller moved the runs: write them all
-    ):
+    source = enc.read_here(store)
+    if source is None or source.incarnation != row_version:
         return 0
     kept = 0
     for run in enc.runs:
