@@ -53,6 +53,20 @@ async def settled(store: MongoStore) -> None:
     await store._writer.settled()
 
 
+def hold_settles(store: MongoStore) -> asyncio.Event:
+    """Make the store's settles wait, before copying anything, until the event is set."""
+    assert store._writer is not None
+    move = store._writer.move
+    go = asyncio.Event()
+
+    async def held_back(*args: Any, **kwargs: Any) -> None:
+        await go.wait()
+        await move(*args, **kwargs)
+
+    store._writer.move = held_back  # type: ignore[method-assign]
+    return go
+
+
 def no_settle(store: MongoStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the store stop each write after its atomic update, as a crash there would."""
 
@@ -357,15 +371,7 @@ async def test_an_append_waits_only_while_its_session_has_its_bound_of_appends_s
     """Appends to one session faster than their settles would pile their runs up in the
     session document, which MongoDB caps at 16 MiB; below the bound, appends to one session
     do not queue behind each other's settles."""
-    assert store._writer is not None
-    move = store._writer.move
-    go = asyncio.Event()
-
-    async def held_back(*args: Any, **kwargs: Any) -> None:
-        await go.wait()
-        await move(*args, **kwargs)
-
-    store._writer.move = held_back  # type: ignore[method-assign]
+    go = hold_settles(store)
     bound = _writes.APPENDS_PER_SESSION
     for i in range(bound):  # each answers though every settle before it is still held
         await asyncio.wait_for(store.append_runs("s", [run(i)]), 10)
@@ -397,14 +403,7 @@ async def test_appends_that_fail_and_waits_cancelled_give_their_place_back(
         with pytest.raises(SessionConflictError):
             await store.append_runs("s", [run(i)], user_id="u", if_version=7)
     assert store._writer._rooms == {}
-    move = store._writer.move
-    go = asyncio.Event()
-
-    async def held_back(*args: Any, **kwargs: Any) -> None:
-        await go.wait()
-        await move(*args, **kwargs)
-
-    store._writer.move = held_back  # type: ignore[method-assign]
+    go = hold_settles(store)
     bound = _writes.APPENDS_PER_SESSION
     await asyncio.gather(*(store.append_runs("s", [run(i)], user_id="u") for i in range(bound)))
     # (a store's write goes on when its caller is cancelled: cancel the wait for a place itself)
@@ -438,15 +437,7 @@ async def test_a_settle_that_lands_after_another_process_deleted_the_session_lea
     """The waits of `settled` cover one store object; another process may delete (or erase)
     the session while this one's settle is still to run. The settle then removes what it
     copied: an erased user's runs do not come back as orphans."""
-    assert store._writer is not None
-    move = store._writer.move
-    go = asyncio.Event()
-
-    async def held_back(*args: Any, **kwargs: Any) -> None:
-        await go.wait()
-        await move(*args, **kwargs)
-
-    store._writer.move = held_back  # type: ignore[method-assign]
+    go = hold_settles(store)
     await store.append_runs("s", [run(0), run(1)], user_id="u")
     async with MongoStore(collection_name, mongo.url, DB_NAME) as other:
         erased = await other.delete_user("u")
