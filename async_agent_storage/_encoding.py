@@ -143,6 +143,7 @@ class EncodedSession:
     runs_offset: int
     size: int
     source: RunSource | None = None  # where `runs` were read, when they came from a RunList
+    version: int = 0  # the session's version as the caller's copy has it (0: never stored)
     fence: int | None = None  # the lease token the write carries (`upsert(fence=...)`)
     expiry: Expiry = NO_EXPIRY  # when the session expires after this write
 
@@ -360,6 +361,7 @@ def encode_session(session: object, *, max_bytes: int) -> EncodedSession:
         runs_offset=session.runs_offset,
         size=size,
         source=session.runs.source if isinstance(session.runs, RunList) else None,
+        version=session.version,
     )
 
 

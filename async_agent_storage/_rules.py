@@ -32,6 +32,13 @@ raises `fenced` (see `docs/architecture.md`, "Leases and fencing").
 `user_id`, which must be the stored one (None included: the owner never changes); an append
 with `user_id=None` checks no owner.
 
+One more rule for an upsert: runs after `runs_offset` may not repeat the id of a run the
+write keeps before it (each run id appears once in a session). A driver that finds such a run
+asks `repeated_run_id` which error it is: `SessionConflictError` when the session changed since
+the copy was read (another writer moved that run before the copy's offset; read again and
+retry), `InvalidInputError` when it did not (the caller's runs are the mistake). Nothing is
+written either way.
+
 CREATE means the session may be created (a driver whose statement already tried to create it
 tries again); RETRY means the stored row now lets the write through, so it changed between the
 two statements: the driver tries again, at most `RETRY.attempts` times in all.
@@ -48,6 +55,7 @@ from typing import Final
 from ._crypto import key_id_of
 from .errors import (
     EncryptionKeyError,
+    InvalidInputError,
     SessionConflictError,
     SessionFencedError,
     SessionOwnershipError,
@@ -64,6 +72,7 @@ __all__ = [
     "decide",
     "fenced",
     "not_owner",
+    "repeated_run_id",
     "sealed_key",
     "sealed_state",
 ]
@@ -146,6 +155,28 @@ def conflict(label: str, session_id: str, expected: int, actual: int) -> Session
         session_id=session_id,
         expected=expected,
         actual=actual,
+    )
+
+
+def repeated_run_id(
+    label: str, session_id: str, run_id: str, offset: int, copy_version: int, stored: int
+) -> SessionConflictError | InvalidInputError:
+    """The error of an upsert whose run `run_id` is already held by a run before its
+    `runs_offset` (`offset`): a conflict when the stored version is not the copy's."""
+    if copy_version != stored:
+        return SessionConflictError(
+            f"{label}: session {session_id!r} changed since this copy was read (version "
+            f"{copy_version}, now {stored}): run {run_id!r} of this write is now held by a run "
+            f"before runs_offset ({offset}); read it again, re-apply the change and retry; "
+            "nothing was written",
+            session_id=session_id,
+            expected=copy_version,
+            actual=stored,
+        )
+    return InvalidInputError(
+        f"{label}: session {session_id!r}: run id {run_id!r} of this write is already held by a "
+        f"run before runs_offset ({offset}); each run id appears once in a session; nothing was "
+        "written"
     )
 
 

@@ -603,6 +603,9 @@ class StoreBase(abc.ABC):
         With `if_version`, the write happens only if the stored version is `if_version` (0: the
         session must not exist); otherwise `SessionConflictError`. Without it the last writer wins.
         A session read with `last_runs` (or listed) keeps its older runs: only its tail is replaced.
+        Each run id appears once in a session: a tail bringing the id of a run kept before
+        `runs_offset` is refused, nothing written, with `SessionConflictError` when the session
+        changed since `session.version` (read it again and retry), else `InvalidInputError`.
         The owner never changes: `session.user_id` must be the stored one (None included), else
         `SessionOwnershipError`.
 

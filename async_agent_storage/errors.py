@@ -64,7 +64,9 @@ class SerializationError(StorageError, ValueError):
 
 
 class SessionConflictError(StorageError):
-    """`upsert(..., if_version=expected)` found another version stored.
+    """`upsert(..., if_version=expected)` found another version stored; or an `upsert` of a
+    copy at version `expected` found the session at `actual`, changed so that the copy's tail
+    repeats the id of a run now before its `runs_offset` (the write would hold that run twice).
 
     Re-read the session, re-apply the change and retry. `actual` is 0 when the session is absent.
     """

@@ -34,6 +34,7 @@ class Prepared:
     runs_offset: int
     fence: int | None = None  # the lease token the write carries
     expiry: Expiry = NO_EXPIRY  # when the session expires after the write
+    version: int = 0  # the session's version as the caller's copy has it
 
     @property
     def fields(self) -> dict[str, Any]:
@@ -86,6 +87,7 @@ def prepare(enc: EncodedSession) -> Prepared:
         runs_offset=enc.runs_offset,
         fence=enc.fence,
         expiry=enc.expiry,
+        version=enc.version,
     )
 
 

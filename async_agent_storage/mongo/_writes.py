@@ -32,13 +32,24 @@ from pymongo import ReplaceOne, ReturnDocument, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from .._observe import logger_for
-from .._rules import RETRY, OwnerRule, Stored, Verdict, decide, not_owner, owns, sealed_key
+from .._rules import (
+    RETRY,
+    OwnerRule,
+    Stored,
+    Verdict,
+    decide,
+    not_owner,
+    owns,
+    repeated_run_id,
+    sealed_key,
+)
 from .._time import from_us, now_us
 from ..errors import SessionOwnershipError
 from ..models import Session
 from . import _leases
 from . import _queries as q
 from ._queries import Collections, Entry
+from ._reads import runs_by_id
 from ._rows import Prepared
 
 __all__ = ["Slot", "Writer", "any_hold", "held", "stale_entries"]
@@ -361,6 +372,13 @@ class Writer:
         filter_ = q.live_filter(filter_, now)
         created_with: int | None = None  # a fenced upsert's lease token for a session it creates
         for attempt in range(RETRY.attempts):
+            # Runs kept before the offset must not hold this write's run ids: checked first,
+            # and the update then applies only to the version checked.
+            seen = await self._check_kept_runs(p) if p.runs_offset and p.run_docs else None
+            if expected is None:
+                filter_.pop("version", None)
+                if seen is not None:
+                    filter_["version"] = seen
             pipeline = q.upsert_pipeline(
                 p.fields,
                 runs_offset=p.runs_offset,
@@ -370,7 +388,9 @@ class Writer:
                 lease_token=created_with,
                 expiry=p.expiry,
             )
-            create = expected is None and (p.fence is None or created_with is not None)
+            create = (
+                expected is None and seen is None and (p.fence is None or created_with is not None)
+            )
             try:
                 before: dict[str, Any] | None = await self.parts.sessions.find_one_and_update(
                     filter_,
@@ -402,6 +422,41 @@ class Writer:
             elif verdict is Verdict.RETRY:
                 await RETRY.pause(attempt)
         raise RETRY.exhausted(self.label, p.session_id)
+
+    async def _check_kept_runs(self, p: Prepared) -> int | None:
+        """Before an upsert that keeps the runs before its offset: raise `repeated_run_id` when
+        one of them holds the id of a run the write brings; else the version checked (None: the
+        session is absent, or not the caller's, which the update then says)."""
+        for attempt in range(RETRY.attempts):
+            doc = await self.live_doc(p.session_id, q.HISTORY_FIELDS)
+            if doc is None or not owns(doc.get("user_id"), p.user_id, OwnerRule.EXACT):
+                return None
+            current, held = await self._held_run_id(p, doc)
+            if not current:  # written meanwhile
+                await RETRY.pause(attempt)
+                continue
+            version = int(doc["version"])
+            if held is None:
+                return version
+            if p.fence is not None:  # a lost lease says so first
+                stored = await self.stored(p.session_id, fenced=True)
+                decide(
+                    self.label, p.session_id, stored, user_id=p.user_id, if_version=None,
+                    rule=OwnerRule.EXACT, fence=p.fence,
+                )  # fmt: skip
+            raise repeated_run_id(self.label, p.session_id, held, p.runs_offset, p.version, version)
+        raise RETRY.exhausted(self.label, p.session_id)
+
+    async def _held_run_id(self, p: Prepared, doc: Mapping[str, Any]) -> tuple[bool, str | None]:
+        """Whether `doc` (with `HISTORY_FIELDS`) is still the session's history, and the id of
+        the first of its runs before the write's offset that the write brings again (None:
+        none does)."""
+        found = await runs_by_id(self.parts, doc, [r.run_id for r in p.run_docs])
+        if found is None:
+            return False, None
+        start = min(p.runs_offset, doc["run_count"])
+        held = sorted((run.seq, run_id) for run_id, run in found.items() if run.seq < start)
+        return True, held[0][1] if held else None
 
     # --- moving runs out of the session document ------------------------------------------------
 
@@ -517,6 +572,9 @@ class Writer:
                             session_id=sid,
                         )
                     raise error
+            if not await self._check_kept_runs_of(todo, stored):
+                await RETRY.pause(attempt)
+                continue
             plans = [_plan(p, stored.get(p.session_id), now) for p in todo.values()]
             failed = await self._bulk_sessions(plans, now)
             for index, plan in enumerate(plans):
@@ -531,6 +589,29 @@ class Writer:
             raise RETRY.exhausted(self.label, next(iter(todo)))
         await self._settle_many(settled)
         return [done[p.session_id] for p in items]
+
+    async def _check_kept_runs_of(
+        self, todo: Mapping[str, Prepared], stored: Mapping[str, Mapping[str, Any]]
+    ) -> bool:
+        """`_check_kept_runs` for a batch, against the documents it read (`stored`, which the
+        batch's updates then require unchanged): False when one changed meanwhile."""
+        for sid, p in todo.items():
+            if sid not in stored or not p.runs_offset or not p.run_docs:
+                continue
+            doc = await self.parts.sessions.find_one({"_id": sid}, q.HISTORY_FIELDS)
+            if doc is None or (doc["version"], doc["gen"]) != (
+                stored[sid]["version"],
+                stored[sid]["gen"],
+            ):
+                return False
+            current, held = await self._held_run_id(p, doc)
+            if not current:
+                return False
+            if held is not None:
+                raise repeated_run_id(
+                    self.label, sid, held, p.runs_offset, p.version, int(doc["version"])
+                )
+        return True
 
     async def _bulk_sessions(self, plans: list[_Planned], now: int) -> set[int]:
         """One bulk write of compare-and-set updates; returns the positions that did not apply."""

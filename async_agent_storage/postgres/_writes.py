@@ -26,10 +26,11 @@ from .._rules import (
     fenced,
     not_owner,
     owns,
+    repeated_run_id,
     sealed_key,
 )
 from .._time import from_us
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, SessionConflictError
 from ._jsonb import to_db
 from ._patch import patched_statement
 from ._patch import plan as patch_plan
@@ -194,11 +195,10 @@ async def write_session(
         except asyncpg.UniqueViolationError as exc:
             if not _duplicate_run_id(exc, sql):
                 raise
-            raise InvalidInputError(
-                f"{label}: session {enc.session_id!r}: a run id of this write is already held by "
-                "a run before the ones it replaces (runs_offset); each run id appears once in a "
-                "session"
-            ) from exc
+            error = await _repeated_run_id(connection, sql, label, enc)
+            if error is None:  # the runs before the offset changed again since: try again
+                continue
+            raise error from exc
         if row is not None:
             return row
         decide(
@@ -213,7 +213,42 @@ async def write_session(
     raise RETRY.exhausted(label, enc.session_id)
 
 
+async def _repeated_run_id(
+    connection: Connection, sql: SQL, label: str, enc: EncodedSession
+) -> SessionConflictError | InvalidInputError | None:
+    """After the runs' unique key refused an upsert: the error for the first run of `enc` whose
+    id a run before the write's offset holds (`repeated_run_id` tells a caller's mistake from a
+    session changed since the copy was read), or None when no run holds one now."""
+    rows = await connection.fetch(sql.select_run_ids, enc.session_id, [r.run_id for r in enc.runs])
+    stored = await _stored(connection, sql, enc.session_id)
+    held = [(seq, run_id) for run_id, seq, _, count in rows if seq < min(enc.runs_offset, count)]
+    if stored is None or not held:
+        return None
+    return repeated_run_id(
+        label, enc.session_id, min(held)[1], enc.runs_offset, enc.version, stored.version
+    )
+
+
 async def write_many(
+    connection: Connection, sql: SQL, label: str, encoded: list[EncodedSession]
+) -> list[Any]:
+    """`_write_many`; when a run before a session's offset holds the id of a run the batch
+    writes to it (the runs' unique key rolls the batch back), the error that makes."""
+    for _ in range(RETRY.attempts):
+        try:
+            return await _write_many(connection, sql, label, encoded)
+        except asyncpg.UniqueViolationError as exc:
+            if not _duplicate_run_id(exc, sql):
+                raise
+            for enc in encoded:
+                if enc.runs_offset and enc.runs:
+                    error = await _repeated_run_id(connection, sql, label, enc)
+                    if error is not None:
+                        raise error from exc
+    raise RETRY.exhausted(label, encoded[0].session_id)
+
+
+async def _write_many(
     connection: Connection, sql: SQL, label: str, encoded: list[EncodedSession]
 ) -> list[Any]:
     """One transaction: lock the sessions that exist (in session_id order, so two batches never

@@ -76,6 +76,12 @@ _SELECT_RUN_IDS = """
     SELECT run_id, seq, CAST(body AS BLOB) FROM "{t}_runs"
     WHERE session_id = ?1 AND run_id IN (SELECT value FROM json_each(?2))
 """
+# An upsert's check that no run before its offset (?2) holds the id of a run it wrote (?3).
+_HELD_RUN_ID = """
+    SELECT run_id FROM "{t}_runs"
+    WHERE session_id = ?1 AND seq < ?2 AND run_id IN (SELECT value FROM json_each(?3))
+    ORDER BY seq LIMIT 1
+"""
 # usage(): sessions and runs, and the bytes of each of the store's tables with its indexes
 # (SQLite's dbstat table, aggregated per b-tree; ?1 a JSON array of the table names).
 _USAGE_COUNTS = 'SELECT count(*), coalesce(sum(run_count), 0) FROM "{t}"'
@@ -232,6 +238,7 @@ class SQL:
     select_runs_from: str
     select_runs_of_page: str
     select_run_ids: str
+    held_run_id: str
     select_existing: str
     usage_counts: str
     usage_bytes: str
@@ -291,6 +298,7 @@ class SQL:
             select_runs_from=f(_SELECT_RUNS_FROM),
             select_runs_of_page=f(_SELECT_RUNS_OF_PAGE),
             select_run_ids=f(_SELECT_RUN_IDS),
+            held_run_id=f(_HELD_RUN_ID),
             select_existing=f(_SELECT_EXISTING),
             usage_counts=f(_USAGE_COUNTS),
             usage_bytes=_USAGE_BYTES,

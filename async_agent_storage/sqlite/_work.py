@@ -20,7 +20,17 @@ from .._activity import ActivityCounts, ActivityQuery
 from .._crypto import PAYLOAD_FIELDS, Reseal
 from .._encoding import EncodedAppend, EncodedRun, EncodedSession
 from .._paging import ListQuery
-from .._rules import RETRY, OwnerRule, Stored, Verdict, conflict, decide, fenced, sealed_key
+from .._rules import (
+    RETRY,
+    OwnerRule,
+    Stored,
+    Verdict,
+    conflict,
+    decide,
+    fenced,
+    repeated_run_id,
+    sealed_key,
+)
 from .._time import now_us
 from ..errors import InvalidInputError
 from ..models import Session
@@ -271,6 +281,13 @@ def _upsert_one(
             ]
             if rows:
                 db.executemany(sql.upsert_run, rows)
+                if start:  # each run id once in the session: none of these held before start
+                    ids = orjson.dumps([row[2] for row in rows]).decode()
+                    held = db.execute(sql.held_run_id, (sid, start, ids)).fetchone()
+                    if held is not None:
+                        raise repeated_run_id(
+                            label, sid, held[0], enc.runs_offset, enc.version, version - 1
+                        )
             db.execute(sql.delete_runs_from, (sid, total))
             return created, now, version, start, incarnation
         stored = _stored(sql, sid, db)

@@ -582,6 +582,59 @@ class TurnConformance:
         assert [r["i"] for r in again.runs] == [2, 3]
         assert again.run_ids == stored.run_ids
 
+    async def test_an_upsert_repeating_the_id_of_a_run_it_keeps_is_refused(
+        self, store: SessionStore
+    ) -> None:
+        # Each run id appears once in a session: runs after `runs_offset` may not repeat the id
+        # of one before it. The session is as the caller read it, so the caller's runs are
+        # the mistake; nothing is written.
+        sid = _sid()
+        await store.append_runs(sid, [{"run_id": r} for r in "abcd"])
+        tail = await store.read(sid, last_runs=2)
+        assert tail is not None
+        tail.runs = [{"run_id": "a"}, {"run_id": "e"}]
+        with pytest.raises(InvalidInputError, match="before runs_offset") as caught:
+            await store.upsert(tail)
+        assert not isinstance(caught.value, SessionConflictError)
+        other = Session(session_id=_sid(), runs=[{"i": 0}])
+        with pytest.raises(InvalidInputError, match="before runs_offset"):
+            await store.upsert_many([other, tail])
+        assert await store.read(other.session_id) is None
+        read = await store.read(sid)
+        assert read is not None
+        assert read.run_ids == ["a", "b", "c", "d"]
+        assert read.version == 1
+
+    async def test_an_upsert_whose_kept_runs_moved_since_its_read_is_a_conflict(
+        self, store: SessionStore
+    ) -> None:
+        # Another writer removed a run before this copy's tail, so a run of the tail now sits
+        # before the copy's `runs_offset`: writing the copy would hold that run twice. The
+        # session changed since the copy was read, so it is a conflict (read again, retry),
+        # with or without if_version; nothing is written.
+        sid = _sid()
+        await store.append_runs(sid, [{"run_id": f"r{i}"} for i in range(4)])
+        mine = await store.read(sid, last_runs=1)
+        assert mine is not None
+        assert (mine.runs_offset, mine.run_ids, mine.version) == (3, ["r3"], 1)
+        theirs = await store.read(sid, last_runs=2)
+        assert theirs is not None
+        del theirs.runs[0]  # r2 goes; r3 moves to position 2
+        await store.upsert(theirs)
+        mine.runs.append({"run_id": "r4"})
+        with pytest.raises(SessionConflictError) as caught:
+            await store.upsert(mine)
+        assert (caught.value.session_id, caught.value.expected, caught.value.actual) == (sid, 1, 2)
+        read = await store.read(sid)
+        assert read is not None
+        assert read.run_ids == ["r0", "r1", "r3"]
+        assert read.version == 2
+        again = await store.read(sid, last_runs=1)  # read again, retry: stored once
+        assert again is not None
+        again.runs.append({"run_id": "r4"})
+        stored = await store.upsert(again)
+        assert stored.run_ids == ["r3", "r4"]
+
     async def test_a_session_copied_from_another_store_is_written_whole(
         self, store: SessionStore, store_factory: StoreFactory
     ) -> None:
