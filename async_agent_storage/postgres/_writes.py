@@ -345,6 +345,12 @@ async def append(connection: Connection, sql: SQL, label: str, append: EncodedAp
         )
         try:
             row = await connection.fetchrow(statement, *args)
+            if row is None and append.if_version is not None and append.given_ids:
+                # A retry of an append that was applied (the version has moved on since): it
+                # returns as the first call did, whatever the version.
+                found = await _stored_runs(connection, sql, append.session_id, runs)
+                if found is not None and all(r.run_id in found for r in runs):
+                    return await _retried(connection, sql, label, append, runs, found)
             if row is None and fence is not None:
                 verdict = decide(
                     label,

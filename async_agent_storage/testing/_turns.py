@@ -233,6 +233,28 @@ class TurnConformance:
         assert read.session_data == {"turn": 1}
         assert read.version == 4
 
+    async def test_an_append_retried_with_if_version_returns_as_the_first_call_did(
+        self, store: SessionStore
+    ) -> None:
+        # The first call was applied (its answer lost), so the version moved on: its retry with
+        # the same if_version is still the same call, not a conflict. A call that brings a run
+        # not stored yet is checked against the version as usual.
+        sid = _sid()
+        await store.append_runs(sid, [{"run_id": "r0"}], user_id="u")
+        runs = [{"run_id": "r1"}, {"run_id": "r2"}]
+        first = await store.append_runs(sid, runs, user_id="u", if_version=1)
+        assert first.version == 2
+        for _ in range(2):
+            retry = await store.append_runs(sid, runs, user_id="u", if_version=1)
+            assert (retry.version, retry.runs, retry.runs_offset) == (2, runs, 1)
+        with pytest.raises(SessionConflictError):
+            await store.append_runs(sid, [*runs, {"run_id": "r3"}], user_id="u", if_version=1)
+        with pytest.raises(SessionOwnershipError):
+            await store.append_runs(sid, runs, user_id="other", if_version=1)
+        read = await store.read(sid)
+        assert read is not None
+        assert (read.run_ids, read.version) == (["r0", "r1", "r2"], 2)
+
     async def test_concurrent_retries_of_one_append_store_it_once(
         self, store: SessionStore
     ) -> None:
