@@ -40,6 +40,7 @@ from ..models import Session
 from ..protocol import SessionStore
 from ._activity import ActivityConformance
 from ._leases import LeaseConformance
+from ._model import HistoryModelConformance
 from ._retention import RetentionConformance
 from ._turns import TurnConformance
 from .strategies import json_objects, json_values
@@ -90,7 +91,11 @@ async def _snapshot(store: SessionStore, session_id: str) -> Session | None:
 
 
 class SessionStoreConformance(
-    TurnConformance, ActivityConformance, LeaseConformance, RetentionConformance
+    TurnConformance,
+    ActivityConformance,
+    LeaseConformance,
+    RetentionConformance,
+    HistoryModelConformance,
 ):
     """Every rule every backend shares. Subclass it and provide a `store_factory` fixture."""
 

@@ -1,0 +1,353 @@
+"""A session's history against a model, in the conformance suite: hypothesis draws a program of
+run-level calls (appends with and without run ids, state patches and replaces, upserts of an
+edited tail, pops, truncations, clears, forks, lookups by run id, deletes) and runs it on the
+store and on `HistoryModel`, a plain Python statement of the rules every driver shares. After
+each call the session as read must be the model's: the same runs in the same order, the same
+ids where the model knows them (ids the store assigns are learned as they come back), each id
+once, the same version and state.
+
+The drivers each write these rules in their own SQL or update operators; this is the test that
+catches one drifting from the others on a sequence no hand-written test thought of.
+
+Mixed into `SessionStoreConformance`; every driver runs it unchanged.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from .._encoding import merge_patch
+from ..errors import InvalidInputError, SessionConflictError
+from ..models import Session
+from ..protocol import SessionStore
+
+__all__ = ["HistoryModel", "HistoryModelConformance"]
+
+_IDS = ["r0", "r1", "r2", "r3", "r4", "r5"]  # run ids a program may give (None: the store's)
+_given_id = st.one_of(st.none(), st.sampled_from(_IDS))
+_state = st.one_of(
+    st.none(),
+    st.tuples(
+        st.just("patch"),
+        st.sampled_from(["a", "b"]),
+        st.sampled_from([1, "x", None, {"c": 1}, {"c": None, "d": [1]}]),
+    ),
+    st.tuples(st.just("replace"), st.integers(0, 3)),
+)
+_append = st.tuples(
+    st.just("append"),
+    st.lists(_given_id, min_size=1, max_size=3).filter(
+        lambda ids: len([i for i in ids if i]) == len({i for i in ids if i})
+    ),
+    _state,
+)
+_append_if = st.tuples(
+    st.just("append_if"),
+    st.lists(_given_id, min_size=1, max_size=2).filter(
+        lambda ids: len([i for i in ids if i]) == len({i for i in ids if i})
+    ),
+    st.booleans(),  # a stale version
+)
+_upsert_whole = st.tuples(
+    st.just("upsert_whole"),
+    st.lists(_given_id, max_size=3),
+    st.sampled_from([None, "current", "other"]),  # if_version
+)
+_upsert_tail = st.tuples(
+    st.just("upsert_tail"),
+    st.integers(0, 4),
+    st.sampled_from(["keep", "add", "drop_first", "change_last", "offset0", "repeat_kept"]),
+    _given_id,
+)
+_program = st.lists(
+    st.one_of(
+        _append,
+        _append,
+        _upsert_tail,
+        _upsert_tail,
+        _append_if,
+        _upsert_whole,
+        st.tuples(st.just("pop"), st.integers(1, 3)),
+        st.tuples(st.just("truncate"), st.integers(0, 4)),
+        st.tuples(st.just("clear")),
+        st.tuples(st.just("fork"), st.one_of(st.none(), st.integers(0, 8))),
+        st.tuples(st.just("get_run"), st.sampled_from(_IDS)),
+        st.tuples(st.just("delete")),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@dataclass
+class HistoryModel:
+    """One session as the rules say it is: its runs as (id, body), an id None while the store
+    assigned it and the model has not seen it yet."""
+
+    exists: bool = False
+    version: int = 0
+    state: dict[str, Any] = field(default_factory=dict)
+    runs: list[tuple[str | None, dict[str, Any]]] = field(default_factory=list)
+
+    def ids(self) -> set[str]:
+        return {i for i, _ in self.runs if i is not None}
+
+    def write(self, runs: list[tuple[str | None, dict[str, Any]]]) -> None:
+        self.runs = runs
+        self.version += 1
+
+    def learn(self, run_ids: list[str], offset: int) -> None:
+        """Ids the store returned for the runs from `offset`."""
+        for i, run_id in enumerate(run_ids):
+            known, body = self.runs[offset + i]
+            assert known in (None, run_id), (offset + i, known, run_id)
+            self.runs[offset + i] = (run_id, body)
+
+
+def _new_state(state: dict[str, Any], change: Any) -> dict[str, Any]:
+    if change is None:
+        return state
+    if change[0] == "patch":
+        return merge_patch(state, {"session_state": {change[1]: change[2]}})  # type: ignore[no-any-return]
+    return {"replaced": change[1]}
+
+
+def _state_args(change: Any) -> dict[str, Any]:
+    if change is None:
+        return {}
+    if change[0] == "patch":
+        return {"state_patch": {"session_state": {change[1]: change[2]}}}
+    return {"session_data": {"replaced": change[1]}}
+
+
+class HistoryModelConformance:
+    """The run-level calls against `HistoryModel`; see the module docstring."""
+
+    @settings(
+        max_examples=50,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(program=_program)
+    async def test_a_history_follows_the_model_through_any_program_of_run_calls(
+        self, store: SessionStore, program: list[tuple[Any, ...]]
+    ) -> None:
+        sid = f"m-{uuid.uuid4().hex[:12]}"
+        model = HistoryModel()
+        bodies = iter(range(10**6))
+
+        def body(run_id: str | None) -> dict[str, Any]:
+            run: dict[str, Any] = {"n": next(bodies)}
+            if run_id is not None:
+                run["run_id"] = run_id
+            return run
+
+        seed: tuple[Any, ...] = ("append", ["r0", None, None, "r1"], None)  # a history to work on
+        for step, op in enumerate([seed, *program]):
+            where = f"step {step}: {op!r}"
+            kind = op[0]
+            if kind == "append":
+                given = [(i, body(i)) for i in op[1]]
+                result = await store.append_runs(sid, [b for _, b in given], **_state_args(op[2]))
+                stored = model.ids()
+                new = [(i, b) for i, b in given if i is None or i not in stored]
+                if not model.exists:
+                    model.exists, model.version, model.state = True, 0, {}
+                if new:
+                    model.state = _new_state(model.state, op[2])
+                    model.write([*model.runs, *new])
+                    model.learn(result.run_ids[-len(new) :], len(model.runs) - len(new))
+                assert result.version == model.version, where
+                assert result.session_data == model.state, where
+            elif kind == "append_if":
+                await self._append_if(store, sid, model, op, body, where)
+            elif kind == "upsert_whole":
+                await self._upsert_whole(store, sid, model, op, body, where)
+            elif kind == "upsert_tail":
+                await self._upsert_tail(store, sid, model, op, body, where)
+            elif kind == "pop":
+                popped = await store.pop_runs(sid, op[1])
+                cut = model.runs[-op[1] :] if model.runs else []
+                assert popped == [b for _, b in cut], where
+                if cut:
+                    model.write(model.runs[: len(model.runs) - len(cut)])
+            elif kind in ("truncate", "clear"):
+                keep = op[1] if kind == "truncate" else 0
+                if kind == "truncate":
+                    removed = await store.truncate_runs(sid, keep_last=keep)
+                else:
+                    removed = await store.clear_runs(sid)
+                gone = max(0, len(model.runs) - keep)
+                assert removed == gone, where
+                if gone:
+                    model.write(model.runs[gone:])
+            elif kind == "fork":
+                await self._fork(store, sid, model, op[1], where)
+            elif kind == "get_run":
+                found = next((b for i, b in model.runs if i == op[1]), None)
+                assert await store.get_run(sid, op[1]) == found, where
+            else:  # delete
+                assert await store.delete_session(sid) is model.exists, where
+                model.exists, model.version, model.state, model.runs = False, 0, {}, []
+            await self._check(store, sid, model, where)
+
+    async def _append_if(
+        self,
+        store: SessionStore,
+        sid: str,
+        model: HistoryModel,
+        op: tuple[Any, ...],
+        body: Any,
+        where: str,
+    ) -> None:
+        _, given_ids, stale = op
+        given = [(i, body(i)) for i in given_ids]
+        expected = model.version - 1 if stale and model.version else model.version
+        if stale and not model.version:
+            expected = 1  # the session is absent
+        stored = model.ids()
+        if model.exists and all(i is not None and i in stored for i in given_ids):
+            # A retry of an applied append: it returns as the first call did, whatever the
+            # version, and writes nothing.
+            result = await store.append_runs(sid, [b for _, b in given], if_version=expected)
+            assert result.version == model.version, where
+            assert result.run_ids == given_ids, where
+            by_id = dict(model.runs)
+            assert result.runs == [by_id[i] for i in given_ids], where
+            return
+        if expected != model.version:
+            with pytest.raises(SessionConflictError) as caught:
+                await store.append_runs(sid, [b for _, b in given], if_version=expected)
+            assert (caught.value.expected, caught.value.actual) == (expected, model.version), where
+            return
+        result = await store.append_runs(sid, [b for _, b in given], if_version=expected)
+        new = [(i, b) for i, b in given if i is None or i not in stored]
+        model.exists = True
+        if new:
+            model.write([*model.runs, *new])
+            model.learn(result.run_ids[-len(new) :], len(model.runs) - len(new))
+        assert result.version == model.version, where
+
+    async def _upsert_whole(
+        self,
+        store: SessionStore,
+        sid: str,
+        model: HistoryModel,
+        op: tuple[Any, ...],
+        body: Any,
+        where: str,
+    ) -> None:
+        # A session built by the caller (never read): its runs are the whole history.
+        _, given_ids, version = op
+        given = [(i, body(i)) for i in given_ids]
+        written = [i for i in given_ids if i is not None]
+        session = Session(session_id=sid, session_data={"whole": True}, runs=[b for _, b in given])
+        expected = {None: None, "current": model.version, "other": model.version + 1}[version]
+        if len(written) != len(set(written)):
+            with pytest.raises(InvalidInputError, match="two runs"):
+                await store.upsert(session, if_version=expected)
+            return
+        if expected is not None and expected != model.version:
+            with pytest.raises(SessionConflictError):
+                await store.upsert(session, if_version=expected)
+            return
+        stored = await store.upsert(session, if_version=expected)
+        model.exists, model.state = True, {"whole": True}
+        model.write(given)
+        model.learn(stored.run_ids, 0)
+        assert stored.version == model.version, where
+
+    async def _upsert_tail(
+        self,
+        store: SessionStore,
+        sid: str,
+        model: HistoryModel,
+        op: tuple[Any, ...],
+        body: Any,
+        where: str,
+    ) -> None:
+        _, last, edit, run_id = op
+        tail = await store.read(sid, last_runs=last)
+        if tail is None:
+            assert not model.exists, where
+            return
+        offset = max(0, len(model.runs) - last) if last else len(model.runs)
+        assert tail.runs_offset == offset, where
+        assert tail.runs == [b for _, b in model.runs[offset:]], where
+        ids: list[str | None] = list(tail.run_ids)
+        runs = tail.runs
+        if edit == "add" or (edit == "repeat_kept" and not model.runs[:offset]):
+            runs.append(body(run_id))
+            ids.append(run_id)
+        elif edit == "repeat_kept":
+            kept_id, kept = model.runs[0]
+            runs.append(dict(kept))
+            ids.append(kept.get("run_id"))  # else a new id
+            assert kept_id is not None, where
+        elif edit == "drop_first" and runs:
+            del runs[0]
+            # Fewer runs than ids read: the runs without an id of their own get new ones.
+            ids = [b.get("run_id") for b in runs]
+        elif edit == "change_last" and runs:
+            runs[-1] = {**runs[-1], "changed": True}
+        elif edit == "offset0":
+            tail.runs_offset = offset = 0
+        written = [i for i in ids if i is not None]
+        if len(written) != len(set(written)):
+            with pytest.raises(InvalidInputError, match="two runs"):
+                await store.upsert(tail)
+            return
+        kept_ids = {i for i, _ in model.runs[:offset] if i is not None}
+        if any(i in kept_ids for i in written):
+            with pytest.raises(InvalidInputError, match="before runs_offset"):
+                await store.upsert(tail)
+            return
+        stored = await store.upsert(tail)
+        model.write([*model.runs[:offset], *zip(ids, runs, strict=True)])
+        model.learn(stored.run_ids, offset)
+        assert stored.version == model.version, where
+        assert stored.runs_offset == offset, where
+
+    async def _fork(
+        self, store: SessionStore, sid: str, model: HistoryModel, at: int | None, where: str
+    ) -> None:
+        new_sid = f"{sid}-fork"
+        if at is not None and at >= len(model.runs):
+            at = None
+        at_run = None if at is None else model.runs[at][0]
+        forked = await store.fork_session(sid, new_sid, at_run=at_run)
+        if not model.exists:
+            assert forked is None, where
+            return
+        assert forked is not None, where
+        copied = model.runs if at is None else model.runs[: at + 1]
+        assert (forked.version, forked.run_count) == (1, len(copied)), where
+        read = await store.read(new_sid)
+        assert read is not None, where
+        assert read.runs == [b for _, b in copied], where
+        assert read.run_ids == [i for i, _ in copied], where
+        assert read.session_data == model.state, where
+        assert await store.delete_session(new_sid), where
+
+    async def _check(self, store: SessionStore, sid: str, model: HistoryModel, where: str) -> None:
+        read = await store.read(sid)
+        if not model.exists:
+            assert read is None, where
+            return
+        assert read is not None, where
+        assert read.runs == [b for _, b in model.runs], where
+        assert len(set(read.run_ids)) == len(read.run_ids), where
+        assert (read.version, read.run_count, read.runs_offset) == (
+            model.version,
+            len(model.runs),
+            0,
+        ), where
+        assert read.session_data == model.state, where
+        model.learn(read.run_ids, 0)
+        assert isinstance(read, Session)
