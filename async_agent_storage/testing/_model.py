@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from .._encoding import merge_patch
-from ..errors import InvalidInputError, SessionConflictError
+from ..errors import InvalidInputError, SessionConflictError, SessionOwnershipError
 from ..models import Session
 from ..protocol import SessionStore
 
@@ -31,6 +31,7 @@ __all__ = ["HistoryModel", "HistoryModelConformance"]
 
 _IDS = ["r0", "r1", "r2", "r3", "r4", "r5"]  # run ids a program may give (None: the store's)
 _given_id = st.one_of(st.none(), st.sampled_from(_IDS))
+_user = st.sampled_from([None, None, "u1", "u2"])  # user_id (None: no owner check on appends)
 _state = st.one_of(
     st.none(),
     st.tuples(
@@ -46,6 +47,7 @@ _append = st.tuples(
         lambda ids: len([i for i in ids if i]) == len({i for i in ids if i})
     ),
     _state,
+    _user,
 )
 _append_if = st.tuples(
     st.just("append_if"),
@@ -53,11 +55,13 @@ _append_if = st.tuples(
         lambda ids: len([i for i in ids if i]) == len({i for i in ids if i})
     ),
     st.booleans(),  # a stale version
+    _user,
 )
 _upsert_whole = st.tuples(
     st.just("upsert_whole"),
     st.lists(_given_id, max_size=3),
     st.sampled_from([None, "current", "other"]),  # if_version
+    _user,
 )
 _upsert_tail = st.tuples(
     st.just("upsert_tail"),
@@ -91,9 +95,17 @@ class HistoryModel:
     assigned it and the model has not seen it yet."""
 
     exists: bool = False
+    owner: str | None = None
     version: int = 0
     state: dict[str, Any] = field(default_factory=dict)
     runs: list[tuple[str | None, dict[str, Any]]] = field(default_factory=list)
+
+    def refuses(self, user: str | None, *, exact: bool) -> bool:
+        """Whether a write as `user` is another user's (an append without a user checks no
+        owner; an upsert's user must be the owner, None included)."""
+        if not self.exists or (user is None and not exact):
+            return False
+        return self.owner != user
 
     def ids(self) -> set[str]:
         return {i for i, _ in self.runs if i is not None}
@@ -134,9 +146,9 @@ class HistoryModelConformance:
         deadline=None,
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     )
-    @given(program=_program)
+    @given(owner=st.sampled_from([None, "u1"]), program=_program)
     async def test_a_history_follows_the_model_through_any_program_of_run_calls(
-        self, store: SessionStore, program: list[tuple[Any, ...]]
+        self, store: SessionStore, owner: str | None, program: list[tuple[Any, ...]]
     ) -> None:
         sid = f"m-{uuid.uuid4().hex[:12]}"
         model = HistoryModel()
@@ -148,17 +160,23 @@ class HistoryModelConformance:
                 run["run_id"] = run_id
             return run
 
-        seed: tuple[Any, ...] = ("append", ["r0", None, None, "r1"], None)  # a history to work on
+        seed: tuple[Any, ...] = ("append", ["r0", None, None, "r1"], None, owner)  # a history
         for step, op in enumerate([seed, *program]):
             where = f"step {step}: {op!r}"
             kind = op[0]
             if kind == "append":
                 given = [(i, body(i)) for i in op[1]]
-                result = await store.append_runs(sid, [b for _, b in given], **_state_args(op[2]))
+                args = {"user_id": op[3], **_state_args(op[2])}
+                if model.refuses(op[3], exact=False):
+                    with pytest.raises(SessionOwnershipError):
+                        await store.append_runs(sid, [b for _, b in given], **args)
+                    await self._check(store, sid, model, where)
+                    continue
+                result = await store.append_runs(sid, [b for _, b in given], **args)
                 stored = model.ids()
                 new = [(i, b) for i, b in given if i is None or i not in stored]
                 if not model.exists:
-                    model.exists, model.version, model.state = True, 0, {}
+                    model.exists, model.owner, model.version, model.state = True, op[3], 0, {}
                 if new:
                     model.state = _new_state(model.state, op[2])
                     model.write([*model.runs, *new])
@@ -206,8 +224,12 @@ class HistoryModelConformance:
         body: Any,
         where: str,
     ) -> None:
-        _, given_ids, stale = op
+        _, given_ids, stale, user = op
         given = [(i, body(i)) for i in given_ids]
+        if model.refuses(user, exact=False):
+            with pytest.raises(SessionOwnershipError):
+                await store.append_runs(sid, [b for _, b in given], user_id=user, if_version=1)
+            return
         expected = model.version - 1 if stale and model.version else model.version
         if stale and not model.version:
             expected = 1  # the session is absent
@@ -215,7 +237,9 @@ class HistoryModelConformance:
         if model.exists and all(i is not None and i in stored for i in given_ids):
             # A retry of an applied append: it returns as the first call did, whatever the
             # version, and writes nothing.
-            result = await store.append_runs(sid, [b for _, b in given], if_version=expected)
+            result = await store.append_runs(
+                sid, [b for _, b in given], user_id=user, if_version=expected
+            )
             assert result.version == model.version, where
             assert result.run_ids == given_ids, where
             by_id = dict(model.runs)
@@ -223,12 +247,17 @@ class HistoryModelConformance:
             return
         if expected != model.version:
             with pytest.raises(SessionConflictError) as caught:
-                await store.append_runs(sid, [b for _, b in given], if_version=expected)
+                await store.append_runs(
+                    sid, [b for _, b in given], user_id=user, if_version=expected
+                )
             assert (caught.value.expected, caught.value.actual) == (expected, model.version), where
             return
-        result = await store.append_runs(sid, [b for _, b in given], if_version=expected)
+        result = await store.append_runs(
+            sid, [b for _, b in given], user_id=user, if_version=expected
+        )
         new = [(i, b) for i, b in given if i is None or i not in stored]
-        model.exists = True
+        if not model.exists:
+            model.exists, model.owner = True, user
         if new:
             model.write([*model.runs, *new])
             model.learn(result.run_ids[-len(new) :], len(model.runs) - len(new))
@@ -244,13 +273,18 @@ class HistoryModelConformance:
         where: str,
     ) -> None:
         # A session built by the caller (never read): its runs are the whole history.
-        _, given_ids, version = op
+        _, given_ids, version, user = op
         given = [(i, body(i)) for i in given_ids]
         written = [i for i in given_ids if i is not None]
-        session = Session(session_id=sid, session_data={"whole": True}, runs=[b for _, b in given])
+        runs = [b for _, b in given]
+        session = Session(session_id=sid, user_id=user, session_data={"whole": True}, runs=runs)
         expected = {None: None, "current": model.version, "other": model.version + 1}[version]
         if len(written) != len(set(written)):
             with pytest.raises(InvalidInputError, match="two runs"):
+                await store.upsert(session, if_version=expected)
+            return
+        if model.refuses(user, exact=True):
+            with pytest.raises(SessionOwnershipError):
                 await store.upsert(session, if_version=expected)
             return
         if expected is not None and expected != model.version:
@@ -258,7 +292,9 @@ class HistoryModelConformance:
                 await store.upsert(session, if_version=expected)
             return
         stored = await store.upsert(session, if_version=expected)
-        model.exists, model.state = True, {"whole": True}
+        if not model.exists:
+            model.exists, model.owner = True, user
+        model.state = {"whole": True}
         model.write(given)
         model.learn(stored.run_ids, 0)
         assert stored.version == model.version, where
@@ -332,7 +368,7 @@ class HistoryModelConformance:
         assert read is not None, where
         assert read.runs == [b for _, b in copied], where
         assert read.run_ids == [i for i, _ in copied], where
-        assert read.session_data == model.state, where
+        assert (read.session_data, read.user_id) == (model.state, model.owner), where
         assert await store.delete_session(new_sid), where
 
     async def _check(self, store: SessionStore, sid: str, model: HistoryModel, where: str) -> None:
@@ -348,6 +384,8 @@ class HistoryModelConformance:
             len(model.runs),
             0,
         ), where
-        assert read.session_data == model.state, where
+        assert (read.session_data, read.user_id) == (model.state, model.owner), where
+        assert await store.read(sid, user_id=model.owner) is not None, where
+        assert await store.read(sid, user_id="intruder") is None, where
         model.learn(read.run_ids, 0)
         assert isinstance(read, Session)
