@@ -27,7 +27,7 @@ from ..errors import InvalidInputError, SessionConflictError, SessionOwnershipEr
 from ..models import Session
 from ..protocol import SessionStore
 
-__all__ = ["HistoryModel", "HistoryModelConformance"]
+__all__ = ["HistoryModel", "HistoryModelConformance", "ListingModelConformance"]
 
 _IDS = ["r0", "r1", "r2", "r3", "r4", "r5"]  # run ids a program may give (None: the store's)
 _given_id = st.one_of(st.none(), st.sampled_from(_IDS))
@@ -389,3 +389,129 @@ class HistoryModelConformance:
         assert await store.read(sid, user_id="intruder") is None, where
         model.learn(read.run_ids, 0)
         assert isinstance(read, Session)
+
+
+_listing_writes = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("upsert"),
+            st.integers(0, 5),  # which session
+            st.sampled_from([None, "u1", "u2"]),
+            st.sampled_from(["agent", "team", "workflow"]),
+            st.sampled_from([None, "e1", "e2"]),  # agent_id
+            st.sampled_from([None, "e1", "e3"]),  # team_id
+        ),
+        st.tuples(st.just("append"), st.integers(0, 5)),
+        st.tuples(st.just("delete"), st.integers(0, 5)),
+    ),
+    min_size=1,
+    max_size=14,
+)
+_listing_query = st.tuples(
+    st.sampled_from([None, "u1", "u2"]),  # user_id
+    st.sampled_from([None, "agent", "team"]),  # session_type
+    st.sampled_from([None, "e1", "e2", "e3"]),  # entity_id
+    st.one_of(st.none(), st.integers(0, 5)),  # updated_after: that session's updated_at
+    st.integers(1, 4),  # page size
+    st.booleans(),  # include_runs
+)
+
+
+class ListingModelConformance:
+    """Listings and counts against the sessions as read: which match each filter, in which
+    order (`updated_at`, then `session_id`, descending), page by page."""
+
+    @settings(
+        max_examples=60,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(writes=_listing_writes, queries=st.lists(_listing_query, min_size=1, max_size=4))
+    async def test_listings_and_counts_follow_the_sessions_as_read(
+        self,
+        store: SessionStore,
+        writes: list[tuple[Any, ...]],
+        queries: list[tuple[Any, ...]],
+    ) -> None:
+        # Each example has a user of its own prefix, so that earlier examples' sessions (one
+        # table for the whole test) are not listed.
+        tag = uuid.uuid4().hex[:8]
+        sids = [f"l-{tag}-{i}" for i in range(6)]
+        users = {u: f"{u}-{tag}" for u in ("u1", "u2")}
+        for op in writes:
+            sid = sids[op[1]]
+            if op[0] == "upsert":
+                _, _, user, kind, agent, team = op
+                owner = None if user is None else users[user]
+                stored = await store.read(sid)
+                if stored is not None and stored.user_id != owner:
+                    continue  # the owner never changes (tested elsewhere)
+                await store.upsert(
+                    Session(
+                        session_id=sid,
+                        user_id=owner,
+                        session_type=kind,
+                        agent_id=None if agent is None else f"{agent}-{tag}",
+                        team_id=None if team is None else f"{team}-{tag}",
+                        runs=[{"i": 0}],
+                    )
+                )
+            elif op[0] == "append":
+                await store.append_runs(sid, [{"i": 1}])
+            else:
+                await store.delete_session(sid)
+        reads = [s for s in [await store.read(sid) for sid in sids] if s is not None]
+        for user, kind, entity, after, size, with_runs in queries:
+            user_id = None if user is None else users[user]
+            entity_id = None if entity is None else f"{entity}-{tag}"
+            since = next((s.updated_at for s in reads if s.session_id == sids[after or 0]), None)
+            since = since if after is not None else None
+            expected = sorted(
+                (
+                    s
+                    for s in reads
+                    if (user_id is None or s.user_id == user_id)
+                    and (kind is None or s.session_type == kind)
+                    and entity_id in (None, s.agent_id, s.team_id, s.workflow_id)
+                    and (since is None or s.updated_at > since)
+                ),
+                key=lambda s: (s.updated_at, s.session_id),
+                reverse=True,
+            )
+            expected_ids = [s.session_id for s in expected]
+            listed: list[Session] = []
+            cursor = None
+            filters: dict[str, Any] = {
+                "user_id": user_id,
+                "session_type": kind,
+                "entity_id": entity_id,
+                "updated_after": since,
+            }
+            for _ in range(len(reads) + 2):
+                page = await store.list_sessions(
+                    **filters, limit=size, cursor=cursor, include_runs=with_runs
+                )
+                assert len(page.items) <= size
+                listed += page.items
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+            # This example's sessions are the newest in the table, so they come first: the
+            # pages read above hold all of them even when earlier examples' match too.
+            mine = [s for s in listed if s.session_id.startswith(f"l-{tag}-")]
+            where = f"{(user, kind, entity, after, size)}"
+            assert [s.session_id for s in mine] == expected_ids, where
+            if user_id is not None or entity_id is not None:
+                assert len(mine) == len(listed), where
+                count = await store.count_sessions(**filters)
+                assert count == len(expected_ids), where
+            by_id = {s.session_id: s for s in reads}
+            for s in mine:
+                read = by_id[s.session_id]
+                assert (s.updated_at, s.version, s.user_id) == (
+                    read.updated_at,
+                    read.version,
+                    read.user_id,
+                ), where
+                assert s.run_count == read.run_count, where
+                assert s.runs == (read.runs if with_runs else []), where

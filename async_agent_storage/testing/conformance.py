@@ -40,7 +40,7 @@ from ..models import Session
 from ..protocol import SessionStore
 from ._activity import ActivityConformance
 from ._leases import LeaseConformance
-from ._model import HistoryModelConformance
+from ._model import HistoryModelConformance, ListingModelConformance
 from ._retention import RetentionConformance
 from ._turns import TurnConformance
 from .strategies import json_objects, json_values
@@ -96,6 +96,7 @@ class SessionStoreConformance(
     LeaseConformance,
     RetentionConformance,
     HistoryModelConformance,
+    ListingModelConformance,
 ):
     """Every rule every backend shares. Subclass it and provide a `store_factory` fixture."""
 
