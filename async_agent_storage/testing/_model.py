@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -464,8 +465,9 @@ class ListingModelConformance:
         for user, kind, entity, after, size, with_runs in queries:
             user_id = None if user is None else users[user]
             entity_id = None if entity is None else f"{entity}-{tag}"
-            since = next((s.updated_at for s in reads if s.session_id == sids[after or 0]), None)
-            since = since if after is not None else None
+            since: datetime | None = None
+            if after is not None:
+                since = next((s.updated_at for s in reads if s.session_id == sids[after]), None)
             expected = sorted(
                 (
                     s
@@ -473,7 +475,7 @@ class ListingModelConformance:
                     if (user_id is None or s.user_id == user_id)
                     and (kind is None or s.session_type == kind)
                     and entity_id in (None, s.agent_id, s.team_id, s.workflow_id)
-                    and (since is None or s.updated_at > since)
+                    and (since is None or (s.updated_at is not None and s.updated_at > since))
                 ),
                 key=lambda s: (s.updated_at, s.session_id),
                 reverse=True,

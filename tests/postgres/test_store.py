@@ -299,7 +299,8 @@ async def test_concurrent_upserts_and_appends_keep_one_consistent_history(
                 await store.upsert(tail)
                 return
             except SessionConflictError as exc:
-                assert exc.expected == tail.version < exc.actual
+                conflict = exc
+            assert conflict.expected == tail.version < conflict.actual
 
     calls = [appender(i) if i % 2 else rewriter(i) for i in range(40)]
     await asyncio.gather(*calls)
