@@ -49,6 +49,7 @@ _append = st.tuples(
     ),
     _state,
     _user,
+    st.booleans(),  # the ids by `run_ids=` (the runs carry none) instead of their own key
 )
 _append_if = st.tuples(
     st.just("append_if"),
@@ -67,7 +68,9 @@ _upsert_whole = st.tuples(
 _upsert_tail = st.tuples(
     st.just("upsert_tail"),
     st.integers(0, 4),
-    st.sampled_from(["keep", "add", "drop_first", "change_last", "offset0", "repeat_kept"]),
+    st.sampled_from(
+        ["keep", "add", "drop_first", "change_last", "offset0", "offset_past", "repeat_kept"]
+    ),
     _given_id,
 )
 _program = st.lists(
@@ -161,13 +164,18 @@ class HistoryModelConformance:
                 run["run_id"] = run_id
             return run
 
-        seed: tuple[Any, ...] = ("append", ["r0", None, None, "r1"], None, owner)  # a history
+        seed: tuple[Any, ...] = ("append", ["r0", None, None, "r1"], None, owner, False)
         for step, op in enumerate([seed, *program]):
             where = f"step {step}: {op!r}"
             kind = op[0]
             if kind == "append":
-                given = [(i, body(i)) for i in op[1]]
                 args = {"user_id": op[3], **_state_args(op[2])}
+                if op[4]:  # ids by position: a prefix of ids, the rest the store's
+                    cut = op[1].index(None) if None in op[1] else len(op[1])
+                    given = [(i if n < cut else None, body(None)) for n, i in enumerate(op[1])]
+                    args["run_ids"] = op[1][:cut]
+                else:
+                    given = [(i, body(i)) for i in op[1]]
                 if model.refuses(op[3], exact=False):
                     with pytest.raises(SessionOwnershipError):
                         await store.append_runs(sid, [b for _, b in given], **args)
@@ -335,6 +343,9 @@ class HistoryModelConformance:
             runs[-1] = {**runs[-1], "changed": True}
         elif edit == "offset0":
             tail.runs_offset = offset = 0
+        elif edit == "offset_past":  # past the end: the runs go at the end
+            tail.runs_offset = offset + 3
+            offset = min(offset + 3, len(model.runs))
         written = [i for i in ids if i is not None]
         if len(written) != len(set(written)):
             with pytest.raises(InvalidInputError, match="two runs"):
