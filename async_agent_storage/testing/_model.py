@@ -72,6 +72,7 @@ _upsert_tail = st.tuples(
         ["keep", "add", "drop_first", "change_last", "offset0", "offset_past", "repeat_kept"]
     ),
     _given_id,
+    st.booleans(),  # written by upsert_many, beside a new session
 )
 _program = st.lists(
     st.one_of(
@@ -85,6 +86,7 @@ _program = st.lists(
         st.tuples(st.just("truncate"), st.integers(0, 4)),
         st.tuples(st.just("clear")),
         st.tuples(st.just("fork"), st.one_of(st.none(), st.integers(0, 8))),
+        st.tuples(st.just("fork_refused"), st.sampled_from(["onto_existing", "unknown_run"])),
         st.tuples(st.just("get_run"), st.sampled_from(_IDS)),
         st.tuples(st.just("delete")),
     ),
@@ -214,6 +216,8 @@ class HistoryModelConformance:
                 assert removed == gone, where
                 if gone:
                     model.write(model.runs[gone:])
+            elif kind == "fork_refused":
+                await self._fork_refused(store, sid, model, op[1], where)
             elif kind == "fork":
                 await self._fork(store, sid, model, op[1], where)
             elif kind == "get_run":
@@ -317,7 +321,17 @@ class HistoryModelConformance:
         body: Any,
         where: str,
     ) -> None:
-        _, last, edit, run_id = op
+        _, last, edit, run_id, batch = op
+        other = Session(session_id=f"{sid}-other", runs=[{"other": True}])
+
+        async def write(tail: Session) -> Session:
+            if not batch:
+                return await store.upsert(tail)
+            written = await store.upsert_many([other, tail])
+            assert [s.session_id for s in written] == [other.session_id, sid], where
+            assert await store.delete_session(other.session_id), where
+            return written[1]
+
         tail = await store.read(sid, last_runs=last)
         if tail is None:
             assert not model.exists, where
@@ -349,14 +363,16 @@ class HistoryModelConformance:
         written = [i for i in ids if i is not None]
         if len(written) != len(set(written)):
             with pytest.raises(InvalidInputError, match="two runs"):
-                await store.upsert(tail)
+                await write(tail)
+            assert await store.read(other.session_id) is None, where
             return
         kept_ids = {i for i, _ in model.runs[:offset] if i is not None}
         if any(i in kept_ids for i in written):
             with pytest.raises(InvalidInputError, match="before runs_offset"):
-                await store.upsert(tail)
+                await write(tail)
+            assert await store.read(other.session_id) is None, where
             return
-        stored = await store.upsert(tail)
+        stored = await write(tail)
         model.write([*model.runs[:offset], *zip(ids, runs, strict=True)])
         model.learn(stored.run_ids, offset)
         assert stored.version == model.version, where
@@ -382,6 +398,29 @@ class HistoryModelConformance:
         assert read.run_ids == [i for i, _ in copied], where
         assert (read.session_data, read.user_id) == (model.state, model.owner), where
         assert await store.delete_session(new_sid), where
+
+    async def _fork_refused(
+        self, store: SessionStore, sid: str, model: HistoryModel, how: str, where: str
+    ) -> None:
+        new_sid = f"{sid}-fork"
+        if how == "onto_existing":
+            await store.append_runs(new_sid, [{"there": True}])
+            if model.exists:
+                with pytest.raises(SessionConflictError):
+                    await store.fork_session(sid, new_sid)
+            else:
+                assert await store.fork_session(sid, new_sid) is None, where
+            there = await store.read(new_sid)
+            assert there is not None, where
+            assert (there.runs, there.version) == ([{"there": True}], 1), where
+            assert await store.delete_session(new_sid), where
+        else:
+            if model.exists:
+                with pytest.raises(InvalidInputError):
+                    await store.fork_session(sid, new_sid, at_run="not-a-run")
+            else:
+                assert await store.fork_session(sid, new_sid, at_run="not-a-run") is None, where
+            assert await store.read(new_sid) is None, where
 
     async def _check(self, store: SessionStore, sid: str, model: HistoryModel, where: str) -> None:
         read = await store.read(sid)
