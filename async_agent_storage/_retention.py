@@ -9,6 +9,7 @@ between batches loses nothing: the next call carries on from what is left.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -16,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 from ._crypto import reseal_plan
 from ._encoding import merge_patch
 from ._paging import list_query
-from ._rules import RETRY
-from .errors import InvalidInputError, SessionConflictError
+from ._rules import RETRY, conflict
+from .errors import InvalidInputError, SessionConflictError, SessionOwnershipError
 from .models import Session
 
 if TYPE_CHECKING:
@@ -103,9 +104,27 @@ async def append_patched(
     ciphertext, so the store reads the state, merges the patch (RFC 7396, `merge_patch`) and
     appends with the merged state at the version it read, again when another write came in
     between. The result is what a database-side merge gives, at the cost of a read per turn.
-    With the caller's `if_version`, a conflict is the caller's to handle."""
+    With the caller's `if_version`, a conflict is the caller's to handle.
+
+    The patches of one session through one store object take turns (without, concurrent turns
+    of one session would conflict with each other and exhaust the retries); only writes from
+    elsewhere make a patch read again."""
     if not isinstance(state_patch, dict):
         raise InvalidInputError(f"state_patch must be a dict, got {type(state_patch).__name__}")
+    lock = store._patching.get(session_id)
+    if lock is None:
+        lock = store._patching[session_id] = asyncio.Lock()
+    async with lock:
+        return await _append_patched(store, session_id, runs, state_patch, arguments)
+
+
+async def _append_patched(
+    store: StoreBase,
+    session_id: str,
+    runs: Sequence[Mapping[str, Any]],
+    state_patch: dict[str, Any],
+    arguments: dict[str, Any],
+) -> Session:
     given = arguments.pop("if_version")
     user_id = arguments["user_id"]
     for attempt in range(RETRY.attempts):
@@ -158,7 +177,12 @@ async def fork_copied(
             "version": 0,
         }
     )
-    stored = await store.upsert(copy, if_version=0)
+    try:
+        stored = await store.upsert(copy, if_version=0)
+    except SessionOwnershipError:  # the new id is another user's session: it exists
+        existing = await store.read(new_session_id, last_runs=0)
+        actual = 0 if existing is None else existing.version
+        raise conflict(store.label, new_session_id, 0, actual) from None
     stored.runs = []
     stored.run_ids = []
     stored.runs_offset = end

@@ -59,6 +59,7 @@ import enum
 import inspect
 import uuid
 import warnings
+import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, contextmanager
 from datetime import datetime
@@ -268,6 +269,10 @@ class StoreBase(abc.ABC):
         self._state = StoreState.NEW
         self._dropped = False
         self._lifecycle = asyncio.Lock()
+        # An encrypting store's state patches of one session, one at a time (`_retention`).
+        self._patching: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
     @classmethod
     def option_names(cls) -> list[str]:

@@ -405,6 +405,21 @@ class TurnConformance:
             assert len(after.bytes) >= 2
             assert after.total_bytes == sum(after.bytes.values())
 
+    async def test_a_fork_onto_another_users_session_is_a_conflict(
+        self, store: SessionStore
+    ) -> None:
+        # The new id exists: a conflict, whoever owns it (an encrypting store forks by an
+        # upsert, whose owner check must not turn this into an ownership error).
+        sid, taken = _sid(), _sid()
+        await store.append_runs(sid, [{"i": 0}], user_id="u")
+        await store.append_runs(taken, [{"theirs": True}], user_id="other")
+        with pytest.raises(SessionConflictError) as caught:
+            await store.fork_session(sid, taken, user_id="u")
+        assert (caught.value.expected, caught.value.actual) == (0, 1)
+        theirs = await store.read(taken)
+        assert theirs is not None
+        assert (theirs.user_id, theirs.runs, theirs.version) == ("other", [{"theirs": True}], 1)
+
     async def test_fork_copies_the_session_up_to_a_run(self, store: SessionStore) -> None:
         sid, fork, whole = _sid(), _sid(), _sid()
         await store.append_runs(

@@ -11,6 +11,7 @@ from motor.motor_asyncio import AsyncIOMotorClient
 from async_agent_storage.mongo import MongoStore
 from async_agent_storage.testing import SessionStoreConformance, StoreFactory
 
+from ..privacy import RING
 from .conftest import DB_NAME, MongoTarget
 
 pytestmark = pytest.mark.mongo
@@ -44,3 +45,21 @@ class TestMongoMotor(SessionStoreConformance):
         yield factory
         for client in clients:
             client.close()
+
+
+class TestMongoSealed(SessionStoreConformance):
+    """Every rule holds on a store that encrypts what it writes."""
+
+    @pytest.fixture
+    def store_factory(self, mongo: MongoTarget, collection_name: str) -> StoreFactory:
+        def factory(**options: Any) -> MongoStore:
+            options.setdefault("encryption", RING)
+            return MongoStore(
+                collection_name,
+                db_url=mongo.url,
+                db_name=DB_NAME,
+                server_selection_timeout=5,
+                **options,
+            )
+
+        return factory

@@ -12,6 +12,7 @@ import pytest
 from async_agent_storage import PostgresStore
 from async_agent_storage.testing import SessionStoreConformance, StoreFactory
 
+from ..privacy import RING
 from .conftest import StoreMaker
 
 
@@ -32,5 +33,17 @@ class TestPostgresGivenPoolWithoutStatementCache(SessionStoreConformance):
     def store_factory(self, make_store: StoreMaker, given_pool: asyncpg.Pool) -> StoreFactory:
         def factory(**options: Any) -> PostgresStore:
             return make_store(db_url=None, pool=given_pool, **options)
+
+        return factory
+
+
+class TestPostgresSealed(SessionStoreConformance):
+    """Every rule holds on a store that encrypts what it writes."""
+
+    @pytest.fixture
+    def store_factory(self, make_store: StoreMaker) -> StoreFactory:
+        def factory(**options: Any) -> PostgresStore:
+            options.setdefault("encryption", RING)
+            return make_store(**options)
 
         return factory

@@ -1,4 +1,5 @@
-"""The conformance suite on SQLite: a file database, and an in-memory one."""
+"""The conformance suite on SQLite: a file database, an in-memory one, and a file database
+through an encrypting store."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import pytest
 
 from async_agent_storage import SqliteStore
 from async_agent_storage.testing import SessionStoreConformance, StoreFactory
+
+from ..privacy import RING
 
 
 class TestSqliteFile(SessionStoreConformance):
@@ -25,5 +28,17 @@ class TestSqliteMemory(SessionStoreConformance):
     def store_factory(self) -> StoreFactory:
         def factory(**options: Any) -> SqliteStore:
             return SqliteStore(db_file=None, **options)
+
+        return factory
+
+
+class TestSqliteFileSealed(SessionStoreConformance):
+    """Every rule holds on a store that encrypts what it writes."""
+
+    @pytest.fixture
+    def store_factory(self, tmp_path: Path) -> StoreFactory:
+        def factory(**options: Any) -> SqliteStore:
+            options.setdefault("encryption", RING)
+            return SqliteStore(db_file=tmp_path / "sessions.db", **options)
 
         return factory
