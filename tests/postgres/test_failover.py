@@ -70,7 +70,12 @@ async def test_the_store_survives_a_failover_and_loses_no_acknowledged_append(
             session = await store.read(f"s{w}")
             assert session is not None
             assert session.run_ids == acknowledged[w]
-        assert store.stats()["connections_replaced"] >= 1
+        # A call in flight when the primary stopped broke its connection, which the pool
+        # replaces (and the error says the write may have committed). When every writer was
+        # between calls at that moment (a loaded machine), the pool only found its idle
+        # connections closed and opened new ones: nothing broke under a call.
+        if any(exc.maybe_committed for exc in failures):
+            assert store.stats()["connections_replaced"] >= 1
 
     timings = {
         "promote_to_first_write_s": round(first_write - stopped, 3),
