@@ -111,39 +111,29 @@ async def append_patched(
     elsewhere make a patch read again."""
     if not isinstance(state_patch, dict):
         raise InvalidInputError(f"state_patch must be a dict, got {type(state_patch).__name__}")
+    given = arguments.pop("if_version")
+    user_id = arguments["user_id"]
     lock = store._patching.get(session_id)
     if lock is None:
         lock = store._patching[session_id] = asyncio.Lock()
     async with lock:
-        return await _append_patched(store, session_id, runs, state_patch, arguments)
-
-
-async def _append_patched(
-    store: StoreBase,
-    session_id: str,
-    runs: Sequence[Mapping[str, Any]],
-    state_patch: dict[str, Any],
-    arguments: dict[str, Any],
-) -> Session:
-    given = arguments.pop("if_version")
-    user_id = arguments["user_id"]
-    for attempt in range(RETRY.attempts):
-        current = await store.read(session_id, user_id=user_id, last_runs=0)
-        version = 0 if current is None else current.version
-        state = {} if current is None else current.session_data
-        try:
-            return await store.append_runs(
-                session_id,
-                runs,
-                session_data=merge_patch(state, state_patch),
-                if_version=version if given is None else given,
-                **arguments,
-            )
-        except SessionConflictError:
-            if given is not None:
-                raise
-            await RETRY.pause(attempt)
-    raise RETRY.exhausted(store.label, session_id)
+        for attempt in range(RETRY.attempts):
+            current = await store.read(session_id, user_id=user_id, last_runs=0)
+            version = 0 if current is None else current.version
+            state = {} if current is None else current.session_data
+            try:
+                return await store.append_runs(
+                    session_id,
+                    runs,
+                    session_data=merge_patch(state, state_patch),
+                    if_version=version if given is None else given,
+                    **arguments,
+                )
+            except SessionConflictError:
+                if given is not None:
+                    raise
+                await RETRY.pause(attempt)
+        raise RETRY.exhausted(store.label, session_id)
 
 
 async def fork_copied(

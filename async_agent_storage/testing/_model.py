@@ -144,6 +144,276 @@ def _state_args(change: Any) -> dict[str, Any]:
     return {"session_data": {"replaced": change[1]}}
 
 
+class _Program:
+    """One drawn program running on a store and on the model: a method per kind of call, each
+    named as the call's first item."""
+
+    def __init__(self, store: SessionStore) -> None:
+        self.store = store
+        self.sid = f"m-{uuid.uuid4().hex[:12]}"
+        self.model = HistoryModel()
+        self.where = ""
+        self._bodies = iter(range(10**6))
+
+    def body(self, run_id: str | None) -> dict[str, Any]:
+        """A new run, carrying `run_id` as its own id when given."""
+        run: dict[str, Any] = {"n": next(self._bodies)}
+        if run_id is not None:
+            run["run_id"] = run_id
+        return run
+
+    async def append(self, op: tuple[Any, ...]) -> None:
+        store, sid, model, where = self.store, self.sid, self.model, self.where
+        args = {"user_id": op[3], **_state_args(op[2])}
+        if op[4]:  # ids by position: a prefix of ids, the rest the store's
+            cut = op[1].index(None) if None in op[1] else len(op[1])
+            given = [(i if n < cut else None, self.body(None)) for n, i in enumerate(op[1])]
+            args["run_ids"] = op[1][:cut]
+        else:
+            given = [(i, self.body(i)) for i in op[1]]
+        if model.refuses(op[3], exact=False):
+            with pytest.raises(SessionOwnershipError):
+                await store.append_runs(sid, [b for _, b in given], **args)
+            return
+        result = await store.append_runs(sid, [b for _, b in given], **args)
+        stored = model.ids()
+        new = [(i, b) for i, b in given if i is None or i not in stored]
+        if not model.exists:
+            model.exists, model.owner, model.version, model.state = True, op[3], 0, {}
+        if new:
+            model.state = _new_state(model.state, op[2])
+            model.write([*model.runs, *new])
+            model.learn(result.run_ids[-len(new) :], len(model.runs) - len(new))
+        assert result.version == model.version, where
+        assert result.session_data == model.state, where
+
+    async def pop(self, op: tuple[Any, ...]) -> None:
+        model = self.model
+        popped = await self.store.pop_runs(self.sid, op[1])
+        cut = model.runs[-op[1] :] if model.runs else []
+        assert popped == [b for _, b in cut], self.where
+        if cut:
+            model.write(model.runs[: len(model.runs) - len(cut)])
+
+    async def truncate(self, op: tuple[Any, ...]) -> None:
+        await self._cut(await self.store.truncate_runs(self.sid, keep_last=op[1]), op[1])
+
+    async def clear(self, op: tuple[Any, ...]) -> None:
+        await self._cut(await self.store.clear_runs(self.sid), 0)
+
+    async def _cut(self, removed: int, keep: int) -> None:
+        gone = max(0, len(self.model.runs) - keep)
+        assert removed == gone, self.where
+        if gone:
+            self.model.write(self.model.runs[gone:])
+
+    async def get_run(self, op: tuple[Any, ...]) -> None:
+        found = next((b for i, b in self.model.runs if i == op[1]), None)
+        assert await self.store.get_run(self.sid, op[1]) == found, self.where
+
+    async def delete(self, op: tuple[Any, ...]) -> None:
+        assert await self.store.delete_session(self.sid) is self.model.exists, self.where
+        self.model = HistoryModel()
+
+    async def append_if(self, op: tuple[Any, ...]) -> None:
+        _, given_ids, stale, user = op
+        given = [(i, self.body(i)) for i in given_ids]
+        if self.model.refuses(user, exact=False):
+            with pytest.raises(SessionOwnershipError):
+                await self.store.append_runs(
+                    self.sid, [b for _, b in given], user_id=user, if_version=1
+                )
+            return
+        expected = self.model.version - 1 if stale and self.model.version else self.model.version
+        if stale and not self.model.version:
+            expected = 1  # the session is absent
+        stored = self.model.ids()
+        if self.model.exists and all(i is not None and i in stored for i in given_ids):
+            # A retry of an applied append: it returns as the first call did, whatever the
+            # version, and writes nothing.
+            result = await self.store.append_runs(
+                self.sid, [b for _, b in given], user_id=user, if_version=expected
+            )
+            assert result.version == self.model.version, self.where
+            assert result.run_ids == given_ids, self.where
+            by_id = dict(self.model.runs)
+            assert result.runs == [by_id[i] for i in given_ids], self.where
+            return
+        if expected != self.model.version:
+            with pytest.raises(SessionConflictError) as caught:
+                await self.store.append_runs(
+                    self.sid, [b for _, b in given], user_id=user, if_version=expected
+                )
+            assert (caught.value.expected, caught.value.actual) == (expected, self.model.version), (
+                self.where
+            )
+            return
+        result = await self.store.append_runs(
+            self.sid, [b for _, b in given], user_id=user, if_version=expected
+        )
+        new = [(i, b) for i, b in given if i is None or i not in stored]
+        if not self.model.exists:
+            self.model.exists, self.model.owner = True, user
+        if new:
+            self.model.write([*self.model.runs, *new])
+            self.model.learn(result.run_ids[-len(new) :], len(self.model.runs) - len(new))
+        assert result.version == self.model.version, self.where
+
+    async def upsert_whole(self, op: tuple[Any, ...]) -> None:
+        # A session built by the caller (never read): its runs are the whole history.
+        _, given_ids, version, user = op
+        given = [(i, self.body(i)) for i in given_ids]
+        written = [i for i in given_ids if i is not None]
+        runs = [b for _, b in given]
+        session = Session(
+            session_id=self.sid, user_id=user, session_data={"whole": True}, runs=runs
+        )
+        expected = {None: None, "current": self.model.version, "other": self.model.version + 1}[
+            version
+        ]
+        if len(written) != len(set(written)):
+            with pytest.raises(InvalidInputError, match="two runs"):
+                await self.store.upsert(session, if_version=expected)
+            return
+        if self.model.refuses(user, exact=True):
+            with pytest.raises(SessionOwnershipError):
+                await self.store.upsert(session, if_version=expected)
+            return
+        if expected is not None and expected != self.model.version:
+            with pytest.raises(SessionConflictError):
+                await self.store.upsert(session, if_version=expected)
+            return
+        stored = await self.store.upsert(session, if_version=expected)
+        if not self.model.exists:
+            self.model.exists, self.model.owner = True, user
+        self.model.state = {"whole": True}
+        self.model.write(given)
+        self.model.learn(stored.run_ids, 0)
+        assert stored.version == self.model.version, self.where
+
+    async def upsert_tail(self, op: tuple[Any, ...]) -> None:
+        _, last, edit, run_id, batch = op
+        other = Session(session_id=f"{self.sid}-other", runs=[{"other": True}])
+
+        async def write(tail: Session) -> Session:
+            if not batch:
+                return await self.store.upsert(tail)
+            written = await self.store.upsert_many([other, tail])
+            assert [s.session_id for s in written] == [other.session_id, self.sid], self.where
+            assert await self.store.delete_session(other.session_id), self.where
+            return written[1]
+
+        tail = await self.store.read(self.sid, last_runs=last)
+        if tail is None:
+            assert not self.model.exists, self.where
+            return
+        offset = max(0, len(self.model.runs) - last) if last else len(self.model.runs)
+        assert tail.runs_offset == offset, self.where
+        assert tail.runs == [b for _, b in self.model.runs[offset:]], self.where
+        ids: list[str | None] = list(tail.run_ids)
+        runs = tail.runs
+        if edit == "add" or (edit == "repeat_kept" and not self.model.runs[:offset]):
+            runs.append(self.body(run_id))
+            ids.append(run_id)
+        elif edit == "repeat_kept":
+            kept_id, kept = self.model.runs[0]
+            runs.append(dict(kept))
+            ids.append(kept.get("run_id"))  # else a new id
+            assert kept_id is not None, self.where
+        elif edit == "drop_first" and runs:
+            del runs[0]
+            # Fewer runs than ids read: the runs without an id of their own get new ones.
+            ids = [b.get("run_id") for b in runs]
+        elif edit == "change_last" and runs:
+            runs[-1] = {**runs[-1], "changed": True}
+        elif edit == "offset0":
+            tail.runs_offset = offset = 0
+        elif edit == "offset_past":  # past the end: the runs go at the end
+            tail.runs_offset = offset + 3
+            offset = min(offset + 3, len(self.model.runs))
+        written = [i for i in ids if i is not None]
+        if len(written) != len(set(written)):
+            with pytest.raises(InvalidInputError, match="two runs"):
+                await write(tail)
+            assert await self.store.read(other.session_id) is None, self.where
+            return
+        kept_ids = {i for i, _ in self.model.runs[:offset] if i is not None}
+        if any(i in kept_ids for i in written):
+            with pytest.raises(InvalidInputError, match="before runs_offset"):
+                await write(tail)
+            assert await self.store.read(other.session_id) is None, self.where
+            return
+        stored = await write(tail)
+        self.model.write([*self.model.runs[:offset], *zip(ids, runs, strict=True)])
+        self.model.learn(stored.run_ids, offset)
+        assert stored.version == self.model.version, self.where
+        assert stored.runs_offset == offset, self.where
+
+    async def fork(self, op: tuple[Any, ...]) -> None:
+        at: int | None = op[1]
+        new_sid = f"{self.sid}-fork"
+        if at is not None and at >= len(self.model.runs):
+            at = None
+        at_run = None if at is None else self.model.runs[at][0]
+        forked = await self.store.fork_session(self.sid, new_sid, at_run=at_run)
+        if not self.model.exists:
+            assert forked is None, self.where
+            return
+        assert forked is not None, self.where
+        copied = self.model.runs if at is None else self.model.runs[: at + 1]
+        assert (forked.version, forked.run_count) == (1, len(copied)), self.where
+        read = await self.store.read(new_sid)
+        assert read is not None, self.where
+        assert read.runs == [b for _, b in copied], self.where
+        assert read.run_ids == [i for i, _ in copied], self.where
+        assert (read.session_data, read.user_id) == (self.model.state, self.model.owner), self.where
+        assert await self.store.delete_session(new_sid), self.where
+
+    async def fork_refused(self, op: tuple[Any, ...]) -> None:
+        how: str = op[1]
+        new_sid = f"{self.sid}-fork"
+        if how == "onto_existing":
+            await self.store.append_runs(new_sid, [{"there": True}])
+            if self.model.exists:
+                with pytest.raises(SessionConflictError):
+                    await self.store.fork_session(self.sid, new_sid)
+            else:
+                assert await self.store.fork_session(self.sid, new_sid) is None, self.where
+            there = await self.store.read(new_sid)
+            assert there is not None, self.where
+            assert (there.runs, there.version) == ([{"there": True}], 1), self.where
+            assert await self.store.delete_session(new_sid), self.where
+        else:
+            if self.model.exists:
+                with pytest.raises(InvalidInputError):
+                    await self.store.fork_session(self.sid, new_sid, at_run="not-a-run")
+            else:
+                assert (
+                    await self.store.fork_session(self.sid, new_sid, at_run="not-a-run") is None
+                ), self.where
+            assert await self.store.read(new_sid) is None, self.where
+
+    async def check(self) -> None:
+        """The session as read is the model's; the ids the store assigned are learned."""
+        read = await self.store.read(self.sid)
+        if not self.model.exists:
+            assert read is None, self.where
+            return
+        assert read is not None, self.where
+        assert read.runs == [b for _, b in self.model.runs], self.where
+        assert len(set(read.run_ids)) == len(read.run_ids), self.where
+        assert (read.version, read.run_count, read.runs_offset) == (
+            self.model.version,
+            len(self.model.runs),
+            0,
+        ), self.where
+        assert (read.session_data, read.user_id) == (self.model.state, self.model.owner), self.where
+        assert await self.store.read(self.sid, user_id=self.model.owner) is not None, self.where
+        assert await self.store.read(self.sid, user_id="intruder") is None, self.where
+        self.model.learn(read.run_ids, 0)
+        assert isinstance(read, Session)
+
+
 class HistoryModelConformance:
     """The run-level calls against `HistoryModel`; see the module docstring."""
 
@@ -156,290 +426,12 @@ class HistoryModelConformance:
     async def test_a_history_follows_the_model_through_any_program_of_run_calls(
         self, store: SessionStore, owner: str | None, program: list[tuple[Any, ...]]
     ) -> None:
-        sid = f"m-{uuid.uuid4().hex[:12]}"
-        model = HistoryModel()
-        bodies = iter(range(10**6))
-
-        def body(run_id: str | None) -> dict[str, Any]:
-            run: dict[str, Any] = {"n": next(bodies)}
-            if run_id is not None:
-                run["run_id"] = run_id
-            return run
-
+        run = _Program(store)
         seed: tuple[Any, ...] = ("append", ["r0", None, None, "r1"], None, owner, False)
         for step, op in enumerate([seed, *program]):
-            where = f"step {step}: {op!r}"
-            kind = op[0]
-            if kind == "append":
-                args = {"user_id": op[3], **_state_args(op[2])}
-                if op[4]:  # ids by position: a prefix of ids, the rest the store's
-                    cut = op[1].index(None) if None in op[1] else len(op[1])
-                    given = [(i if n < cut else None, body(None)) for n, i in enumerate(op[1])]
-                    args["run_ids"] = op[1][:cut]
-                else:
-                    given = [(i, body(i)) for i in op[1]]
-                if model.refuses(op[3], exact=False):
-                    with pytest.raises(SessionOwnershipError):
-                        await store.append_runs(sid, [b for _, b in given], **args)
-                    await self._check(store, sid, model, where)
-                    continue
-                result = await store.append_runs(sid, [b for _, b in given], **args)
-                stored = model.ids()
-                new = [(i, b) for i, b in given if i is None or i not in stored]
-                if not model.exists:
-                    model.exists, model.owner, model.version, model.state = True, op[3], 0, {}
-                if new:
-                    model.state = _new_state(model.state, op[2])
-                    model.write([*model.runs, *new])
-                    model.learn(result.run_ids[-len(new) :], len(model.runs) - len(new))
-                assert result.version == model.version, where
-                assert result.session_data == model.state, where
-            elif kind == "append_if":
-                await self._append_if(store, sid, model, op, body, where)
-            elif kind == "upsert_whole":
-                await self._upsert_whole(store, sid, model, op, body, where)
-            elif kind == "upsert_tail":
-                await self._upsert_tail(store, sid, model, op, body, where)
-            elif kind == "pop":
-                popped = await store.pop_runs(sid, op[1])
-                cut = model.runs[-op[1] :] if model.runs else []
-                assert popped == [b for _, b in cut], where
-                if cut:
-                    model.write(model.runs[: len(model.runs) - len(cut)])
-            elif kind in ("truncate", "clear"):
-                keep = op[1] if kind == "truncate" else 0
-                if kind == "truncate":
-                    removed = await store.truncate_runs(sid, keep_last=keep)
-                else:
-                    removed = await store.clear_runs(sid)
-                gone = max(0, len(model.runs) - keep)
-                assert removed == gone, where
-                if gone:
-                    model.write(model.runs[gone:])
-            elif kind == "fork_refused":
-                await self._fork_refused(store, sid, model, op[1], where)
-            elif kind == "fork":
-                await self._fork(store, sid, model, op[1], where)
-            elif kind == "get_run":
-                found = next((b for i, b in model.runs if i == op[1]), None)
-                assert await store.get_run(sid, op[1]) == found, where
-            else:  # delete
-                assert await store.delete_session(sid) is model.exists, where
-                model.exists, model.version, model.state, model.runs = False, 0, {}, []
-            await self._check(store, sid, model, where)
-
-    async def _append_if(
-        self,
-        store: SessionStore,
-        sid: str,
-        model: HistoryModel,
-        op: tuple[Any, ...],
-        body: Any,
-        where: str,
-    ) -> None:
-        _, given_ids, stale, user = op
-        given = [(i, body(i)) for i in given_ids]
-        if model.refuses(user, exact=False):
-            with pytest.raises(SessionOwnershipError):
-                await store.append_runs(sid, [b for _, b in given], user_id=user, if_version=1)
-            return
-        expected = model.version - 1 if stale and model.version else model.version
-        if stale and not model.version:
-            expected = 1  # the session is absent
-        stored = model.ids()
-        if model.exists and all(i is not None and i in stored for i in given_ids):
-            # A retry of an applied append: it returns as the first call did, whatever the
-            # version, and writes nothing.
-            result = await store.append_runs(
-                sid, [b for _, b in given], user_id=user, if_version=expected
-            )
-            assert result.version == model.version, where
-            assert result.run_ids == given_ids, where
-            by_id = dict(model.runs)
-            assert result.runs == [by_id[i] for i in given_ids], where
-            return
-        if expected != model.version:
-            with pytest.raises(SessionConflictError) as caught:
-                await store.append_runs(
-                    sid, [b for _, b in given], user_id=user, if_version=expected
-                )
-            assert (caught.value.expected, caught.value.actual) == (expected, model.version), where
-            return
-        result = await store.append_runs(
-            sid, [b for _, b in given], user_id=user, if_version=expected
-        )
-        new = [(i, b) for i, b in given if i is None or i not in stored]
-        if not model.exists:
-            model.exists, model.owner = True, user
-        if new:
-            model.write([*model.runs, *new])
-            model.learn(result.run_ids[-len(new) :], len(model.runs) - len(new))
-        assert result.version == model.version, where
-
-    async def _upsert_whole(
-        self,
-        store: SessionStore,
-        sid: str,
-        model: HistoryModel,
-        op: tuple[Any, ...],
-        body: Any,
-        where: str,
-    ) -> None:
-        # A session built by the caller (never read): its runs are the whole history.
-        _, given_ids, version, user = op
-        given = [(i, body(i)) for i in given_ids]
-        written = [i for i in given_ids if i is not None]
-        runs = [b for _, b in given]
-        session = Session(session_id=sid, user_id=user, session_data={"whole": True}, runs=runs)
-        expected = {None: None, "current": model.version, "other": model.version + 1}[version]
-        if len(written) != len(set(written)):
-            with pytest.raises(InvalidInputError, match="two runs"):
-                await store.upsert(session, if_version=expected)
-            return
-        if model.refuses(user, exact=True):
-            with pytest.raises(SessionOwnershipError):
-                await store.upsert(session, if_version=expected)
-            return
-        if expected is not None and expected != model.version:
-            with pytest.raises(SessionConflictError):
-                await store.upsert(session, if_version=expected)
-            return
-        stored = await store.upsert(session, if_version=expected)
-        if not model.exists:
-            model.exists, model.owner = True, user
-        model.state = {"whole": True}
-        model.write(given)
-        model.learn(stored.run_ids, 0)
-        assert stored.version == model.version, where
-
-    async def _upsert_tail(
-        self,
-        store: SessionStore,
-        sid: str,
-        model: HistoryModel,
-        op: tuple[Any, ...],
-        body: Any,
-        where: str,
-    ) -> None:
-        _, last, edit, run_id, batch = op
-        other = Session(session_id=f"{sid}-other", runs=[{"other": True}])
-
-        async def write(tail: Session) -> Session:
-            if not batch:
-                return await store.upsert(tail)
-            written = await store.upsert_many([other, tail])
-            assert [s.session_id for s in written] == [other.session_id, sid], where
-            assert await store.delete_session(other.session_id), where
-            return written[1]
-
-        tail = await store.read(sid, last_runs=last)
-        if tail is None:
-            assert not model.exists, where
-            return
-        offset = max(0, len(model.runs) - last) if last else len(model.runs)
-        assert tail.runs_offset == offset, where
-        assert tail.runs == [b for _, b in model.runs[offset:]], where
-        ids: list[str | None] = list(tail.run_ids)
-        runs = tail.runs
-        if edit == "add" or (edit == "repeat_kept" and not model.runs[:offset]):
-            runs.append(body(run_id))
-            ids.append(run_id)
-        elif edit == "repeat_kept":
-            kept_id, kept = model.runs[0]
-            runs.append(dict(kept))
-            ids.append(kept.get("run_id"))  # else a new id
-            assert kept_id is not None, where
-        elif edit == "drop_first" and runs:
-            del runs[0]
-            # Fewer runs than ids read: the runs without an id of their own get new ones.
-            ids = [b.get("run_id") for b in runs]
-        elif edit == "change_last" and runs:
-            runs[-1] = {**runs[-1], "changed": True}
-        elif edit == "offset0":
-            tail.runs_offset = offset = 0
-        elif edit == "offset_past":  # past the end: the runs go at the end
-            tail.runs_offset = offset + 3
-            offset = min(offset + 3, len(model.runs))
-        written = [i for i in ids if i is not None]
-        if len(written) != len(set(written)):
-            with pytest.raises(InvalidInputError, match="two runs"):
-                await write(tail)
-            assert await store.read(other.session_id) is None, where
-            return
-        kept_ids = {i for i, _ in model.runs[:offset] if i is not None}
-        if any(i in kept_ids for i in written):
-            with pytest.raises(InvalidInputError, match="before runs_offset"):
-                await write(tail)
-            assert await store.read(other.session_id) is None, where
-            return
-        stored = await write(tail)
-        model.write([*model.runs[:offset], *zip(ids, runs, strict=True)])
-        model.learn(stored.run_ids, offset)
-        assert stored.version == model.version, where
-        assert stored.runs_offset == offset, where
-
-    async def _fork(
-        self, store: SessionStore, sid: str, model: HistoryModel, at: int | None, where: str
-    ) -> None:
-        new_sid = f"{sid}-fork"
-        if at is not None and at >= len(model.runs):
-            at = None
-        at_run = None if at is None else model.runs[at][0]
-        forked = await store.fork_session(sid, new_sid, at_run=at_run)
-        if not model.exists:
-            assert forked is None, where
-            return
-        assert forked is not None, where
-        copied = model.runs if at is None else model.runs[: at + 1]
-        assert (forked.version, forked.run_count) == (1, len(copied)), where
-        read = await store.read(new_sid)
-        assert read is not None, where
-        assert read.runs == [b for _, b in copied], where
-        assert read.run_ids == [i for i, _ in copied], where
-        assert (read.session_data, read.user_id) == (model.state, model.owner), where
-        assert await store.delete_session(new_sid), where
-
-    async def _fork_refused(
-        self, store: SessionStore, sid: str, model: HistoryModel, how: str, where: str
-    ) -> None:
-        new_sid = f"{sid}-fork"
-        if how == "onto_existing":
-            await store.append_runs(new_sid, [{"there": True}])
-            if model.exists:
-                with pytest.raises(SessionConflictError):
-                    await store.fork_session(sid, new_sid)
-            else:
-                assert await store.fork_session(sid, new_sid) is None, where
-            there = await store.read(new_sid)
-            assert there is not None, where
-            assert (there.runs, there.version) == ([{"there": True}], 1), where
-            assert await store.delete_session(new_sid), where
-        else:
-            if model.exists:
-                with pytest.raises(InvalidInputError):
-                    await store.fork_session(sid, new_sid, at_run="not-a-run")
-            else:
-                assert await store.fork_session(sid, new_sid, at_run="not-a-run") is None, where
-            assert await store.read(new_sid) is None, where
-
-    async def _check(self, store: SessionStore, sid: str, model: HistoryModel, where: str) -> None:
-        read = await store.read(sid)
-        if not model.exists:
-            assert read is None, where
-            return
-        assert read is not None, where
-        assert read.runs == [b for _, b in model.runs], where
-        assert len(set(read.run_ids)) == len(read.run_ids), where
-        assert (read.version, read.run_count, read.runs_offset) == (
-            model.version,
-            len(model.runs),
-            0,
-        ), where
-        assert (read.session_data, read.user_id) == (model.state, model.owner), where
-        assert await store.read(sid, user_id=model.owner) is not None, where
-        assert await store.read(sid, user_id="intruder") is None, where
-        model.learn(read.run_ids, 0)
-        assert isinstance(read, Session)
+            run.where = f"step {step}: {op!r}"
+            await getattr(run, op[0])(op)
+            await run.check()
 
 
 _listing_writes = st.lists(

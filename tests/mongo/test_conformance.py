@@ -17,19 +17,23 @@ from .conftest import DB_NAME, MongoTarget
 pytestmark = pytest.mark.mongo
 
 
+def _pymongo_factory(mongo: MongoTarget, collection_name: str, **defaults: Any) -> StoreFactory:
+    def factory(**options: Any) -> MongoStore:
+        return MongoStore(
+            collection_name,
+            db_url=mongo.url,
+            db_name=DB_NAME,
+            server_selection_timeout=5,
+            **{**defaults, **options},
+        )
+
+    return factory
+
+
 class TestMongoPyMongo(SessionStoreConformance):
     @pytest.fixture
     def store_factory(self, mongo: MongoTarget, collection_name: str) -> StoreFactory:
-        def factory(**options: Any) -> MongoStore:
-            return MongoStore(
-                collection_name,
-                db_url=mongo.url,
-                db_name=DB_NAME,
-                server_selection_timeout=5,
-                **options,
-            )
-
-        return factory
+        return _pymongo_factory(mongo, collection_name)
 
 
 class TestMongoMotor(SessionStoreConformance):
@@ -52,14 +56,4 @@ class TestMongoSealed(SessionStoreConformance):
 
     @pytest.fixture
     def store_factory(self, mongo: MongoTarget, collection_name: str) -> StoreFactory:
-        def factory(**options: Any) -> MongoStore:
-            options.setdefault("encryption", RING)
-            return MongoStore(
-                collection_name,
-                db_url=mongo.url,
-                db_name=DB_NAME,
-                server_selection_timeout=5,
-                **options,
-            )
-
-        return factory
+        return _pymongo_factory(mongo, collection_name, encryption=RING)
