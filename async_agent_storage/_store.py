@@ -753,7 +753,8 @@ class StoreBase(abc.ABC):
         return Lease(self, sid, uid, ttl=seconds, wait=patience, renew_every=every)
 
     async def delete_session(self, session_id: str, *, user_id: str | None = None) -> bool:
-        """Delete the session and its runs; False when it is absent or another user's."""
+        """Delete the session and its runs; False when it is absent or another user's (an expired
+        session is absent: its rows are deleted and the answer is False)."""
         sid = check_id(session_id, "session_id")
         uid = self._user(user_id)
         return await self._call("delete_session", self._delete, sid, uid)

@@ -729,17 +729,19 @@ class Writer:
         await self.settled([sid])
         filter_ = {"_id": sid} if uid is None else {"_id": sid, "user_id": uid}
         doc = await self.parts.sessions.find_one_and_delete(
-            filter_, projection={"gen": 1, "holds": 1}
+            filter_, projection={"gen": 1, "holds": 1, "expires_at": 1}
         )
         if doc is None:
             return False
+        expires = doc.get("expires_at")
+        live = expires is None or expires.replace(tzinfo=UTC) > from_us(now_us())
         if any_hold(doc.get("holds"), now_us()):
             # A pop is reading some of them back; they are never read otherwise.
-            return True
+            return live
         try:
             await self.parts.runs.delete_many({"session_id": sid, "gen": doc["gen"]})
         except PyMongoError as exc:
             # The session is gone; its runs can no longer be read (a re-created session is
             # another incarnation), they only take space.
             _log.warning("%s: session %r is deleted, its runs are not: %s", self.label, sid, exc)
-        return True
+        return live

@@ -324,16 +324,17 @@ runs AS (
 SELECT * FROM new
 """
 
-# delete_session: $1 session_id, $2 user_id filter (NULL: none).
+# delete_session: $1 session_id, $2 user_id filter (NULL: none); counts the session only when it
+# had not expired (an expired one is gone already for every call; its rows go all the same).
 _DELETE = """
 WITH gone AS (
     DELETE FROM {t} WHERE session_id = $1 AND ($2::text IS NULL OR user_id = $2::text)
-    RETURNING session_id
+    RETURNING session_id, expires_at
 ),
 runs AS (
     DELETE FROM {runs} r USING gone WHERE r.session_id = gone.session_id
 )
-SELECT count(*) FROM gone
+SELECT count(*) FILTER (WHERE expires_at IS NULL OR expires_at > now()) FROM gone
 """
 
 # Only on the error path of a write: who owns the session, at which version it is, and the token

@@ -193,7 +193,10 @@ _UPSERT_RUN = """
 """
 _DELETE_RUNS_FROM = 'DELETE FROM "{t}_runs" WHERE session_id = ? AND seq >= ?'
 _DELETE_SESSION = 'DELETE FROM "{t}" WHERE session_id = ?'
-_DELETE_SESSION_OF = 'DELETE FROM "{t}" WHERE session_id = ? AND user_id = ?'
+# delete_session: ?2 the user_id filter (NULL: none); the expiry says whether it was still live.
+_DELETE_SESSION_OF = """
+    DELETE FROM "{t}" WHERE session_id = ?1 AND (?2 IS NULL OR user_id = ?2) RETURNING expires_at
+"""
 # purge_expired and delete_user: up to ?2 sessions (expired by ?1, or of the user ?1) and then
 # the runs of those (?1 a JSON array of their ids).
 _DELETE_EXPIRED = """

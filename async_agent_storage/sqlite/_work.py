@@ -519,13 +519,13 @@ def fork(
 
 
 def delete(sql: SQL, session_id: str, user_id: str | None, db: sqlite3.Connection) -> bool:
-    if user_id is None:
-        deleted = db.execute(sql.delete_session, (session_id,)).rowcount
-    else:
-        deleted = db.execute(sql.delete_session_of, (session_id, user_id)).rowcount
-    if deleted:
-        db.execute(sql.delete_runs_from, (session_id, 0))
-    return bool(deleted)
+    """Delete the session and its runs; False when it was absent, another user's, or expired
+    (gone already for every call: its rows are deleted all the same)."""
+    gone = db.execute(sql.delete_session_of, (session_id, user_id)).fetchone()
+    if gone is None:
+        return False
+    db.execute(sql.delete_runs_from, (session_id, 0))
+    return gone[0] is None or gone[0] > now_us()
 
 
 def activity(sql: SQL, query: ActivityQuery, db: sqlite3.Connection) -> ActivityCounts:

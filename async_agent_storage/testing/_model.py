@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -24,7 +24,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from .._encoding import merge_patch
-from ..errors import InvalidInputError, SessionConflictError, SessionOwnershipError
+from ..errors import (
+    InvalidInputError,
+    SessionConflictError,
+    SessionFencedError,
+    SessionOwnershipError,
+)
 from ..models import Session
 from ..protocol import SessionStore
 
@@ -88,6 +93,9 @@ _program = st.lists(
         st.tuples(st.just("fork"), st.one_of(st.none(), st.integers(0, 8))),
         st.tuples(st.just("fork_refused"), st.sampled_from(["onto_existing", "unknown_run"])),
         st.tuples(st.just("get_run"), st.sampled_from(_IDS)),
+        st.tuples(st.just("lease")),
+        st.tuples(st.just("fenced_append"), st.booleans(), _given_id),  # with a stale token
+        st.tuples(st.just("expire"), st.booleans()),  # by an upsert, else by an append
         st.tuples(st.just("delete")),
     ),
     min_size=1,
@@ -154,6 +162,7 @@ class _Program:
         self.model = HistoryModel()
         self.where = ""
         self._bodies = iter(range(10**6))
+        self.tokens: list[int] = []  # the tokens of the leases taken, oldest first
 
     def body(self, run_id: str | None) -> dict[str, Any]:
         """A new run, carrying `run_id` as its own id when given."""
@@ -162,13 +171,17 @@ class _Program:
             run["run_id"] = run_id
         return run
 
-    async def append(self, op: tuple[Any, ...]) -> None:
+    async def append(
+        self, op: tuple[Any, ...], runs: list[dict[str, Any]] | None = None, **extra: Any
+    ) -> None:
         store, sid, model, where = self.store, self.sid, self.model, self.where
-        args = {"user_id": op[3], **_state_args(op[2])}
+        args = {"user_id": op[3], **_state_args(op[2]), **extra}
         if op[4]:  # ids by position: a prefix of ids, the rest the store's
             cut = op[1].index(None) if None in op[1] else len(op[1])
             given = [(i if n < cut else None, self.body(None)) for n, i in enumerate(op[1])]
             args["run_ids"] = op[1][:cut]
+        elif runs is not None:
+            given = list(zip(op[1], runs, strict=True))
         else:
             given = [(i, self.body(i)) for i in op[1]]
         if model.refuses(op[3], exact=False):
@@ -206,6 +219,40 @@ class _Program:
         assert removed == gone, self.where
         if gone:
             self.model.write(self.model.runs[gone:])
+
+    async def lease(self, op: tuple[Any, ...]) -> None:
+        # Every lease of a session has a larger token than the one before, across releases
+        # and whatever happened to the session in between.
+        owner = self.model.owner if self.model.exists else None
+        async with self.store.lease(self.sid, user_id=owner, ttl=30) as taken:
+            assert not self.tokens or taken.token > self.tokens[-1], self.where
+            self.tokens.append(taken.token)
+
+    async def fenced_append(self, op: tuple[Any, ...]) -> None:
+        _, stale, run_id = op
+        if len(self.tokens) < (2 if stale else 1):
+            return
+        fence = self.tokens[-2] if stale else self.tokens[-1]
+        owner = self.model.owner if self.model.exists else None
+        run = self.body(run_id)
+        if stale:
+            with pytest.raises(SessionFencedError) as caught:
+                await self.store.append_runs(self.sid, [run], user_id=owner, fence=fence)
+            assert (caught.value.token, caught.value.latest) == (fence, self.tokens[-1])
+            return
+        await self.append(("append", [run_id], None, owner, False), [run], fence=fence)
+
+    async def expire(self, op: tuple[Any, ...]) -> None:
+        # A write whose expiry has passed: the session is gone at once, for every call; the
+        # next write creates it anew.
+        past = datetime.now(UTC) - timedelta(seconds=5)
+        if op[1]:
+            owner = self.model.owner if self.model.exists else None
+            session = Session(session_id=self.sid, user_id=owner, runs=[self.body(None)])
+            await self.store.upsert(session, expires_at=past)
+        else:
+            await self.store.append_runs(self.sid, [self.body(None)], expires_at=past)
+        self.model = HistoryModel()
 
     async def get_run(self, op: tuple[Any, ...]) -> None:
         found = next((b for i, b in self.model.runs if i == op[1]), None)

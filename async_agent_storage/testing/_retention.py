@@ -94,6 +94,11 @@ class RetentionConformance:
         assert await store.pop_runs(gone, user_id="u") == []
         assert await store.truncate_runs(gone, keep_last=0) == 0
         assert await store.fork_session(gone, _sid()) is None
+        expired = _sid()
+        await store.append_runs(expired, [{"i": 0}], expires_at=_ago(1))
+        stored = (await store.usage()).sessions  # expired rows count until deleted
+        assert await store.delete_session(expired) is False  # it was gone already ...
+        assert (await store.usage()).sessions == stored - 1  # ... its rows go all the same
         async with store.lease(gone, user_id="someone else") as lease:  # absent: anyone's
             assert lease.token >= 1
         # A write finds it gone: it creates a new session, with none of the old history.
