@@ -35,6 +35,7 @@ class Prepared:
     fence: int | None = None  # the lease token the write carries
     expiry: Expiry = NO_EXPIRY  # when the session expires after the write
     version: int = 0  # the session's version as the caller's copy has it
+    given_ids: tuple[str, ...] = ()  # the ids not made up by this write
 
     @property
     def fields(self) -> dict[str, Any]:
@@ -88,6 +89,7 @@ def prepare(enc: EncodedSession) -> Prepared:
         fence=enc.fence,
         expiry=enc.expiry,
         version=enc.version,
+        given_ids=tuple(r.run_id for r in enc.runs if r.given),
     )
 
 

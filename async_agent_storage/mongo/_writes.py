@@ -374,7 +374,7 @@ class Writer:
         for attempt in range(RETRY.attempts):
             # Runs kept before the offset must not hold this write's run ids: checked first,
             # and the update then applies only to the version checked.
-            seen = await self._check_kept_runs(p) if p.runs_offset and p.run_docs else None
+            seen = await self._check_kept_runs(p) if p.runs_offset and p.given_ids else None
             if expected is None:
                 filter_.pop("version", None)
                 if seen is not None:
@@ -451,7 +451,7 @@ class Writer:
         """Whether `doc` (with `HISTORY_FIELDS`) is still the session's history, and the id of
         the first of its runs before the write's offset that the write brings again (None:
         none does)."""
-        found = await runs_by_id(self.parts, doc, [r.run_id for r in p.run_docs])
+        found = await runs_by_id(self.parts, doc, p.given_ids)
         if found is None:
             return False, None
         start = min(p.runs_offset, doc["run_count"])
@@ -596,7 +596,7 @@ class Writer:
         """`_check_kept_runs` for a batch, against the documents it read (`stored`, which the
         batch's updates then require unchanged): False when one changed meanwhile."""
         for sid, p in todo.items():
-            if sid not in stored or not p.runs_offset or not p.run_docs:
+            if sid not in stored or not p.runs_offset or not p.given_ids:
                 continue
             doc = await self.parts.sessions.find_one({"_id": sid}, q.HISTORY_FIELDS)
             if doc is None or (doc["version"], doc["gen"]) != (

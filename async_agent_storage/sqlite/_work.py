@@ -281,13 +281,16 @@ def _upsert_one(
             ]
             if rows:
                 db.executemany(sql.upsert_run, rows)
-                if start:  # each run id once in the session: none of these held before start
-                    ids = orjson.dumps([row[2] for row in rows]).decode()
-                    held = db.execute(sql.held_run_id, (sid, start, ids)).fetchone()
-                    if held is not None:
-                        raise repeated_run_id(
-                            label, sid, held[0], enc.runs_offset, enc.version, version - 1
-                        )
+            # Each run id once in the session: none of the ids written held before start (the
+            # ids the store made up just now are new; the caller's and those read may not be).
+            given = [r.run_id for r in enc.runs if r.given and not (skip and r.unchanged)]
+            if start and given:
+                ids = orjson.dumps(given).decode()
+                held = db.execute(sql.held_run_id, (sid, start, ids)).fetchone()
+                if held is not None:
+                    raise repeated_run_id(
+                        label, sid, held[0], enc.runs_offset, enc.version, version - 1
+                    )
             db.execute(sql.delete_runs_from, (sid, total))
             return created, now, version, start, incarnation
         stored = _stored(sql, sid, db)
