@@ -606,3 +606,16 @@ class ListingModelConformance:
                 ), where
                 assert s.run_count == read.run_count, where
                 assert s.runs == (read.runs if with_runs else []), where
+        for owner in users.values():  # each of this example's users: what activity() counts
+            theirs = [s for s in reads if s.user_id == owner]
+            counted = await store.activity(user_id=owner)
+            runs = sum(s.run_count for s in theirs)
+            assert (counted.sessions, counted.runs) == (len(theirs), runs), owner
+            assert counted.active_last_hour == len(theirs), owner
+            assert sum(t.runs for t in counted.turns) == runs, owner
+            per_entity: dict[str | None, list[int]] = {}
+            for s in theirs:
+                totals = per_entity.setdefault(s.agent_id or s.team_id or s.workflow_id, [0, 0])
+                totals[0] += 1
+                totals[1] += s.run_count
+            assert {e.entity_id: [e.sessions, e.runs] for e in counted.entities} == per_entity
