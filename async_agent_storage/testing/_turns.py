@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import random
 import uuid
 from typing import Any, cast
 
@@ -39,6 +40,22 @@ def _typed(value: Any) -> Any:
     if isinstance(value, float):
         return ("float", repr(value))
     return (type(value).__name__, value)
+
+
+async def _rewrite_tail(store: SessionStore, sid: str, i: int, rng: random.Random) -> None:
+    """Read a tail of 0 to 4 runs, add one and upsert it; on a conflict (the session changed so
+    that the tail would hold a run twice), again on a fresh read."""
+    for _ in range(50):
+        tail = await store.read(sid, user_id="u", last_runs=rng.randint(0, 4))
+        assert tail is not None
+        tail.runs.append({"by": "upsert", "i": i})
+        try:
+            await store.upsert(tail)
+            return
+        except SessionConflictError as exc:
+            conflict = exc
+        assert conflict.expected == tail.version < conflict.actual
+    raise AssertionError(f"session {sid!r}: 50 conflicts in a row")
 
 
 class TurnConformance:
@@ -254,6 +271,37 @@ class TurnConformance:
         read = await store.read(sid)
         assert read is not None
         assert (read.run_ids, read.version) == (["r0", "r1", "r2"], 2)
+
+    async def test_concurrent_upserts_of_tails_and_appends_keep_one_consistent_history(
+        self, store: SessionStore
+    ) -> None:
+        # Appends, and upserts of tails of any length (last writer wins from its offset), all at
+        # once on one session. A rewriter whose tail had a run moved before its offset by
+        # another (which removed runs there) gets a conflict, and retries on a fresh read.
+        for seed in range(3):
+            sid = _sid()
+            await store.append_runs(sid, [{"by": "seed", "i": i} for i in range(5)], user_id="u")
+            rng = random.Random(seed)
+            await asyncio.gather(
+                *(
+                    store.append_runs(sid, [{"by": "append", "i": i}], user_id="u")
+                    if i % 2
+                    else _rewrite_tail(store, sid, i, rng)
+                    for i in range(40)
+                )
+            )
+            full = await store.read(sid)
+            assert full is not None
+            assert (full.version, full.runs_offset, full.run_count) == (41, 0, len(full.runs))
+            assert len(set(full.run_ids)) == len(full.run_ids)
+            assert [r["i"] for r in full.runs if r["by"] == "seed"] == list(range(5))
+            for n in (0, 3, len(full.runs)):
+                tail = await store.read(sid, last_runs=n)
+                assert tail is not None
+                assert tail.runs == (full.runs[len(full.runs) - n :] if n else [])
+                assert tail.run_ids == (full.run_ids[len(full.runs) - n :] if n else [])
+            for run_id, run in zip(full.run_ids, full.runs, strict=True):
+                assert await store.get_run(sid, run_id) == run
 
     async def test_concurrent_retries_of_one_append_store_it_once(
         self, store: SessionStore

@@ -20,7 +20,6 @@ from async_agent_storage import (
     ConfigurationError,
     PostgresStore,
     Session,
-    SessionConflictError,
     StorageUnavailableError,
     open_store,
 )
@@ -277,43 +276,6 @@ async def test_leftover_runs_past_the_end_are_never_read_and_get_overwritten(
     assert [r["i"] for r in read.runs] == [1, 2, 3]
     assert await store.delete_session("s")
     assert await admin.fetchval(f"SELECT count(*) FROM {runs} WHERE session_id = 's'") == 0
-
-
-async def test_concurrent_upserts_and_appends_keep_one_consistent_history(
-    store: PostgresStore,
-) -> None:
-    await store.append_runs("mixed", [{"by": "seed", "i": i} for i in range(5)], user_id="u")
-    rng = random.Random(3)
-
-    async def appender(i: int) -> None:
-        await store.append_runs("mixed", [{"by": "append", "i": i}], user_id="u")
-
-    async def rewriter(i: int) -> None:
-        # Last writer wins, unless another writer moved a run of this tail before its offset
-        # (it removed runs there): then the tail would hold that run twice, a conflict.
-        while True:
-            tail = await store.read("mixed", user_id="u", last_runs=rng.randint(0, 4))
-            assert tail is not None
-            tail.runs.append({"by": "upsert", "i": i})
-            try:
-                await store.upsert(tail)
-                return
-            except SessionConflictError as exc:
-                conflict = exc
-            assert conflict.expected == tail.version < conflict.actual
-
-    calls = [appender(i) if i % 2 else rewriter(i) for i in range(40)]
-    await asyncio.gather(*calls)
-    full = await store.read("mixed")
-    assert full is not None
-    assert full.version == 41
-    assert full.runs_offset == 0
-    for n in (0, 3, len(full.runs)):
-        tail = await store.read("mixed", last_runs=n)
-        assert tail is not None
-        assert tail.runs == (full.runs[len(full.runs) - n :] if n else [])
-        assert tail.run_count == len(full.runs)
-    assert [r["i"] for r in full.runs if r["by"] == "seed"] == list(range(5))
 
 
 async def test_overlapping_batches_do_not_deadlock(store: PostgresStore) -> None:
