@@ -303,6 +303,40 @@ class TurnConformance:
             for run_id, run in zip(full.run_ids, full.runs, strict=True):
                 assert await store.get_run(sid, run_id) == run
 
+    async def test_concurrent_appends_pops_and_truncations_lose_and_repeat_nothing(
+        self, store: SessionStore
+    ) -> None:
+        # Every run appended is, at the end, in the history, or returned by a pop, or counted by
+        # a truncation, exactly once: nothing lost, nothing twice, nothing invented.
+        sid = _sid()
+        await store.append_runs(sid, [{"run_id": "seed"}])
+        appended: list[str] = ["seed"]
+        popped: list[dict[str, Any]] = []
+        truncated: list[int] = []
+        rng = random.Random(7)
+
+        async def call(i: int) -> None:
+            kind = rng.choice(["append", "append", "append", "pop", "truncate"])
+            if kind == "append":
+                ids = [f"a{i}-{k}" for k in range(rng.randint(1, 3))]
+                await store.append_runs(sid, [{"run_id": r} for r in ids])
+                appended.extend(ids)
+            elif kind == "pop":
+                popped.extend(await store.pop_runs(sid, rng.randint(1, 2)))
+            else:
+                truncated.append(await store.truncate_runs(sid, keep_last=rng.randint(2, 6)))
+
+        await asyncio.gather(*(call(i) for i in range(60)))
+        full = await store.read(sid)
+        assert full is not None
+        present = full.run_ids
+        gone = [r["run_id"] for r in popped]
+        assert len(set(present)) == len(present)
+        assert not set(present) & set(gone)
+        assert set(present) | set(gone) <= set(appended)
+        assert len(present) + len(gone) + sum(truncated) == len(appended)
+        assert [r["run_id"] for r in full.runs] == present
+
     async def test_concurrent_retries_of_one_append_store_it_once(
         self, store: SessionStore
     ) -> None:
