@@ -469,8 +469,24 @@ class HistoryModelConformance:
         deadline=None,
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     )
-    @given(owner=st.sampled_from([None, "u1"]), program=_program)
+    @given(owner=st.sampled_from([None, "u1"]), ttl=st.booleans(), program=_program)
     async def test_a_history_follows_the_model_through_any_program_of_run_calls(
+        self,
+        store: SessionStore,
+        store_factory: Any,
+        owner: str | None,
+        ttl: bool,
+        program: list[tuple[Any, ...]],
+    ) -> None:
+        # Half the programs run on a store whose sessions expire an hour after each write:
+        # the same rules, through the statements that set and slide expiries.
+        if ttl:
+            async with store_factory(ttl=3600, sliding_ttl=True) as timed:
+                await self._follow(timed, owner, program)
+        else:
+            await self._follow(store, owner, program)
+
+    async def _follow(
         self, store: SessionStore, owner: str | None, program: list[tuple[Any, ...]]
     ) -> None:
         run = _Program(store)
