@@ -15,6 +15,7 @@ Mixed into `SessionStoreConformance`; every driver runs it unchanged.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -97,6 +98,10 @@ _program = st.lists(
         st.tuples(st.just("fenced_append"), st.booleans(), _given_id),  # with a stale token
         st.tuples(st.just("expire"), st.booleans()),  # by an upsert, else by an append
         st.tuples(st.just("delete")),
+        st.tuples(
+            st.just("intrude"),
+            st.sampled_from(["pop", "truncate", "clear", "get_run", "fork", "delete", "lease"]),
+        ),
     ),
     min_size=1,
     max_size=12,
@@ -253,6 +258,37 @@ class _Program:
         else:
             await self.store.append_runs(self.sid, [self.body(None)], expires_at=past)
         self.model = HistoryModel()
+
+    async def intrude(self, op: tuple[Any, ...]) -> None:
+        # A call naming a user who does not own the session: refused, or told the session is
+        # absent; nothing written. An absent session is anyone's to lease.
+        store, sid, who, exists = self.store, self.sid, "intruder", self.model.exists
+        kind = op[1]
+        refused: dict[str, Callable[[], Awaitable[object]]] = {
+            "pop": lambda: store.pop_runs(sid, 1, user_id=who),
+            "truncate": lambda: store.truncate_runs(sid, keep_last=0, user_id=who),
+            "clear": lambda: store.clear_runs(sid, user_id=who),
+            "lease": lambda: store.lease(sid, user_id=who).acquire(),
+        }
+        if kind in refused and exists:
+            with pytest.raises(SessionOwnershipError):
+                await refused[kind]()
+        elif kind == "pop":
+            assert await store.pop_runs(sid, 1, user_id=who) == [], self.where
+        elif kind in ("truncate", "clear"):
+            assert await store.truncate_runs(sid, keep_last=0, user_id=who) == 0, self.where
+        elif kind == "lease":
+            async with store.lease(sid, user_id=who) as taken:
+                self.tokens.append(taken.token)
+        elif kind == "get_run":
+            run_id = self.model.runs[0][0] if self.model.runs else "r0"
+            assert run_id is not None
+            assert await store.get_run(sid, run_id, user_id=who) is None, self.where
+        elif kind == "fork":
+            assert await store.fork_session(sid, f"{sid}-fork", user_id=who) is None, self.where
+            assert await store.read(f"{sid}-fork") is None, self.where
+        else:
+            assert await store.delete_session(sid, user_id=who) is False, self.where
 
     async def get_run(self, op: tuple[Any, ...]) -> None:
         found = next((b for i, b in self.model.runs if i == op[1]), None)
