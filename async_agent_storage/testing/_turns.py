@@ -337,6 +337,41 @@ class TurnConformance:
         assert len(present) + len(gone) + sum(truncated) == len(appended)
         assert [r["run_id"] for r in full.runs] == present
 
+    async def test_forks_during_concurrent_appends_copy_a_prefix_of_the_history(
+        self, store: SessionStore
+    ) -> None:
+        # A fork copies the history as one write saw it: with appends going on, each fork holds
+        # a prefix of the source's final history (the runs of an append all or none), its
+        # state the source's at that point.
+        sid = _sid()
+        await store.append_runs(sid, [{"run_id": "seed"}], session_data={"n": 0})
+        rng = random.Random(11)
+        forks = [f"{sid}-f{i}" for i in range(10)]
+
+        async def append(i: int) -> None:
+            ids = [f"a{i}-{k}" for k in range(rng.randint(1, 3))]
+            await store.append_runs(sid, [{"run_id": r} for r in ids], state_patch={"n": i})
+
+        calls = [append(i) for i in range(1, 31)] + [store.fork_session(sid, f) for f in forks]
+        rng.shuffle(calls)
+        await asyncio.gather(*calls)
+        full = await store.read(sid)
+        assert full is not None
+        for fork in forks:
+            copy = await store.read(fork)
+            assert copy is not None
+            assert copy.run_ids == full.run_ids[: len(copy.run_ids)]
+            assert copy.runs == full.runs[: len(copy.runs)]
+            groups: dict[str, int] = {}  # runs per append, in the source's history
+            for run_id in full.run_ids[1:]:
+                groups[run_id.split("-")[0]] = groups.get(run_id.split("-")[0], 0) + 1
+            copied: dict[str, int] = {}
+            for run_id in copy.run_ids[1:]:
+                copied[run_id.split("-")[0]] = copied.get(run_id.split("-")[0], 0) + 1
+            assert all(groups[a] == n for a, n in copied.items())  # an append all or none
+            last = copy.run_ids[-1].split("-")[0]
+            assert copy.session_data == {"n": 0 if last == "seed" else int(last[1:])}
+
     async def test_concurrent_retries_of_one_append_store_it_once(
         self, store: SessionStore
     ) -> None:
