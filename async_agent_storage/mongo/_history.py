@@ -250,10 +250,10 @@ async def fork(
     parts = writer.parts
     filter_ = {"_id": sid} if uid is None else {"_id": sid, "user_id": uid}
     for attempt in range(RETRY.attempts):
-        doc = await parts.sessions.find_one(q.live_filter(filter_, now_us()), q.HISTORY_FIELDS)
+        doc = await parts.sessions.find_one(q.live_filter(filter_, now_us()), q.FORK_FIELDS)
         if doc is None:
             return None
-        version, gen, copied = doc["version"], doc["gen"], doc["run_count"]
+        gen, copied = doc["gen"], doc["run_count"]
         if at_run is not None:
             found = await runs_by_id(parts, doc, [at_run])
             if found is None:
@@ -274,8 +274,9 @@ async def fork(
             )
         pipeline = q.fork_pipeline(
             sid,
-            version,
             gen,
+            doc.get("rewritten"),
+            {"session_data": doc.get("session_data"), "esc": doc.get("esc", 0)},
             into=parts.sessions.name,
             new_session_id=new_sid,
             new_gen=new_gen,

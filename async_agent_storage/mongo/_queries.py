@@ -111,6 +111,8 @@ HISTORY_FIELDS: Final = {
     "pending": 1,
     "holds": 1,
 }
+# What a fork reads of its source: the history, and the state that appends change.
+FORK_FIELDS: Final = {**HISTORY_FIELDS, "session_data": 1, "esc": 1, "rewritten": 1}
 HOLD_US: Final = 60_000_000
 """How long a pop's hold counts (microseconds): a pop that died releases it this way."""
 
@@ -294,6 +296,7 @@ def upsert_pipeline(
         gen={"$ifNull": ["$gen", gen]},
         log_since=_NEW_VERSION,  # a new history: the ids of the old one say nothing of it
         ids_log="$$REMOVE",
+        rewritten=_NEW_VERSION,  # (see `fork_pipeline`)
         **_created_lease_token(lease_token),
         **({} if expiry is None else expiry_set(expiry, now)),
     )
@@ -424,6 +427,7 @@ def cas_update(
             "version": version,
             "run_count": run_count,
             "log_since": version,
+            "rewritten": version,  # (see `fork_pipeline`)
             **({} if expires_at is None else {"expires_at": from_us(expires_at)}),
         },
         "$unset": {"ids_log": ""},
@@ -547,8 +551,9 @@ def copy_runs_pipeline(
 
 def fork_pipeline(
     session_id: str,
-    version: int,
     gen: ObjectId,
+    rewritten: int | None,
+    state: dict[str, Any],
     *,
     into: str,
     new_session_id: str,
@@ -557,14 +562,22 @@ def fork_pipeline(
     now: int,
     expires_at: int | None = None,
 ) -> list[dict[str, Any]]:
-    """An aggregation of the sessions collection that copies the session, as it is at `version`,
-    to a new session (version 1, its own history `new_gen`), unless that id exists: an existing
-    document is kept as it is (``whenMatched: keepExisting``; the caller sees whose `gen` the
-    document has, rather than reading an error that mongoeco gives without a code)."""
+    """An aggregation of the sessions collection that copies the session to a new session
+    (version 1, its own history `new_gen`), unless that id exists: an existing document is kept
+    as it is (``whenMatched: keepExisting``; the caller sees whose `gen` the document has, rather
+    than reading an error that mongoeco gives without a code).
+
+    The copy is of the session as the caller read it: `state` (its ``session_data`` and
+    ``esc``, which appends change) as read, the rest as stored, which only a rewrite of its
+    history changes, and none may have happened since the read: the history is still `gen`
+    (not truncated, deleted or created again) and its last rewrite (upsert, pop) is still
+    `rewritten` (None: never). Appends since the read do not stop the copy: they add runs past
+    the ones copied."""
     return [
-        {"$match": compare_and_set(session_id, version, gen)},
+        {"$match": {"_id": session_id, "gen": gen, "rewritten": rewritten}},
         {
             "$set": {
+                **{name: _literal(value) for name, value in state.items()},
                 "_id": _literal(new_session_id),
                 "gen": _literal(new_gen),
                 "version": 1,
@@ -576,7 +589,7 @@ def fork_pipeline(
                 "expires_at": None if expires_at is None else from_us(expires_at),
             }
         },
-        {"$unset": ["pending", "ids_log", "holds"]},
+        {"$unset": ["pending", "ids_log", "holds", "rewritten"]},
         {"$merge": {"into": into, "whenMatched": "keepExisting", "whenNotMatched": "insert"}},
     ]
 
@@ -601,6 +614,7 @@ def pop_pipeline(count: int, now: int) -> list[dict[str, Any]]:
                 "version": _NEW_VERSION,
                 "updated_at": now,
                 "holds": {"$concatArrays": [active, [hold]]},
+                "rewritten": _NEW_VERSION,  # (see `fork_pipeline`)
             }
         }
     ]

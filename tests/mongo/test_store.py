@@ -22,7 +22,7 @@ from async_agent_storage import (
     open_store,
 )
 from async_agent_storage._time import to_us
-from async_agent_storage.mongo import MongoStore, _writes
+from async_agent_storage.mongo import MongoStore, _history, _writes
 from async_agent_storage.mongo._writes import _STALE_US
 
 from ._server import collect_leaked_sockets, free_port
@@ -511,6 +511,58 @@ async def test_upsert_many_writes_again_what_another_writer_changed_meanwhile(
     read = await store.read("c1")
     assert read is not None
     assert (read.version, read.metadata) == (3, {"mine": 1})
+
+
+async def test_a_fork_copies_the_session_as_read_around_appends_and_again_after_a_rewrite(
+    store: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Between the fork's read of its source and its copy, another write comes in. An append
+    # adds runs past the ones copied: the fork goes on, a copy of the session as it read it
+    # (its state then, not the append's). A rewrite (here an upsert changing run 0) may have
+    # changed the runs it copies: the fork starts again and copies the rewritten session.
+    await store.append_runs("src", [{"run_id": f"r{i}", "v": 0} for i in range(3)])
+    await store.upsert(
+        (await store.read("src")).model_copy(update={"session_data": {"state": 0}})  # type: ignore[union-attr]
+    )
+    copy_history = _history._copy_history
+    copies = 0
+    meanwhile: list[Any] = []
+
+    async def write_meanwhile(*args: Any, **kwargs: Any) -> None:
+        nonlocal copies
+        copies += 1
+        if meanwhile:
+            await meanwhile.pop(0)()
+            assert store._writer is not None
+            await store._writer.settled()
+        await copy_history(*args, **kwargs)
+
+    monkeypatch.setattr(_history, "_copy_history", write_meanwhile)
+
+    async def append() -> None:
+        await store.append_runs("src", [{"run_id": "late"}], session_data={"state": 1})
+
+    meanwhile.append(append)
+    forked = await store.fork_session("src", "after-append")
+    assert (copies, forked is not None) == (1, True)
+    read = await store.read("after-append")
+    assert read is not None
+    assert (read.run_ids, read.session_data) == (["r0", "r1", "r2"], {"state": 0})
+
+    async def rewrite() -> None:
+        source = await store.read("src")
+        assert source is not None
+        source.runs[0] = {"run_id": "r0", "v": 1}
+        source.session_data = {"state": 2}
+        await store.upsert(source)
+
+    meanwhile.append(rewrite)
+    forked = await store.fork_session("src", "after-rewrite")
+    assert (copies, forked is not None) == (3, True)
+    read = await store.read("after-rewrite")
+    assert read is not None
+    assert read.run_ids == ["r0", "r1", "r2", "late"]
+    assert (read.runs[0], read.session_data) == ({"run_id": "r0", "v": 1}, {"state": 2})
 
 
 # --- configuration and lifecycle ------------------------------------------------------------------
