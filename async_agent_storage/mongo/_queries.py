@@ -110,9 +110,10 @@ HISTORY_FIELDS: Final = {
     "gen": 1,
     "pending": 1,
     "holds": 1,
+    "rewritten": 1,
 }
 # What a fork reads of its source: the history, and the state that appends change.
-FORK_FIELDS: Final = {**HISTORY_FIELDS, "session_data": 1, "esc": 1, "rewritten": 1}
+FORK_FIELDS: Final = {**HISTORY_FIELDS, "session_data": 1, "esc": 1}
 HOLD_US: Final = 60_000_000
 """How long a pop's hold counts (microseconds): a pop that died releases it this way."""
 

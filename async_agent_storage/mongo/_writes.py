@@ -52,6 +52,10 @@ from ._queries import Collections, Entry
 from ._reads import runs_by_id
 from ._rows import Prepared
 
+PINNED_ROUNDS: Final = 4
+"""How many times `RETRY.attempts` an upsert whose update is pinned to the history it checked
+(`Writer._check_kept_runs`) may try."""
+
 __all__ = ["Slot", "Writer", "any_hold", "held", "stale_entries"]
 
 _log = logger_for("mongodb")
@@ -369,16 +373,16 @@ class Writer:
         if expected is not None:
             filter_["version"] = expected
         filter_.update(q.fence_filter(p.fence))
-        filter_ = q.live_filter(filter_, now)
+        base = q.live_filter(filter_, now)
         created_with: int | None = None  # a fenced upsert's lease token for a session it creates
-        for attempt in range(RETRY.attempts):
+        checked = bool(p.runs_offset and p.given_ids)
+        # A checked update misses whenever another rewrite lands between its check and itself:
+        # under many concurrent rewriters of one session that is most rounds, so it gets more.
+        for attempt in range(RETRY.attempts * (PINNED_ROUNDS if checked else 1)):
             # Runs kept before the offset must not hold this write's run ids: checked first,
-            # and the update then applies only to the version checked.
-            seen = await self._check_kept_runs(p) if p.runs_offset and p.given_ids else None
-            if expected is None:
-                filter_.pop("version", None)
-                if seen is not None:
-                    filter_["version"] = seen
+            # and the update then applies only to the history checked (`_check_kept_runs`).
+            pin = await self._check_kept_runs(p) if checked else None
+            filter_ = base if pin is None else {**pin, **base}
             pipeline = q.upsert_pipeline(
                 p.fields,
                 runs_offset=p.runs_offset,
@@ -389,7 +393,7 @@ class Writer:
                 expiry=p.expiry,
             )
             create = (
-                expected is None and seen is None and (p.fence is None or created_with is not None)
+                expected is None and pin is None and (p.fence is None or created_with is not None)
             )
             try:
                 before: dict[str, Any] | None = await self.parts.sessions.find_one_and_update(
@@ -420,13 +424,20 @@ class Writer:
                     self.parts, self.label, p.session_id, p.fence
                 )
             elif verdict is Verdict.RETRY:
-                await RETRY.pause(attempt)
+                await RETRY.pause(min(attempt, RETRY.attempts - 1))
         raise RETRY.exhausted(self.label, p.session_id)
 
-    async def _check_kept_runs(self, p: Prepared) -> int | None:
+    async def _check_kept_runs(self, p: Prepared) -> dict[str, Any] | None:
         """Before an upsert that keeps the runs before its offset: raise `repeated_run_id` when
-        one of them holds the id of a run the write brings; else the version checked (None: the
-        session is absent, or not the caller's, which the update then says)."""
+        one of them holds the id of a run the write brings; else what the update's filter must
+        add so that it applies only to the history checked (None: the session is absent, or not
+        the caller's, which the update then says).
+
+        Only a rewrite can move a run before the offset (an upsert or a pop: `rewritten`; a
+        truncation, deletion or re-creation: `gen`), so those are pinned, and appends meanwhile
+        do not make the update miss: they add runs at or past the run count checked, which is
+        at or past the offset. An offset past that count is pinned to the version too, as runs
+        appended meanwhile may then land before it."""
         for attempt in range(RETRY.attempts):
             doc = await self.live_doc(p.session_id, q.HISTORY_FIELDS)
             if doc is None or not owns(doc.get("user_id"), p.user_id, OwnerRule.EXACT):
@@ -437,7 +448,10 @@ class Writer:
                 continue
             version = int(doc["version"])
             if held is None:
-                return version
+                pin = {"gen": doc["gen"], "rewritten": doc.get("rewritten")}
+                if p.runs_offset > doc["run_count"]:
+                    pin["version"] = version
+                return pin
             if p.fence is not None:  # a lost lease says so first
                 stored = await self.stored(p.session_id, fenced=True)
                 decide(
