@@ -216,10 +216,12 @@ class RetryPolicy:
     async def pause(self, attempt: int) -> None:
         await asyncio.sleep(self.delay(attempt))
 
-    def exhausted(self, label: str, session_id: str) -> StorageUnavailableError:
+    def exhausted(
+        self, label: str, session_id: str, attempts: int | None = None
+    ) -> StorageUnavailableError:
         return StorageUnavailableError(
             f"{label}: session {session_id!r} kept changing under other writers during the call "
-            f"({self.attempts} attempts); retry"
+            f"({attempts or self.attempts} attempts); retry"
         )
 
 

@@ -378,7 +378,8 @@ class Writer:
         checked = bool(p.runs_offset and p.given_ids)
         # A checked update misses whenever another rewrite lands between its check and itself:
         # under many concurrent rewriters of one session that is most rounds, so it gets more.
-        for attempt in range(RETRY.attempts * (PINNED_ROUNDS if checked else 1)):
+        rounds = RETRY.attempts * (PINNED_ROUNDS if checked else 1)
+        for attempt in range(rounds):
             # Runs kept before the offset must not hold this write's run ids: checked first,
             # and the update then applies only to the history checked (`_check_kept_runs`).
             pin = await self._check_kept_runs(p) if checked else None
@@ -425,7 +426,7 @@ class Writer:
                 )
             elif verdict is Verdict.RETRY:
                 await RETRY.pause(min(attempt, RETRY.attempts - 1))
-        raise RETRY.exhausted(self.label, p.session_id)
+        raise RETRY.exhausted(self.label, p.session_id, rounds)
 
     async def _check_kept_runs(self, p: Prepared) -> dict[str, Any] | None:
         """Before an upsert that keeps the runs before its offset: raise `repeated_run_id` when
