@@ -77,7 +77,11 @@ def run_once(tree: Path, tag: str, args: argparse.Namespace, out: Path) -> dict[
     env = {**os.environ, "PYTHONPATH": str(tree)}
     subprocess.run(command, cwd=tree, env=env, check=True, capture_output=True)
     (result,) = out.glob(f"*-{args.backend}-{tag}.json")
-    cells = json.loads(result.read_text())["cells"]
+    data = json.loads(result.read_text())
+    for system in data["systems"]:  # a system that could not run says why, not a blank cell
+        if not system["available"]:
+            print(f"  {system['name']}: not measured: {system['reason']}", flush=True)
+    cells = data["cells"]
     ops = {
         (c["system"], c["concurrency"]): c["ops_per_s"]
         for c in cells
@@ -123,7 +127,7 @@ def main() -> None:
             cells.append(
                 f"{n}: {statistics.median(values):.2f}x ({values[0]:.2f}-{values[-1]:.2f})"
             )
-        print(f"  {name:14s} " + ", ".join(cells))
+        print(f"  {name:14s} " + (", ".join(cells) or "no cell measured (see above)"))
 
 
 if __name__ == "__main__":

@@ -282,3 +282,26 @@ def test_the_comparison_with_an_earlier_commit_reports_both_builds_ratios(
         cells = row.split(": ")[1:]
         assert len(cells) == 2  # 1 and 4 callers
         assert all(float(cell.split("x")[0]) > 0 for cell in cells)
+
+
+def test_the_comparison_says_why_a_build_measured_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server that refuses connections: no system can seed, which each round says, instead of
+    # a table of blank cells.
+    from benchmarks import compare
+
+    argv = ["compare", "HEAD", "--rounds", "1", "--duration", "0.3", "--concurrency", "1"]
+    argv += ["--backend", "postgres", "--url", "postgresql://postgres@127.0.0.1:9/nowhere"]
+    argv += ["--sessions", "10", "--workdir", str(tmp_path / "compare")]
+    monkeypatch.setattr("sys.argv", argv)
+    try:
+        compare.main()
+    finally:
+        for build in (tmp_path / "compare").glob("build-*"):
+            subprocess.run(["git", "worktree", "remove", "--force", str(build)], check=False)
+    out = capsys.readouterr().out
+    for system in ("store append", "raw asyncpg"):  # in each build's round, with the reason
+        assert out.count(f"  {system}: not measured: not available: cannot ") == 2
+    rows = [line for line in out.splitlines() if line.startswith("  ") and "median" not in line]
+    assert [row.split()[0] for row in rows if "no cell measured" in row] == ["this", "HEAD"]
