@@ -172,6 +172,13 @@ class EncodedSession:
             and source.version == previous
         )
 
+    def kept_runs_may_hold(self, *, skipping: bool = False) -> list[str]:
+        """The ids of this write that a run kept before `runs_offset` may already hold (the
+        `repeated_run_id` rule): the caller's and those read with the runs, of the runs written
+        (`skipping`: the runs marked unchanged are not); an id the store made up for this write
+        is new."""
+        return [r.run_id for r in self.runs if r.given and not (skipping and r.unchanged)]
+
     def optional_json(self) -> tuple[bytes | None, ...]:
         """agent_data, team_data, workflow_data, metadata and summary, in that order."""
         return (self.agent_data, self.team_data, self.workflow_data, self.metadata, self.summary)

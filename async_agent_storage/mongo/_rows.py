@@ -89,7 +89,7 @@ def prepare(enc: EncodedSession) -> Prepared:
         fence=enc.fence,
         expiry=enc.expiry,
         version=enc.version,
-        given_ids=tuple(r.run_id for r in enc.runs if r.given),
+        given_ids=tuple(enc.kept_runs_may_hold()),
     )
 
 

@@ -281,9 +281,8 @@ def _upsert_one(
             ]
             if rows:
                 db.executemany(sql.upsert_run, rows)
-            # Each run id once in the session: none of the ids written held before start (the
-            # ids the store made up just now are new; the caller's and those read may not be).
-            given = [r.run_id for r in enc.runs if r.given and not (skip and r.unchanged)]
+            # Each run id once in the session: none of the ids written held before start.
+            given = enc.kept_runs_may_hold(skipping=skip)
             if start and given:
                 ids = orjson.dumps(given).decode()
                 held = db.execute(sql.held_run_id, (sid, start, ids)).fetchone()
