@@ -34,7 +34,10 @@ T = TypeVar("T")
 Work = Callable[[sqlite3.Connection], T]
 Outcome = tuple[bool, Any]  # (True, result) or (False, exception)
 BatchRunner = Callable[[Sequence[Work[Any]], sqlite3.Connection], list[Outcome]]
-Call = tuple[Work[Any], "asyncio.Future[Any]"]
+# The same on the event loop: None when the database was busy and the batch must go to the thread.
+HereRunner = Callable[[Sequence[Work[Any]], sqlite3.Connection], list[Outcome] | None]
+# A queued call: its work, its caller's future, and whether it may run on the event loop.
+Call = tuple[Work[Any], "asyncio.Future[Any]", bool]
 Done = Callable[[bool, Any], None]  # called on the event loop with (True, result) or (False, error)
 _Item = tuple[Done, Work[Any]] | None  # None: stop
 
@@ -52,16 +55,26 @@ class ConnectionThread:
     """One `sqlite3.Connection` and the thread that owns it: `submit(work)` queues
     `work(connection)` there and returns a future of its result, resolved on the event loop;
     `submit_then(work, done)` calls `done(ok, value)` on the event loop instead (one step less
-    on the loop than a future's callback)."""
+    on the loop than a future's callback).
 
-    def __init__(self, connect: Callable[[], sqlite3.Connection], name: str) -> None:
+    `here()` lends the connection to the event loop itself while the thread has nothing of it to
+    run (`jobs == 0`), with a busy timeout of 0: a call run there never waits for another
+    process's lock (it gets SQLITE_BUSY and goes to the thread, which waits up to
+    `busy_timeout`)."""
+
+    def __init__(
+        self, connect: Callable[[], sqlite3.Connection], name: str, busy_timeout: float = 0.0
+    ) -> None:
         self._connect = connect
         self._queue: SimpleQueue[_Item] = SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._db: sqlite3.Connection | None = None
         self._started: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._busy_ms = round(busy_timeout * 1000)
+        self._waits = True  # the connection's busy timeout is `_busy_ms` (else 0)
         self.running = False
+        self.jobs = 0  # queued for the thread or running there, until reported on the loop
 
     async def start(self) -> None:
         """Open the connection on its thread (an error opening it is raised here)."""
@@ -91,14 +104,32 @@ class ConnectionThread:
                 break
             done, work = item
             try:
+                if not self._waits:  # the event loop used it last
+                    self._db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+                    self._waits = True
                 result: Any = work(self._db)
             except BaseException as exc:
                 outcome: tuple[bool, Any] = (False, exc)
             else:
                 outcome = (True, result)
             with contextlib.suppress(RuntimeError):  # the event loop is gone (interpreter exit)
-                loop.call_soon_threadsafe(done, *outcome)
+                loop.call_soon_threadsafe(self._report, done, *outcome)
         self._db.close()
+
+    def _report(self, done: Done, ok: bool, value: Any) -> None:
+        self.jobs -= 1
+        done(ok, value)
+
+    def here(self) -> sqlite3.Connection:
+        """The connection, for the event loop to use now: only while `jobs == 0` (the thread
+        then runs nothing of it), and not past the current callback."""
+        db = self._db
+        assert db is not None
+        assert not self.jobs
+        if self._waits:
+            db.execute("PRAGMA busy_timeout = 0")
+            self._waits = False
+        return db
 
     def submit(self, work: Work[T]) -> asyncio.Future[T]:
         """Queue `work(connection)` on the thread; the future holds its result."""
@@ -111,6 +142,7 @@ class ConnectionThread:
         with its result (True, result) or what it raised (False, exception)."""
         if not self.running:
             raise StoreClosedError("the SQLite connection is closed")
+        self.jobs += 1
         self._queue.put_nowait((done, work))
 
     async def close(self) -> None:
@@ -180,11 +212,29 @@ def _configure(
 
 
 def _open(
-    path: str, busy_timeout: float, synchronous: str, query_only: bool, page_size: int | None
+    path: str,
+    busy_timeout: float,
+    synchronous: str,
+    query_only: bool,
+    page_size: int | None,
+    auto_checkpoint: bool = True,
 ) -> sqlite3.Connection:
-    db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, cached_statements=256)
+    # Used by its thread, and by the event loop while that thread has nothing of it to run
+    # (`ConnectionThread.here`): never by both at once.
+    db = sqlite3.connect(
+        path,
+        timeout=busy_timeout,
+        isolation_level=None,
+        cached_statements=256,
+        check_same_thread=False,
+    )
     try:
         _configure(path != ":memory:", busy_timeout, synchronous, query_only, page_size, db)
+        if not auto_checkpoint:
+            # A commit that reaches 1,000 pages of WAL would copy them into the database file
+            # and sync it, tens of milliseconds the event loop must not wait for: `Checkpoints`
+            # runs them on another connection's thread instead.
+            db.execute("PRAGMA wal_autocheckpoint = 0")
     except BaseException:
         db.close()
         raise
@@ -198,12 +248,16 @@ async def connect(
     synchronous: str,
     query_only: bool = False,
     page_size: int | None = None,
+    auto_checkpoint: bool = True,
 ) -> ConnectionThread:
     """Open one connection in autocommit mode (transactions are explicit), configured, on a thread
-    of its own. `page_size`: that of a new file; `ConfigurationError` when the file has others."""
+    of its own. `page_size`: that of a new file; `ConfigurationError` when the file has others.
+    `auto_checkpoint=False`: its commits leave checkpoints to `Checkpoints`."""
     name = "async-agent-storage sqlite" + (" reader" if query_only else "")
     connection = ConnectionThread(
-        partial(_open, path, busy_timeout, synchronous, query_only, page_size), name=name
+        partial(_open, path, busy_timeout, synchronous, query_only, page_size, auto_checkpoint),
+        name=name,
+        busy_timeout=busy_timeout,
     )
     await connection.start()
     return connection
@@ -230,6 +284,31 @@ def run_reads(works: Sequence[Work[Any]], db: sqlite3.Connection) -> list[Outcom
     return outcomes
 
 
+def _busy(exc: BaseException) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED: another connection holds a lock this one needs."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary result code
+    return isinstance(exc, sqlite3.OperationalError) and code in _BUSY
+
+
+def run_reads_here(works: Sequence[Work[Any]], db: sqlite3.Connection) -> list[Outcome] | None:
+    """`run_reads` on the event loop: None when a read found the database busy (rare under WAL:
+    recovery, a checkpoint resetting the log), to run the batch again on the thread."""
+    outcomes = run_reads(works, db)
+    if any(not ok and _busy(value) for ok, value in outcomes):
+        return None
+    return outcomes
+
+
+def run_writes_here(works: Sequence[Work[Any]], db: sqlite3.Connection) -> list[Outcome] | None:
+    """`run_writes` on the event loop: None, with nothing run, when another connection holds the
+    write lock (the batch then goes to the thread, which waits for it)."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        return None if _busy(exc) else [(False, exc)] * len(works)
+    return _write_batch(works, db)
+
+
 def run_writes(works: Sequence[Work[Any]], db: sqlite3.Connection) -> list[Outcome]:
     """One write transaction for a batch of writes, each in a savepoint so that one write failing
     (a version conflict, say) undoes that write only. Nothing is reported done before COMMIT."""
@@ -237,6 +316,11 @@ def run_writes(works: Sequence[Work[Any]], db: sqlite3.Connection) -> list[Outco
         db.execute("BEGIN IMMEDIATE")
     except sqlite3.Error as exc:
         return [(False, exc)] * len(works)
+    return _write_batch(works, db)
+
+
+def _write_batch(works: Sequence[Work[Any]], db: sqlite3.Connection) -> list[Outcome]:
+    """The writes of a batch, in the write transaction just begun, then COMMIT."""
     outcomes: list[Outcome] = []
     try:
         if len(works) == 1:  # alone in its transaction: no savepoint needed
@@ -267,49 +351,72 @@ def run_writes(works: Sequence[Work[Any]], db: sqlite3.Connection) -> list[Outco
 
 # --- batching ------------------------------------------------------------------------------
 
+HERE_BATCH = 64
+"""The most calls one batch run on the event loop carries (a few milliseconds of SQL)."""
+
 
 def _take(queue: deque[Call], limit: int) -> list[Call]:
-    """Up to `limit` queued calls, dropping those cancelled before they started. The event loop
-    and the connection's thread both take from `queue` (each `popleft` is atomic)."""
-    batch: list[Call] = []
-    while len(batch) < limit:
+    """Up to `limit` queued calls, cancelled ones included (the caller leaves those out). The
+    event loop and the connection's thread both take from `queue` (each `popleft` is atomic)."""
+    taken: list[Call] = []
+    while len(taken) < limit:
         try:
-            work, future = queue.popleft()
+            taken.append(queue.popleft())
         except IndexError:
             break
-        if not future.done():
-            batch.append((work, future))
-    return batch
+    return taken
 
 
-Pulled = tuple[list[Call], list[Outcome]] | None
+def _live(taken: list[Call]) -> list[Call]:
+    """The calls whose callers still wait (a call cancelled before its batch starts never runs)."""
+    return [call for call in taken if not call[1].done()]
+
+
+# What a job did: the calls it took from the queue, those of them it ran, and their outcomes.
+Pulled = tuple[list[Call], list[Call], list[Outcome]] | None
 
 
 class Batcher:
-    """The calls of one connection, run in batches on the connection's thread.
+    """The calls of one connection, run in batches.
 
     Calls queue here, on the event loop. A *job* on the connection's thread takes what is queued
     when it starts (up to `max_batch` calls) and runs it as one batch. While a job runs, the next
     call submits one more, which waits on the thread behind it: when a batch ends, the thread
     starts the next at once with every call queued meanwhile, instead of waiting for the event
     loop to start it (under load the loop is busy resuming the callers of the batch that just
-    ended; measured at 16 callers, the thread waited for it 13 % of the time). At low load a call
-    submits a job and nothing waits.
+    ended). At low load a call submits a job and nothing waits.
+
+    With `here` (a runner for the event loop), short calls run on the event loop itself while the
+    connection's thread has nothing of it to run: every call queued by the end of the loop's
+    current iteration, up to `HERE_BATCH`, as one batch. A thread hop costs more than their SQL
+    (two thread wake-ups, and the two threads taking the GIL from each other). A batch that finds
+    the database locked by another process goes to the thread, which waits for the lock.
 
     Cancellation: a call cancelled before its batch starts is dropped (it never runs); once its
     batch started it runs to the end with the batch and only the caller's wait is cancelled.
     """
 
     def __init__(
-        self, connection: ConnectionThread, runner: BatchRunner, *, max_batch: int
+        self,
+        connection: ConnectionThread,
+        runner: BatchRunner,
+        *,
+        max_batch: int,
+        here: HereRunner | None = None,
+        committed: Callable[[int], None] | None = None,
     ) -> None:
         self.connection = connection
         self._runner = runner
+        self._here = here
+        self._committed = committed  # told how many calls each batch ran
         self._max_batch = max_batch
         self._queue: deque[Call] = deque()
-        self._jobs = 0  # jobs submitted whose outcome the event loop has not handled yet
-        # A submitted job has not started taking calls: calls queued now will be in its batch.
-        # Set on the event loop, cleared on the thread before the job takes its calls.
+        # Calls that must run on the thread, queued or taken by a job not reported yet (changed
+        # on the event loop only).
+        self._long = 0
+        self._jobs = 0  # jobs scheduled or submitted whose outcome has not been handled yet
+        # A job has not started taking calls: calls queued now will be in its batch. Set on the
+        # event loop; cleared where the job runs, before it takes its calls.
         self._unpulled = False
         self._running = False  # a batch runs on the thread (set there)
         self._started = 0.0  # when it started, `time.monotonic()` (set there)
@@ -317,6 +424,7 @@ class Batcher:
         self._idle: list[asyncio.Future[None]] = []
         self.batches = 0  # batches run: one transaction each
         self.calls = 0  # calls they carried
+        self.batches_here = 0  # batches run on the event loop
 
     @property
     def load(self) -> int:
@@ -325,82 +433,150 @@ class Batcher:
 
     @property
     def in_flight(self) -> bool:
-        """A job is queued on the thread or running there."""
+        """A job is scheduled, queued on the thread or running there."""
         return self._jobs > 0
 
     def busy_for(self) -> float:
         """Seconds the batch running on the thread has been running (0 when none runs)."""
         return time.monotonic() - self._started if self._running else 0.0
 
-    def submit(self, work: Work[T]) -> asyncio.Future[T]:
-        """Queue `work`; the future holds its outcome once its batch has run."""
+    def submit(self, work: Work[T], *, here: bool = False) -> asyncio.Future[T]:
+        """Queue `work`; the future holds its outcome once its batch has run. `here`: it is
+        short enough to run on the event loop (when the batcher has a runner for it)."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append((work, future))
-        self._kick()
+        self._append((work, future, here))
         return future
 
-    async def call(self, work: Work[T]) -> T:
-        return await self.submit(work)
+    async def call(self, work: Work[T], *, here: bool = False) -> T:
+        return await self.submit(work, here=here)
+
+    def _append(self, call: Call) -> None:
+        self._queue.append(call)
+        if not call[2]:
+            self._long += 1
+        self._kick()
+
+    def _forget(self, taken: list[Call]) -> None:
+        """`taken` has left the queue for good (run, moved, or failed)."""
+        self._long -= sum(1 for call in taken if not call[2])
 
     def take_queued(self) -> list[Call]:
         """Every queued call that has not started, for another batcher to run."""
-        calls = _take(self._queue, len(self._queue))
+        taken = _take(self._queue, len(self._queue))
+        self._forget(taken)
         if not self._jobs:
             self._wake_idle()
-        return calls
+        return _live(taken)
 
     def enqueue(self, call: Call) -> None:
         """A call taken from another batcher (its caller still waits on its future)."""
-        self._queue.append(call)
-        self._kick()
+        self._append(call)
 
     def _kick(self) -> None:
-        """Submit a job for the queued calls, unless one that has not started will take them."""
+        """Start a job for the queued calls, unless one that has not started will take them."""
         if self._paused or self._unpulled or not self._queue:
             return
         # Set before the job is queued: the thread may start it, and clear the flag, at once.
         self._unpulled = True
+        self._jobs += 1
+        if self._here is not None and not self._long:
+            # At the end of this loop iteration: the calls made meanwhile go in the same batch.
+            asyncio.get_running_loop().call_soon(self._run_here)
+            return
+        self._submit()
+
+    def _submit(self) -> None:
+        """Queue a job on the thread (`_unpulled` and `_jobs` already count it)."""
         try:
             self.connection.submit_then(self._pull, self._finished)
         except StoreClosedError as exc:
             self._unpulled = False
-            self._settle(_take(self._queue, len(self._queue)), exc)
-            return
-        self._jobs += 1
+            self._jobs -= 1
+            taken = _take(self._queue, len(self._queue))
+            self._forget(taken)
+            self._settle(taken, exc)
 
     def _pull(self, db: sqlite3.Connection) -> Pulled:
         """On the thread: take the queued calls and run them as one batch."""
-        # Cleared before taking: a call queued after this line submits a job of its own (at
+        # Cleared before taking: a call queued after this line starts a job of its own (at
         # worst one that finds nothing); cleared after, a call could be left with no job.
         self._unpulled = False
-        batch = _take(self._queue, self._max_batch)
-        if not batch:
+        return self._run(_take(self._queue, self._max_batch), db)
+
+    def _run(self, taken: list[Call], db: sqlite3.Connection) -> Pulled:
+        """On the thread: run the calls `taken` from the queue as one transaction."""
+        if not taken:
             return None
+        live = _live(taken)
+        if not live:
+            return taken, [], []
         self._started = time.monotonic()
         self._running = True
         try:
-            outcomes = self._runner([work for work, _ in batch], db)
+            outcomes = self._runner([work for work, _, _ in live], db)
         except BaseException as exc:  # not expected: the runners catch what they can
-            outcomes = [(False, exc)] * len(batch)
+            outcomes = [(False, exc)] * len(live)
         finally:
             self._running = False
-        return batch, outcomes
+        return taken, live, outcomes
+
+    def _run_here(self) -> None:
+        """On the event loop: run the queued calls here if the thread has nothing of the
+        connection (else as a job on the thread)."""
+        connection = self.connection
+        if self._long or connection.jobs or not connection.running or self._paused:
+            self._submit()  # the thread has the connection (or a call needs it): queue behind
+            return
+        self._unpulled = False
+        taken = _take(self._queue, HERE_BATCH)
+        live = _live(taken)
+        if live:
+            assert self._here is not None
+            try:
+                outcomes = self._here([work for work, _, _ in live], connection.here())
+            except BaseException as exc:  # not expected: the runners catch what they can
+                outcomes = [(False, exc)] * len(live)
+            if outcomes is None:  # another process holds a lock: the thread waits for it
+                try:
+                    connection.submit_then(partial(self._run, taken), self._finished)
+                except StoreClosedError as exc:
+                    self._jobs -= 1
+                    self._forget(taken)
+                    self._settle(taken, exc)
+                return
+            self.batches_here += 1
+            self._done(taken, live, outcomes)
+        else:
+            self._forget(taken)
+        self._jobs -= 1
+        self._next()
 
     def _finished(self, ok: bool, pulled: Any) -> None:
-        """On the event loop: a job's outcome."""
+        """On the event loop: a job's outcome (`_pull` and `_run` raise nothing: what a batch
+        raised is in its outcomes)."""
         self._jobs -= 1
-        if ok and pulled is not None:  # `_pull` raises nothing: what its batch raised is in it
-            batch, outcomes = pulled
-            self.batches += 1
-            self.calls += len(batch)
-            self._settle(batch, outcomes)
+        if ok and pulled is not None:
+            self._done(*pulled)
+        self._next()
+
+    def _done(self, taken: list[Call], live: list[Call], outcomes: list[Outcome]) -> None:
+        self._forget(taken)
+        if not live:
+            return
+        self.batches += 1
+        self.calls += len(live)
+        self._settle(live, outcomes)
+        if self._committed is not None:
+            self._committed(len(live))
+
+    def _next(self) -> None:
         self._kick()
         if not self._jobs and not self._queue:
             self._wake_idle()
 
     @staticmethod
     def _settle(batch: list[Call], outcomes: list[Outcome] | BaseException) -> None:
-        for i, (_, future) in enumerate(batch):
+        for i, (_, future, _) in enumerate(batch):
             if future.done():  # the caller was cancelled while its call ran
                 continue
             ok, value = (False, outcomes) if isinstance(outcomes, BaseException) else outcomes[i]
@@ -437,6 +613,39 @@ class Batcher:
             self._kick()
 
 
+class Checkpoints:
+    """WAL checkpoints for a writer whose commits do not make them (`auto_checkpoint=False`):
+    after every `every` committed writes, one PASSIVE checkpoint on `connection`'s thread (a
+    reader's: WAL lets it copy committed pages into the database file while the writer goes on;
+    it never waits for a lock). One at a time; what one leaves (pages a reader still uses) the
+    next takes."""
+
+    def __init__(self, connection: ConnectionThread, every: int) -> None:
+        self._connection = connection
+        self._every = every
+        self._writes = 0
+        self._running = False
+        self.done = 0
+
+    def committed(self, writes: int) -> None:
+        self._writes += writes
+        if self._writes < self._every or self._running or not self._connection.running:
+            return
+        self._writes = 0
+        self._running = True
+        self._connection.submit_then(_checkpoint, self._finished)
+
+    def _finished(self, ok: bool, value: Any) -> None:
+        # A failed checkpoint (the file is busy being recovered, say) is tried again after the
+        # next `every` writes; SQLite also checkpoints when the last connection closes.
+        self._running = False
+        self.done += ok
+
+
+def _checkpoint(db: sqlite3.Connection) -> None:
+    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+
 class ReaderPool:
     """Where reads go. By default to the writer's own connection, through a batcher of their own:
     one thread doing all the SQL beside the event loop is what this workload runs fastest with
@@ -458,9 +667,15 @@ class ReaderPool:
         *,
         max_batch: int,
         stall: float,
+        here: bool = False,
     ) -> None:
         self._writer = writer
-        self._primary = Batcher(writer.connection, run_reads, max_batch=max_batch)
+        self._primary = Batcher(
+            writer.connection,
+            run_reads,
+            max_batch=max_batch,
+            here=run_reads_here if here else None,
+        )
         self._readers = [Batcher(c, run_reads, max_batch=max_batch) for c in readers]
         self._stall = stall
         self._stall_timer: asyncio.TimerHandle | None = None
@@ -514,12 +729,13 @@ class ReaderPool:
         """Reads served by the separate reader connections."""
         return sum(b.calls for b in self._readers)
 
-    async def run(self, work: Work[T]) -> T:
+    async def run(self, work: Work[T], *, here: bool = False) -> T:
+        """Run the read `work`; `here`: it is short enough to run on the event loop."""
         if not self._readers:
-            return await self._primary.call(work)
+            return await self._primary.call(work, here=here)
         if max(self._writer.busy_for(), self._primary.busy_for()) > self._stall:
             return await min(self._readers, key=lambda b: b.load).call(work)
-        future = self._primary.submit(work)
+        future = self._primary.submit(work, here=here)
         if self._writer.in_flight:  # the read may wait behind a write batch
             self._watch_stall()
         return await future

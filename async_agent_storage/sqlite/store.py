@@ -42,12 +42,16 @@ _MIN_SQLITE: Final = (3, 35, 0)  # RETURNING
 # Reads move to the separate reader connections once the writer's batch has run this long (it is
 # then waiting for another process's lock).
 _READ_STALL: Final = 0.010
+# Writes between two WAL checkpoints when the store makes them: about SQLite's own interval
+# (1,000 pages) for appends of a run of 1-2 KB.
+_CHECKPOINT_EVERY: Final = 100
 
 
 @dataclass(slots=True)
 class _Connections:
     writer: conn.Batcher
     readers: conn.ReaderPool
+    checkpoints: conn.Checkpoints | None
 
 
 class SqliteStore(StoreBase):
@@ -71,6 +75,13 @@ class SqliteStore(StoreBase):
     - `synchronous`: ``"NORMAL"`` (default) survives a crash of the process; ``"FULL"`` also a
       power loss, at the cost of one fsync per commit (group commit shares it between writes).
     - `max_batch`: the most writes committed in one transaction.
+    - `inline`: short calls (a session's read, `get_run`, the writes of one session) run on the
+      event loop itself, in batches, while the connection's thread has nothing to run (True,
+      the default): a thread hop costs more than their SQL, and the two threads would take the
+      GIL from each other. A batch blocks the loop for its SQL (about 0.1 ms a call, at most
+      64 calls); a batch that finds another process's lock, and every longer call (listings,
+      counts, bulk writes, purges), runs on the thread, and WAL checkpoints on a reader
+      connection's thread. False: every call on the thread, the event loop never runs SQL.
     - `page_size`: the page size in bytes of a new database file (a power of two from 512 to
       65536; None, the default: SQLite's, 4096). 8192 stores runs of 1 to 2 KB in about 12 %
       fewer bytes and costs the turn about a tenth of its throughput from 16 callers. A file
@@ -91,6 +102,7 @@ class SqliteStore(StoreBase):
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
         max_batch: int = 256,
         page_size: int | None = None,
+        inline: bool = True,
         **options: Unpack[StoreOptions],
     ) -> None:
         self._setup(migrations=MIGRATIONS, options=options)
@@ -113,6 +125,9 @@ class SqliteStore(StoreBase):
         ):
             raise ConfigurationError(f"page_size must be a power of two, got {page_size!r}")
         self.page_size = page_size
+        if not isinstance(inline, bool):
+            raise ConfigurationError(f"inline must be True or False, got {inline!r}")
+        self.inline = inline
         self._sql = SQL.for_table(self.table_name)
         self._lease_sql = leases.LeaseSQL.for_table(self.table_name)
         self._io: _Connections | None = None
@@ -127,7 +142,9 @@ class SqliteStore(StoreBase):
 
     # --- connections ----------------------------------------------------------------------------
 
-    async def _connect(self, *, query_only: bool = False) -> conn.ConnectionThread:
+    async def _connect(
+        self, *, query_only: bool = False, auto_checkpoint: bool = True
+    ) -> conn.ConnectionThread:
         if not self.in_memory:
             Path(self.db_file).parent.mkdir(parents=True, exist_ok=True)
         return await conn.connect(
@@ -136,6 +153,7 @@ class SqliteStore(StoreBase):
             synchronous=self.synchronous,
             query_only=query_only,
             page_size=self.page_size,
+            auto_checkpoint=auto_checkpoint,
         )
 
     async def _open_resources(self) -> None:
@@ -144,8 +162,10 @@ class SqliteStore(StoreBase):
                 f"SQLite {sqlite3.sqlite_version} is too old; async-agent-storage needs 3.35+"
             )
         opened: list[conn.ConnectionThread] = []
+        # Commits on the event loop leave WAL checkpoints to a thread (see `conn.Checkpoints`).
+        checkpointed = self.inline and not self.in_memory
         try:
-            opened.append(await self._connect())
+            opened.append(await self._connect(auto_checkpoint=not checkpointed))
             if not self.in_memory:  # each connection to :memory: is its own database
                 for _ in range(self.reader_connections):
                     opened.append(await self._connect(query_only=True))
@@ -153,9 +173,19 @@ class SqliteStore(StoreBase):
             for connection in opened:
                 await connection.close()
             raise
-        writer = conn.Batcher(opened[0], conn.run_writes, max_batch=self.max_batch)
-        readers = conn.ReaderPool(writer, opened[1:], max_batch=self.max_batch, stall=_READ_STALL)
-        self._io = _Connections(writer, readers)
+        # On a reader's thread, beside the writer; with no reader, on the writer's own.
+        checkpoints = conn.Checkpoints(opened[-1], _CHECKPOINT_EVERY) if checkpointed else None
+        writer = conn.Batcher(
+            opened[0],
+            conn.run_writes,
+            max_batch=self.max_batch,
+            here=conn.run_writes_here if self.inline else None,
+            committed=None if checkpoints is None else checkpoints.committed,
+        )
+        readers = conn.ReaderPool(
+            writer, opened[1:], max_batch=self.max_batch, stall=_READ_STALL, here=self.inline
+        )
+        self._io = _Connections(writer, readers, checkpoints)
 
     async def _close_resources(self) -> None:
         io, self._io = self._io, None
@@ -188,11 +218,14 @@ class SqliteStore(StoreBase):
         self, session_id: str, user_id: str | None, last_runs: int | None
     ) -> Session | None:
         return await self._live(self._io).readers.run(
-            partial(work.read_session, self._sql, self.token, session_id, user_id, last_runs)
+            partial(work.read_session, self._sql, self.token, session_id, user_id, last_runs),
+            here=True,
         )
 
-    async def _write(self, call: conn.Work[T]) -> T:
-        return await self._live(self._io).writer.call(call)
+    async def _write(self, call: conn.Work[T], *, here: bool = True) -> T:
+        """Run the write `call`; `here=False` for one that may run long (many sessions, a whole
+        history copied): it runs on the connection's thread."""
+        return await self._live(self._io).writer.call(call, here=here)
 
     async def _upsert(self, session: EncodedSession, if_version: int | None) -> Session:
         rows = await self._write(
@@ -202,7 +235,7 @@ class SqliteStore(StoreBase):
 
     async def _upsert_many(self, sessions: list[EncodedSession]) -> list[Session]:
         rows = await self._write(
-            partial(work.upsert, self._sql, self.label, self.token, sessions, None)
+            partial(work.upsert, self._sql, self.label, self.token, sessions, None), here=False
         )
         return [
             stored_session(enc, row, self.token) for enc, row in zip(sessions, rows, strict=True)
@@ -221,7 +254,7 @@ class SqliteStore(StoreBase):
         self, session_id: str, run_id: str, user_id: str | None
     ) -> dict[str, Any] | None:
         body = await self._live(self._io).readers.run(
-            partial(work.get_run, self._sql, session_id, run_id, user_id)
+            partial(work.get_run, self._sql, session_id, run_id, user_id), here=True
         )
         return None if body is None else decode_runs([body])[0]
 
@@ -258,7 +291,8 @@ class SqliteStore(StoreBase):
                 new_session_id,
                 at_run,
                 user_id,
-            )
+            ),
+            here=False,
         )
 
     async def _list_page(self, query: ListQuery) -> tuple[list[Session], PageKey | None]:
@@ -277,16 +311,16 @@ class SqliteStore(StoreBase):
         return await self._live(self._io).readers.run(partial(work.activity, self._sql, query))
 
     async def _drop(self) -> None:
-        await self._write(partial(work.drop, self._sql))
+        await self._write(partial(work.drop, self._sql), here=False)
 
     async def _purge_expired(self, batch: int) -> tuple[int, int]:
-        return await self._write(partial(work.delete_batch, self._sql, None, batch))
+        return await self._write(partial(work.delete_batch, self._sql, None, batch), here=False)
 
     async def _delete_user(self, user_id: str, batch: int) -> tuple[int, int]:
-        return await self._write(partial(work.delete_batch, self._sql, user_id, batch))
+        return await self._write(partial(work.delete_batch, self._sql, user_id, batch), here=False)
 
     async def _reseal(self, reseal: Reseal) -> bool:
-        return await self._write(partial(work.reseal, self._sql, reseal))
+        return await self._write(partial(work.reseal, self._sql, reseal), here=False)
 
     async def _take_lease(
         self, session_id: str, user_id: str | None, holder: str, ttl: float
@@ -312,6 +346,7 @@ class SqliteStore(StoreBase):
         io = self._live(self._io)
         return {
             "write_batches": io.writer.batches,
+            "write_batches_on_loop": io.writer.batches_here,
             "writes": io.writer.calls,
             "writes_in_flight": io.writer.load,
             "read_batches": io.readers.batches,
@@ -319,4 +354,5 @@ class SqliteStore(StoreBase):
             "reads_beside_writer": io.readers.reads_beside_writer,
             "reads_in_flight": io.readers.in_flight,
             "reader_connections": len(io.readers.connections),
+            "checkpoints": 0 if io.checkpoints is None else io.checkpoints.done,
         }

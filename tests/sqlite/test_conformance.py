@@ -1,5 +1,6 @@
-"""The conformance suite on SQLite: a file database, an in-memory one, and a file database
-through an encrypting store."""
+"""The conformance suite on SQLite: a file database, the same with every call on the connection's
+thread (`inline=False`), an in-memory database, and a file database through an encrypting
+store."""
 
 from __future__ import annotations
 
@@ -19,6 +20,18 @@ class TestSqliteFile(SessionStoreConformance):
     def store_factory(self, tmp_path: Path) -> StoreFactory:
         def factory(**options: Any) -> SqliteStore:
             return SqliteStore(db_file=tmp_path / "sessions.db", **options)
+
+        return factory
+
+
+class TestSqliteFileThreaded(SessionStoreConformance):
+    """Every rule holds with no call run on the event loop (the calls a store runs there by
+    default go through the connection's thread, as longer calls always do)."""
+
+    @pytest.fixture
+    def store_factory(self, tmp_path: Path) -> StoreFactory:
+        def factory(**options: Any) -> SqliteStore:
+            return SqliteStore(db_file=tmp_path / "sessions.db", inline=False, **options)
 
         return factory
 

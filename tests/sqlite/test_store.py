@@ -4,6 +4,7 @@ locks held by other processes, configuration errors, and JSON that SQLite's JSON
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 from collections.abc import AsyncIterator
@@ -20,7 +21,7 @@ from async_agent_storage import (
     StorageUnavailableError,
     open_store,
 )
-from async_agent_storage.sqlite._connection import _enter_wal, run
+from async_agent_storage.sqlite._connection import HERE_BATCH, _enter_wal, run
 
 pytestmark = pytest.mark.anyio
 
@@ -400,3 +401,79 @@ def test_switching_to_wal_waits_out_a_busy_answer_within_busy_timeout(tmp_path: 
     finally:
         db.close()
         holder.close()
+
+
+async def test_short_calls_run_on_the_event_loop_in_batches(tmp_path: Path) -> None:
+    async with SqliteStore(db_file=tmp_path / "here.db") as store:
+        assert store._io is not None
+        writer = store._io.writer
+        appended = await asyncio.gather(
+            *(store.append_runs(f"s{i}", [{"i": i}]) for i in range(200))
+        )
+        assert [s.version for s in appended] == [1] * 200
+        # Every call queued in one loop iteration, in batches of at most HERE_BATCH, all of them
+        # run on the loop (nothing held the connection's thread).
+        assert writer.batches_here == writer.batches == -(-200 // HERE_BATCH)
+        reads = await asyncio.gather(*(store.read(f"s{i}") for i in range(200)))
+        assert all(r is not None and r.runs == [{"i": i}] for i, r in enumerate(reads))
+        assert store._io.readers.primary.batches_here >= 1
+        # A listing may run long: it goes to the thread.
+        before = store._io.readers.primary.batches_here
+        assert len((await store.list_sessions(limit=500)).items) == 200
+        assert store._io.readers.primary.batches_here == before
+
+
+async def test_without_inline_every_call_runs_on_the_thread(tmp_path: Path) -> None:
+    async with SqliteStore(db_file=tmp_path / "thread.db", inline=False) as store:
+        assert store._io is not None
+        await asyncio.gather(*(store.append_runs(f"s{i}", [{"i": i}]) for i in range(50)))
+        assert await store.read("s1") is not None
+        assert store._io.writer.batches_here == 0
+        assert store._io.readers.primary.batches_here == 0
+        assert store.stats()["write_batches"] >= 1
+
+
+async def test_the_wal_is_checkpointed_beside_the_writer(tmp_path: Path) -> None:
+    db_file = tmp_path / "wal.db"
+    async with SqliteStore(db_file=db_file) as store:
+        for round_ in range(10):
+            await asyncio.gather(
+                *(
+                    store.append_runs(f"s{i}", [{"text": "x" * 2000, "round": round_}])
+                    for i in range(100)
+                )
+            )
+            await asyncio.sleep(0.05)  # let the checkpoint on the reader's thread run
+        checkpoints = store.stats()["checkpoints"]
+        # 1,000 appends: a checkpoint after every 100 writes, each on a reader's thread; the
+        # WAL is then reused from its start (0.6 MB here, 5.7 MB without the checkpoints).
+        assert checkpoints >= 5
+        wal = await asyncio.to_thread(os.path.getsize, f"{db_file}-wal")
+        assert wal < 2 * 1024 * 1024, f"the WAL grew to {wal} bytes"
+    async with SqliteStore(db_file=db_file) as again:
+        read = await again.read("s7")
+        assert read is not None
+        assert read.runs[-1]["round"] == 9
+
+
+async def test_inline_must_be_a_bool(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="inline"):
+        SqliteStore(db_file=tmp_path / "x.db", inline="yes")  # type: ignore[arg-type]
+
+
+async def test_a_cancelled_long_call_does_not_keep_short_ones_off_the_event_loop(
+    tmp_path: Path,
+) -> None:
+    async with SqliteStore(db_file=tmp_path / "cancel.db") as store:
+        assert store._io is not None
+        primary = store._io.readers.primary
+        await store.append_runs("s", [{"i": 0}])
+        for _ in range(3):
+            listing = asyncio.create_task(store.list_sessions())  # runs on the thread
+            await asyncio.sleep(0)
+            listing.cancel()
+            await asyncio.gather(listing, return_exceptions=True)
+        await asyncio.wait_for(store._io.readers.drain(), 5)
+        before = primary.batches_here
+        assert await store.read("s") is not None
+        assert primary.batches_here == before + 1
