@@ -351,8 +351,9 @@ def _write_batch(works: Sequence[Work[Any]], db: sqlite3.Connection) -> list[Out
 
 # --- batching ------------------------------------------------------------------------------
 
-HERE_BATCH = 64
-"""The most calls one batch run on the event loop carries (a few milliseconds of SQL)."""
+HERE_BATCH = 16
+"""The most calls one batch run on the event loop carries: about 2 ms of SQL for 16 appends,
+the loop's wait per batch (64 made the turn no faster and the wait four times longer)."""
 
 
 def _take(queue: deque[Call], limit: int) -> list[Call]:

@@ -79,7 +79,7 @@ class SqliteStore(StoreBase):
       event loop itself, in batches, while the connection's thread has nothing to run (True,
       the default): a thread hop costs more than their SQL, and the two threads would take the
       GIL from each other. A batch blocks the loop for its SQL (about 0.1 ms a call, at most
-      64 calls); a batch that finds another process's lock, and every longer call (listings,
+      16 calls); a batch that finds another process's lock, and every longer call (listings,
       counts, bulk writes, purges), runs on the thread, and WAL checkpoints on a reader
       connection's thread. False: every call on the thread, the event loop never runs SQL.
     - `page_size`: the page size in bytes of a new database file (a power of two from 512 to
