@@ -76,9 +76,11 @@ _SELECT_RUN_IDS = """
     SELECT run_id, seq, CAST(body AS BLOB) FROM "{t}_runs"
     WHERE session_id = ?1 AND run_id IN (SELECT value FROM json_each(?2))
 """
-# An upsert's check that no run before its offset (?2) holds the id of a run it wrote (?3).
+# An upsert's check that no run before its offset (?2) holds the id of a run it wrote (?3). By the
+# run-id index: left to itself SQLite walks the `(session_id, seq)` key below the offset for the
+# ORDER BY, every run of the history (572 against 8.6 us for a session of 1,000 runs).
 _HELD_RUN_ID = """
-    SELECT run_id FROM "{t}_runs"
+    SELECT run_id FROM "{t}_runs" INDEXED BY "{t}_runs_id"
     WHERE session_id = ?1 AND seq < ?2 AND run_id IN (SELECT value FROM json_each(?3))
     ORDER BY seq LIMIT 1
 """

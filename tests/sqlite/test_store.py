@@ -14,6 +14,7 @@ import pytest
 
 from async_agent_storage import (
     ConfigurationError,
+    InvalidInputError,
     SerializationError,
     Session,
     SqliteStore,
@@ -477,3 +478,23 @@ async def test_a_cancelled_long_call_does_not_keep_short_ones_off_the_event_loop
         before = primary.batches_here
         assert await store.read("s") is not None
         assert primary.batches_here == before + 1
+
+
+async def test_the_upsert_check_of_run_ids_looks_them_up_by_index(store: SqliteStore) -> None:
+    # A session of 1,000 runs: an upsert of its tail must not read the runs before the tail to
+    # find a repeated id (it did, through the `(session_id, seq)` key, for the ORDER BY).
+    await store.upsert(Session(session_id="long", runs=[{"run_id": f"r{i}"} for i in range(1000)]))
+    assert store._io is not None
+    sql = store._sql
+
+    def plan(db: sqlite3.Connection) -> list[str]:
+        rows = db.execute(f"EXPLAIN QUERY PLAN {sql.held_run_id}", ("long", 990, '["x"]'))
+        return [row[3] for row in rows]
+
+    steps = await run(store._io.writer.connection, plan)
+    assert any("USING INDEX agent_sessions_runs_id" in step for step in steps), steps
+    tail = await store.read("long", last_runs=10)
+    assert tail is not None
+    tail.runs.append({"run_id": "r5"})  # repeats a run kept before the tail
+    with pytest.raises(InvalidInputError, match="before runs_offset"):
+        await store.upsert(tail)
