@@ -45,6 +45,8 @@ _READ_STALL: Final = 0.010
 # Writes between two WAL checkpoints when the store makes them: about SQLite's own interval
 # (1,000 pages) for appends of a run of 1-2 KB.
 _CHECKPOINT_EVERY: Final = 100
+# The most runs a call run on the event loop reads or writes (`inline`): more go to the thread.
+_HERE_RUNS: Final = 256
 
 
 @dataclass(slots=True)
@@ -75,13 +77,14 @@ class SqliteStore(StoreBase):
     - `synchronous`: ``"NORMAL"`` (default) survives a crash of the process; ``"FULL"`` also a
       power loss, at the cost of one fsync per commit (group commit shares it between writes).
     - `max_batch`: the most writes committed in one transaction.
-    - `inline`: short calls (a session's read, `get_run`, the writes of one session) run on the
-      event loop itself, in batches, while the connection's thread has nothing to run (True,
-      the default): a thread hop costs more than their SQL, and the two threads would take the
-      GIL from each other. A batch blocks the loop for its SQL (about 0.1 ms a call, at most
-      16 calls); a batch that finds another process's lock, and every longer call (listings,
-      counts, bulk writes, purges), runs on the thread, and WAL checkpoints on a reader
-      connection's thread. False: every call on the thread, the event loop never runs SQL.
+    - `inline`: short calls (a read with `last_runs`, `get_run`, appends, upserts and pops of
+      up to 256 runs, leases) run on the event loop itself, in batches, while the connection's
+      thread has nothing to run (True, the default): a thread hop costs more than their SQL, and
+      the two threads would take the GIL from each other. A batch blocks the loop for its SQL
+      (about 0.1 ms a call, at most 16 calls); a batch that finds another process's lock, and
+      every longer call (whole histories, listings, counts, bulk writes, deletes, purges), runs
+      on the thread, and WAL checkpoints on a reader connection's thread. False: every call on
+      the thread, the event loop never runs SQL.
     - `page_size`: the page size in bytes of a new database file (a power of two from 512 to
       65536; None, the default: SQLite's, 4096). 8192 stores runs of 1 to 2 KB in about 12 %
       fewer bytes and costs the turn about a tenth of its throughput from 16 callers. A file
@@ -219,17 +222,18 @@ class SqliteStore(StoreBase):
     ) -> Session | None:
         return await self._live(self._io).readers.run(
             partial(work.read_session, self._sql, self.token, session_id, user_id, last_runs),
-            here=True,
+            here=last_runs is not None and last_runs <= _HERE_RUNS,
         )
 
-    async def _write(self, call: conn.Work[T], *, here: bool = True) -> T:
-        """Run the write `call`; `here=False` for one that may run long (many sessions, a whole
-        history copied): it runs on the connection's thread."""
+    async def _write(self, call: conn.Work[T], *, here: bool) -> T:
+        """Run the write `call`; `here`: it is short (one session, at most `_HERE_RUNS` runs)
+        and may run on the event loop, else it runs on the connection's thread."""
         return await self._live(self._io).writer.call(call, here=here)
 
     async def _upsert(self, session: EncodedSession, if_version: int | None) -> Session:
         rows = await self._write(
-            partial(work.upsert, self._sql, self.label, self.token, [session], if_version)
+            partial(work.upsert, self._sql, self.label, self.token, [session], if_version),
+            here=len(session.runs) <= _HERE_RUNS,
         )
         return stored_session(session, rows[0], self.token)
 
@@ -243,12 +247,14 @@ class SqliteStore(StoreBase):
 
     async def _append(self, append: EncodedAppend) -> Session:
         row, start, bodies, ids = await self._write(
-            partial(work.append, self._sql, self.label, append)
+            partial(work.append, self._sql, self.label, append),
+            here=len(append.runs) <= _HERE_RUNS,
         )
         return session_from_row(row, bodies, ids, start, self.token)
 
     async def _delete(self, session_id: str, user_id: str | None) -> bool:
-        return await self._write(partial(work.delete, self._sql, session_id, user_id))
+        # A session's whole history is deleted: on the thread.
+        return await self._write(partial(work.delete, self._sql, session_id, user_id), here=False)
 
     async def _get_run(
         self, session_id: str, run_id: str, user_id: str | None
@@ -262,13 +268,15 @@ class SqliteStore(StoreBase):
         self, session_id: str, user_id: str | None, count: int
     ) -> list[dict[str, Any]]:
         bodies = await self._write(
-            partial(work.pop_runs, self._sql, self.label, session_id, user_id, count)
+            partial(work.pop_runs, self._sql, self.label, session_id, user_id, count),
+            here=count <= _HERE_RUNS,
         )
         return decode_runs(bodies) if bodies else []
 
     async def _truncate_runs(self, session_id: str, user_id: str | None, keep_last: int) -> int:
         return await self._write(
-            partial(work.truncate_runs, self._sql, self.label, session_id, user_id, keep_last)
+            partial(work.truncate_runs, self._sql, self.label, session_id, user_id, keep_last),
+            here=False,  # may delete a whole history
         )
 
     async def _count(self, query: ListQuery) -> int:
@@ -326,18 +334,21 @@ class SqliteStore(StoreBase):
         self, session_id: str, user_id: str | None, holder: str, ttl: float
     ) -> Grant | Busy:
         return await self._write(
-            partial(leases.take, self._lease_sql, self.label, session_id, user_id, holder, ttl)
+            partial(leases.take, self._lease_sql, self.label, session_id, user_id, holder, ttl),
+            here=True,
         )
 
     async def _renew_lease(
         self, session_id: str, holder: str, token: int, ttl: float
     ) -> Grant | Busy:
         return await self._write(
-            partial(leases.renew, self._lease_sql, session_id, holder, token, ttl)
+            partial(leases.renew, self._lease_sql, session_id, holder, token, ttl), here=True
         )
 
     async def _release_lease(self, session_id: str, holder: str, token: int) -> None:
-        await self._write(partial(leases.release, self._lease_sql, session_id, holder, token))
+        await self._write(
+            partial(leases.release, self._lease_sql, session_id, holder, token), here=True
+        )
 
     async def _ping(self) -> None:
         await self._live(self._io).readers.run(work.ping)

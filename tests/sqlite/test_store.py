@@ -415,11 +415,13 @@ async def test_short_calls_run_on_the_event_loop_in_batches(tmp_path: Path) -> N
         # Every call queued in one loop iteration, in batches of at most HERE_BATCH, all of them
         # run on the loop (nothing held the connection's thread).
         assert writer.batches_here == writer.batches == -(-200 // HERE_BATCH)
-        reads = await asyncio.gather(*(store.read(f"s{i}") for i in range(200)))
+        reads = await asyncio.gather(*(store.read(f"s{i}", last_runs=10) for i in range(200)))
         assert all(r is not None and r.runs == [{"i": i}] for i, r in enumerate(reads))
         assert store._io.readers.primary.batches_here >= 1
-        # A listing may run long: it goes to the thread.
+        # A whole history and a listing may run long: they go to the thread.
         before = store._io.readers.primary.batches_here
+        assert await store.read("s1") is not None
+        assert store._io.readers.primary.batches_here == before
         assert len((await store.list_sessions(limit=500)).items) == 200
         assert store._io.readers.primary.batches_here == before
 
@@ -476,7 +478,7 @@ async def test_a_cancelled_long_call_does_not_keep_short_ones_off_the_event_loop
             await asyncio.gather(listing, return_exceptions=True)
         await asyncio.wait_for(store._io.readers.drain(), 5)
         before = primary.batches_here
-        assert await store.read("s") is not None
+        assert await store.read("s", last_runs=5) is not None
         assert primary.batches_here == before + 1
 
 
