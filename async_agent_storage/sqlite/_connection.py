@@ -75,6 +75,10 @@ class ConnectionThread:
         self._waits = True  # the connection's busy timeout is `_busy_ms` (else 0)
         self.running = False
         self.jobs = 0  # queued for the thread or running there, until reported on the loop
+        self._reports = 0  # jobs reported so far
+        # Called on the event loop when the thread has nothing left to run (True), or (False)
+        # after two more jobs ended without that: (registered at report, callback).
+        self._idle_waiters: list[tuple[int, Callable[[bool], None]]] = []
 
     async def start(self) -> None:
         """Open the connection on its thread (an error opening it is raised here)."""
@@ -118,7 +122,25 @@ class ConnectionThread:
 
     def _report(self, done: Done, ok: bool, value: Any) -> None:
         self.jobs -= 1
+        self._reports += 1
         done(ok, value)
+        if self._idle_waiters:
+            self._wake_waiters()
+
+    def when_idle(self, callback: Callable[[bool], None]) -> None:
+        """Call `callback(True)` on the event loop once the thread has no job left, or
+        `callback(False)` once two more jobs ended without that (a thread kept busy by other
+        calls must not hold back this one for long)."""
+        self._idle_waiters.append((self._reports, callback))
+
+    def _wake_waiters(self) -> None:
+        idle = not self.jobs
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for registered, callback in waiters:
+            if idle or self._reports - registered >= 2:
+                callback(idle)
+            else:
+                self._idle_waiters.append((registered, callback))
 
     def here(self) -> sqlite3.Connection:
         """The connection, for the event loop to use now: only while `jobs == 0` (the thread
@@ -525,8 +547,14 @@ class Batcher:
         """On the event loop: run the queued calls here if the thread has nothing of the
         connection (else as a job on the thread)."""
         connection = self.connection
-        if self._long or connection.jobs or not connection.running or self._paused:
-            self._submit()  # the thread has the connection (or a call needs it): queue behind
+        if self._long or not connection.running or self._paused:
+            self._submit()  # a call needs the thread (or the connection is held): queue there
+            return
+        if connection.jobs:
+            # The thread has the connection (a checkpoint, a long call, a batch waiting for a
+            # lock): wait for it to finish, then run here. Queued behind it on the thread
+            # instead, the calls would keep the thread busy and never come back to the loop.
+            connection.when_idle(self._after_wait)
             return
         self._unpulled = False
         taken = _take(self._queue, HERE_BATCH)
@@ -551,6 +579,12 @@ class Batcher:
             self._forget(taken)
         self._jobs -= 1
         self._next()
+
+    def _after_wait(self, idle: bool) -> None:
+        if idle:
+            self._run_here()
+        else:
+            self._submit()
 
     def _finished(self, ok: bool, pulled: Any) -> None:
         """On the event loop: a job's outcome (`_pull` and `_run` raise nothing: what a batch
@@ -616,10 +650,13 @@ class Batcher:
 
 class Checkpoints:
     """WAL checkpoints for a writer whose commits do not make them (`auto_checkpoint=False`):
-    after every `every` committed writes, one PASSIVE checkpoint on `connection`'s thread (a
-    reader's: WAL lets it copy committed pages into the database file while the writer goes on;
-    it never waits for a lock). One at a time; what one leaves (pages a reader still uses) the
-    next takes."""
+    after about `every` writes (`committed` counts them; `wrote` adds the weight of a bulk
+    write, in appends of one run), one checkpoint as a job on the writer's own thread. While it
+    runs, the writer's calls wait behind it on the thread, as they wait for a checkpoint SQLite
+    makes inside a commit, so it copies every frame and the next write starts the WAL over. (Run
+    beside the writer, on a reader's connection, checkpoints never caught up with the writes
+    that went on meanwhile, and the WAL grew by hundreds of megabytes under load.) One at a time;
+    a failed one is tried again after the next `every` writes."""
 
     def __init__(self, connection: ConnectionThread, every: int) -> None:
         self._connection = connection
@@ -636,9 +673,9 @@ class Checkpoints:
         self._running = True
         self._connection.submit_then(_checkpoint, self._finished)
 
+    wrote = committed
+
     def _finished(self, ok: bool, value: Any) -> None:
-        # A failed checkpoint (the file is busy being recovered, say) is tried again after the
-        # next `every` writes; SQLite also checkpoints when the last connection closes.
         self._running = False
         self.done += ok
 
