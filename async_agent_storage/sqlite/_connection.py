@@ -186,6 +186,12 @@ async def run(connection: ConnectionThread, work: Work[T]) -> T:
 _BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
+def _busy(exc: BaseException) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED: another connection holds a lock this one needs."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary result code
+    return isinstance(exc, sqlite3.OperationalError) and code in _BUSY
+
+
 def _enter_wal(db: sqlite3.Connection, busy_timeout: float) -> None:
     """Switch the file to WAL (once per file: the mode is stored in it), trying again while
     SQLite answers busy at once, for up to `busy_timeout` seconds, as its busy handler would."""
@@ -196,8 +202,7 @@ def _enter_wal(db: sqlite3.Connection, busy_timeout: float) -> None:
             db.execute("PRAGMA journal_mode = WAL")
             return
         except sqlite3.OperationalError as exc:
-            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary result code
-            if code not in _BUSY or time.monotonic() + delay > deadline:
+            if not _busy(exc) or time.monotonic() + delay > deadline:
                 raise
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
@@ -255,7 +260,7 @@ def _open(
         if not auto_checkpoint:
             # A commit that reaches 1,000 pages of WAL would copy them into the database file
             # and sync it, tens of milliseconds the event loop must not wait for: `Checkpoints`
-            # runs them on another connection's thread instead.
+            # runs them as jobs on the connection's thread instead.
             db.execute("PRAGMA wal_autocheckpoint = 0")
     except BaseException:
         db.close()
@@ -304,12 +309,6 @@ def run_reads(works: Sequence[Work[Any]], db: sqlite3.Connection) -> list[Outcom
         if not nested:
             db.execute("COMMIT")
     return outcomes
-
-
-def _busy(exc: BaseException) -> bool:
-    """SQLITE_BUSY or SQLITE_LOCKED: another connection holds a lock this one needs."""
-    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary result code
-    return isinstance(exc, sqlite3.OperationalError) and code in _BUSY
 
 
 def run_reads_here(works: Sequence[Work[Any]], db: sqlite3.Connection) -> list[Outcome] | None:
@@ -650,13 +649,13 @@ class Batcher:
 
 class Checkpoints:
     """WAL checkpoints for a writer whose commits do not make them (`auto_checkpoint=False`):
-    after about `every` writes (`committed` counts them; `wrote` adds the weight of a bulk
-    write, in appends of one run), one checkpoint as a job on the writer's own thread. While it
-    runs, the writer's calls wait behind it on the thread, as they wait for a checkpoint SQLite
-    makes inside a commit, so it copies every frame and the next write starts the WAL over. (Run
-    beside the writer, on a reader's connection, checkpoints never caught up with the writes
-    that went on meanwhile, and the WAL grew by hundreds of megabytes under load.) One at a time;
-    a failed one is tried again after the next `every` writes."""
+    after about `every` writes (`committed` counts them, a bulk write by its runs), one
+    checkpoint as a job on the writer's own thread. While it runs, the writer's calls wait for
+    it, as they wait for a checkpoint SQLite makes inside a commit, so it copies every frame and
+    the next write starts the WAL over. (Run beside the writer, on a reader's connection,
+    checkpoints never caught up with the writes that went on meanwhile, and the WAL grew by
+    hundreds of megabytes under load.) One at a time; a failed one is tried again after the next
+    `every` writes."""
 
     def __init__(self, connection: ConnectionThread, every: int) -> None:
         self._connection = connection
@@ -672,8 +671,6 @@ class Checkpoints:
         self._writes = 0
         self._running = True
         self._connection.submit_then(_checkpoint, self._finished)
-
-    wrote = committed
 
     def _finished(self, ok: bool, value: Any) -> None:
         self._running = False

@@ -342,7 +342,7 @@ class SqliteStore(StoreBase):
         next checkpoint (the batcher counts each call once)."""
         io = self._io
         if io is not None and io.checkpoints is not None:
-            io.checkpoints.wrote(runs)
+            io.checkpoints.committed(runs)
 
     async def _reseal(self, reseal: Reseal) -> bool:
         return await self._write(partial(work.reseal, self._sql, reseal), here=False)
