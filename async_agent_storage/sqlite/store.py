@@ -178,7 +178,11 @@ class SqliteStore(StoreBase):
             for connection in opened:
                 await connection.close()
             raise
-        checkpoints = conn.Checkpoints(opened[0], _CHECKPOINT_EVERY) if checkpointed else None
+        checkpoints = (
+            conn.Checkpoints(opened[0], _CHECKPOINT_EVERY, beside=opened[1] if opened[1:] else None)
+            if checkpointed
+            else None
+        )
         writer = conn.Batcher(
             opened[0],
             conn.run_writes,
