@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from async_agent_storage.sqlite import SqliteStore
 from benchmarks import report
 from benchmarks.cli import main
 from benchmarks.suite import Plan, run
@@ -259,6 +260,47 @@ def test_the_bulk_load_profile_reports_its_throughput_and_shares(
     assert len(shares) == 3
     assert all(0 <= share <= 100 for share in shares)
     assert shares[0] > 0  # encoding is always part of a load
+
+
+def test_the_bulk_floor_sends_the_rows_the_store_itself_writes(tmp_path: Path) -> None:
+    from benchmarks import bulk_floor
+
+    seeds = list(sessions(WorkloadSpec(sessions=30, prefix="floor")))
+    batches = bulk_floor.store_statements(seeds, 10)
+    path = tmp_path / "floor.db"
+    assert bulk_floor.load_store_layout(path, batches) > 0
+
+    async def read_back() -> None:
+        # What it loaded is what `upsert_many` would have stored: the store reads it back.
+        async with SqliteStore(bulk_floor.TABLE, db_file=path) as store:
+            assert await store.count_sessions() == 30
+            for seed in seeds[::7]:
+                read = await store.read(seed.session_id, user_id=seed.user_id)
+                assert read is not None
+                assert read.runs == seed.runs
+                assert read.session_data == seed.session_data
+
+    asyncio.run(read_back())
+
+
+def test_the_bulk_floor_reports_both_layouts(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks import bulk_floor
+
+    monkeypatch.setattr(
+        "sys.argv", ["bulk_floor", "--sessions", "30", "--batch", "10", "--rounds", "2"]
+    )
+    bulk_floor.main()
+    out = capsys.readouterr().out
+    assert "30 sessions (" in out
+    timed = [line for line in out.splitlines() if line.rstrip().endswith(")")]
+    assert [line.split("  ")[1].strip() for line in timed] == [
+        "store layout, statements alone",
+        "raw layout, statements alone",
+        "raw layout, rows built and sent",
+    ]
+    assert all(float(line.split()[-3]) > 0 for line in timed)
 
 
 def test_the_comparison_with_an_earlier_commit_reports_both_builds_ratios(
