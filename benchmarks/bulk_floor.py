@@ -26,13 +26,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from async_agent_storage import Session
 from async_agent_storage._encoding import encode_sessions
 from async_agent_storage.sqlite import SqliteStore
 from async_agent_storage.sqlite._sql import SQL
 from async_agent_storage.sqlite._work import upsert
 
 from .systems import raw_sqlite
+from .systems.store import to_session
 from .workload import SeedSession, WorkloadSpec, sessions
 
 TABLE = "bulk_floor"
@@ -59,24 +59,12 @@ def store_statements(seeds: list[SeedSession], batch: int) -> list[Statements]:
     out: list[Statements] = []
     for i in range(0, len(seeds), batch):
         encoded = encode_sessions(
-            [_session(s) for s in seeds[i : i + batch]], max_bytes=16 * 1024 * 1024
+            [to_session(s) for s in seeds[i : i + batch]], max_bytes=16 * 1024 * 1024
         )
         recorder = _Recorder()
         upsert(sql, "bulk floor", "store", encoded, None, recorder)  # type: ignore[arg-type]
         out.append(recorder.sent)
     return out
-
-
-def _session(seed: SeedSession) -> Session:
-    return Session(
-        session_id=seed.session_id,
-        user_id=seed.user_id,
-        agent_id=seed.agent_id,
-        session_data=seed.session_data,
-        agent_data=seed.agent_data,
-        metadata=seed.metadata,
-        runs=seed.runs,
-    )
 
 
 def _raw_statements(seeds: list[SeedSession], batch: int, now: int) -> list[Statements]:
