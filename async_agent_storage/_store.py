@@ -64,7 +64,17 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, contextmanager
 from datetime import datetime
 from types import TracebackType
-from typing import Any, ClassVar, Final, ParamSpec, Self, TypedDict, TypeVar
+from typing import (
+    Any,
+    ClassVar,
+    Final,
+    Literal,
+    ParamSpec,
+    Self,
+    TypedDict,
+    TypeVar,
+    overload,
+)
 
 from . import _migrations as migration_runner
 from . import _retention as retention
@@ -321,7 +331,9 @@ class StoreBase(abc.ABC):
     async def _upsert(self, session: EncodedSession, if_version: int | None) -> Session: ...
 
     @abc.abstractmethod
-    async def _upsert_many(self, sessions: list[EncodedSession]) -> list[Session]: ...
+    async def _upsert_many(
+        self, sessions: list[EncodedSession], returning: bool
+    ) -> list[Session]: ...
 
     @abc.abstractmethod
     async def _append(self, append: EncodedAppend) -> Session: ...
@@ -631,10 +643,28 @@ class StoreBase(abc.ABC):
             seal_session(enc, self.encryption)
         return self._opened(await self._call("upsert", self._upsert, enc, expected))
 
-    async def upsert_many(self, sessions: Sequence[Session]) -> list[Session]:
+    @overload
+    async def upsert_many(
+        self, sessions: Sequence[Session], *, returning: Literal[True] = True
+    ) -> list[Session]: ...
+
+    @overload
+    async def upsert_many(
+        self, sessions: Sequence[Session], *, returning: Literal[False]
+    ) -> None: ...
+
+    async def upsert_many(
+        self, sessions: Sequence[Session], *, returning: bool = True
+    ) -> list[Session] | None:
         """Write many sessions in one batch (last writer wins), all with one `updated_at`, and
         return them as stored. Every session is checked before anything is written; another
-        user's session refuses the batch (see each store for how atomic the batch is)."""
+        user's session refuses the batch (see each store for how atomic the batch is).
+
+        `returning=False` returns None instead: the sessions are written the same, but not
+        rebuilt from what was written (decoding every run again), which is most of a bulk
+        load's own work in the process (an import of sessions that are not used afterwards)."""
+        if type(returning) is not bool:
+            raise InvalidInputError(f"returning must be True or False, got {returning!r}")
         encoded = encode_sessions(sessions, max_bytes=self.max_session_bytes)
         for enc in encoded:
             self._user(enc.user_id, "session.user_id")
@@ -643,8 +673,10 @@ class StoreBase(abc.ABC):
                 seal_session(enc, self.encryption)
         if not encoded:
             self._check_usable()
-            return []
-        written = await self._call("upsert_many", self._upsert_many, encoded)
+            return [] if returning else None
+        written = await self._call("upsert_many", self._upsert_many, encoded, returning)
+        if not returning:
+            return None
         return [self._opened(session) for session in written]
 
     async def append_runs(

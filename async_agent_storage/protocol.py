@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import Any, Literal, Protocol, Self, overload, runtime_checkable
 
 from ._leases import Lease
 from .models import (
@@ -67,8 +67,22 @@ class SessionStore(Protocol):
         `expires_at`, the session expires then."""
         ...
 
-    async def upsert_many(self, sessions: Sequence[Session]) -> list[Session]:
-        """Write many sessions in one atomic batch (last writer wins), all with one `updated_at`."""
+    @overload
+    async def upsert_many(
+        self, sessions: Sequence[Session], *, returning: Literal[True] = True
+    ) -> list[Session]: ...
+
+    @overload
+    async def upsert_many(
+        self, sessions: Sequence[Session], *, returning: Literal[False]
+    ) -> None: ...
+
+    async def upsert_many(
+        self, sessions: Sequence[Session], *, returning: bool = True
+    ) -> list[Session] | None:
+        """Write many sessions in one atomic batch (last writer wins), all with one `updated_at`;
+        return them as stored, or None with `returning=False` (a bulk load that does not use
+        them skips rebuilding them)."""
         ...
 
     async def append_runs(

@@ -558,11 +558,11 @@ class Writer:
 
     # --- upsert_many ----------------------------------------------------------------------------
 
-    async def upsert_many(self, items: list[Prepared]) -> list[Session]:
+    async def upsert_many(self, items: list[Prepared], returning: bool = True) -> list[Session]:
         await self.settled([p.session_id for p in items])
         now = now_us()
         todo = {p.session_id: p for p in items}
-        done: dict[str, Session] = {}
+        done: dict[str, Session | None] = {}
         settled: list[_Planned] = []
         expired = self.parts.sessions.find(
             {"_id": {"$in": list(todo)}, **q.expired(now)}, {"_id": 1}
@@ -594,7 +594,7 @@ class Writer:
             failed = await self._bulk_sessions(plans, now)
             for index, plan in enumerate(plans):
                 if index not in failed:
-                    done[plan.item.session_id] = plan.session(now)
+                    done[plan.item.session_id] = plan.session(now) if returning else None
                     settled.append(plan)
                     del todo[plan.item.session_id]
             if not todo:
@@ -603,7 +603,9 @@ class Writer:
         else:
             raise RETRY.exhausted(self.label, next(iter(todo)))
         await self._settle_many(settled)
-        return [done[p.session_id] for p in items]
+        if not returning:
+            return []
+        return [s for s in (done[p.session_id] for p in items) if s is not None]
 
     async def _check_kept_runs_of(
         self, todo: Mapping[str, Prepared], stored: Mapping[str, Mapping[str, Any]]

@@ -285,9 +285,11 @@ class MongoStore(StoreBase):
         writer = self._live(self._writer)
         return await self._shielded(writer.upsert(prepare(session), if_version))
 
-    async def _upsert_many(self, sessions: list[EncodedSession]) -> list[Session]:
+    async def _upsert_many(self, sessions: list[EncodedSession], returning: bool) -> list[Session]:
         writer = self._live(self._writer)
-        return await self._shielded(writer.upsert_many([prepare(enc) for enc in sessions]))
+        return await self._shielded(
+            writer.upsert_many([prepare(enc) for enc in sessions], returning)
+        )
 
     async def _append(self, append: EncodedAppend) -> Session:
         return await self._shielded(_append.append(self._live(self._writer), append))

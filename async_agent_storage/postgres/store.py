@@ -325,12 +325,12 @@ class PostgresStore(StoreBase):
             source=RunSource(self.token, session.session_id, row_version, version, start),
         )
 
-    async def _upsert_many(self, sessions: list[EncodedSession]) -> list[Session]:
+    async def _upsert_many(self, sessions: list[EncodedSession], returning: bool) -> list[Session]:
         ordered = sorted(sessions, key=lambda e: e.session_id)  # one lock order for every batch
         rows = await self._writes(*(e.session_id for e in ordered)).run(
             _writes.write_many, self._statements(), self.label, ordered
         )
-        return written_sessions(sessions, rows)
+        return written_sessions(sessions, rows) if returning else []
 
     async def _append(self, append: EncodedAppend) -> Session:
         self._seen(append.session_id, None)  # this append makes another row version

@@ -242,11 +242,13 @@ class SqliteStore(StoreBase):
         )
         return stored_session(session, rows[0], self.token)
 
-    async def _upsert_many(self, sessions: list[EncodedSession]) -> list[Session]:
+    async def _upsert_many(self, sessions: list[EncodedSession], returning: bool) -> list[Session]:
         rows = await self._write(
             partial(work.upsert, self._sql, self.label, self.token, sessions, None), here=False
         )
         self._wrote(sum(len(enc.runs) for enc in sessions))
+        if not returning:
+            return []
         return [
             stored_session(enc, row, self.token) for enc, row in zip(sessions, rows, strict=True)
         ]

@@ -831,6 +831,49 @@ class SessionStoreConformance(
         assert [s.version for s in stored] == [1, 1, 1]
         assert await store.upsert_many([]) == []
 
+    async def test_upsert_many_without_returning_writes_the_same_sessions(
+        self, store: SessionStore
+    ) -> None:
+        def batch(tag: str) -> list[Session]:
+            return [
+                Session(
+                    session_id=f"{tag}-{i}",
+                    user_id="loader",
+                    session_data={"i": i, "big": 2**70},
+                    metadata={"source": "import"},
+                    runs=[{"n": n, "text": "é" * n} for n in range(i + 2)],
+                )
+                for i in range(4)
+            ]
+
+        tag = _sid()
+        returned = await store.upsert_many(batch(f"{tag}-r"))
+        nothing = await store.upsert_many(batch(f"{tag}-n"), returning=False)  # type: ignore[func-returns-value]
+        assert nothing is None
+        for kept in returned:
+            other = await store.read(kept.session_id.replace(f"{tag}-r", f"{tag}-n"))
+            assert other is not None
+            assert (other.runs, other.session_data, other.metadata, other.version) == (
+                kept.runs,
+                kept.session_data,
+                kept.metadata,
+                kept.version,
+            )
+            assert other.user_id == "loader"
+        # Written again without returning: a new version, the history replaced, as returning.
+        again = batch(f"{tag}-n")
+        again[0].runs = [{"replaced": True}]
+        nothing = await store.upsert_many(again, returning=False)  # type: ignore[func-returns-value]
+        assert nothing is None
+        first = await store.read(f"{tag}-n-0")
+        assert first is not None
+        assert (first.runs, first.version) == ([{"replaced": True}], 2)
+        nothing = await store.upsert_many([], returning=False)  # type: ignore[func-returns-value]
+        assert nothing is None
+        with pytest.raises(InvalidInputError, match="returning"):
+            await store.upsert_many(batch(f"{tag}-x"), returning="no")  # type: ignore[call-overload]
+        assert await store.read(f"{tag}-x-0") is None
+
     # --- lifecycle and schema ------------------------------------------------------------------
 
     async def test_a_store_that_is_not_open_raises_store_closed(
