@@ -1,9 +1,9 @@
-"""The floor under SQLite's bulk load: what the statements alone cost, in SQLite alone, for the
-store's layout (a row per session and a row per run, with their indexes) and for the raw
-driver's (a row per session holding its runs as one JSON array), against the raw driver's whole
-load (encoding included).
+"""The floor under the bulk load: what the store's statements alone cost, in the database alone,
+for its layout (a row per session and a row per run, with their indexes), against the raw
+driver's (a row per session holding its runs as one JSON array).
 
     .venv/bin/python -m benchmarks.bulk_floor [--sessions 1000] [--batch 100] [--rounds 5]
+    .venv/bin/python -m benchmarks.bulk_floor --url postgresql://postgres@127.0.0.1:5432/test
 
 Both layouts load the benchmark's sessions into a new file with the same settings (WAL,
 ``synchronous = NORMAL``), in transactions of ``--batch`` sessions, through one plain
@@ -12,6 +12,13 @@ Both layouts load the benchmark's sessions into a new file with the same setting
 raw rows are the raw driver's. Rounds alternate the layouts; medians per session are printed,
 with the range. If the store's statements alone cost more than the raw driver's whole load, no
 client work can bring `upsert_many` to 1.0x the raw driver in this layout.
+
+On PostgreSQL (``--url``), the store's statements are recorded from its own `upsert_many`
+writing each batch once through a real connection (the purge of expired ids, the lock of the
+existing ones and the one `INSERT ... SELECT FROM unnest(...)` of sessions and runs, with their
+arguments), then replayed through one plain asyncpg connection into a table the store created,
+one transaction a batch; the raw driver's load is its own `executemany` of one row a session
+(its JSON encoded by its type codec, inside the timing), into its own table.
 """
 
 from __future__ import annotations
@@ -27,16 +34,20 @@ from pathlib import Path
 from typing import Any
 
 from async_agent_storage._encoding import encode_sessions
+from async_agent_storage.postgres import PostgresStore
+from async_agent_storage.postgres import _writes as pg_writes
+from async_agent_storage.postgres._sql import SQL as PgSQL
 from async_agent_storage.sqlite import SqliteStore
 from async_agent_storage.sqlite._sql import SQL
 from async_agent_storage.sqlite._work import upsert
 
-from .systems import raw_sqlite
+from .systems import raw_postgres, raw_sqlite
 from .systems.store import to_session
 from .workload import SeedSession, WorkloadSpec, sessions
 
 TABLE = "bulk_floor"
 Statements = list[tuple[str, list[tuple[Any, ...]]]]
+Sent = list[tuple[str, str, tuple[Any, ...]]]  # (method, statement, arguments)
 
 
 class _Recorder:
@@ -137,14 +148,141 @@ def _raw_whole_round(workdir: Path, seeds: list[SeedSession], batch: int, index:
         db.close()
 
 
+class _Recording:
+    """A connection that records the statements it is given, and runs them."""
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+        self.sent: Sent = []
+
+    def transaction(self) -> Any:
+        return self._connection.transaction()
+
+    async def execute(self, statement: str, *args: Any) -> Any:
+        self.sent.append(("execute", statement, args))
+        return await self._connection.execute(statement, *args)
+
+    async def fetch(self, statement: str, *args: Any) -> Any:
+        self.sent.append(("fetch", statement, args))
+        return await self._connection.fetch(statement, *args)
+
+
+async def _pg_store_table(url: str) -> None:
+    """A new, empty table of the store's (dropped first if there)."""
+    async with PostgresStore(TABLE, db_url=url, pool_min_size=1, pool_max_size=1) as store:
+        await store.drop()
+    async with PostgresStore(TABLE, db_url=url, pool_min_size=1, pool_max_size=1):
+        pass
+
+
+async def pg_store_statements(url: str, seeds: list[SeedSession], batch: int) -> list[Sent]:
+    """The store's statements for each batch, recorded from its `upsert_many`'s own write."""
+    import asyncpg
+
+    await _pg_store_table(url)
+    connection = await asyncpg.connect(url)
+    try:
+        schema = await connection.fetchval("SELECT current_schema()")
+        sql = PgSQL.for_table(schema, TABLE)
+        out: list[Sent] = []
+        for i in range(0, len(seeds), batch):
+            encoded = encode_sessions(
+                [to_session(s) for s in seeds[i : i + batch]], max_bytes=16 * 1024 * 1024
+            )
+            ordered = sorted(encoded, key=lambda e: e.session_id)  # as the store orders them
+            recording = _Recording(connection)
+            await pg_writes.write_many(recording, sql, "bulk floor", ordered)
+            out.append(recording.sent)
+        return out
+    finally:
+        await connection.close()
+
+
+async def replay_pg_store(url: str, batches: list[Sent]) -> float:
+    import asyncpg
+
+    await _pg_store_table(url)
+    connection = await asyncpg.connect(url)
+    try:
+        started = time.perf_counter()
+        for sent in batches:
+            async with connection.transaction():
+                for method, statement, args in sent:
+                    await getattr(connection, method)(statement, *args)
+        return time.perf_counter() - started
+    finally:
+        await connection.close()
+
+
+async def _pg_raw_round(url: str, seeds: list[SeedSession], batch: int) -> float:
+    import asyncpg
+
+    sql = raw_postgres._sql(f"{TABLE}_raw")
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.execute(f"DROP TABLE IF EXISTS {TABLE}_raw")
+        await raw_postgres._init(connection)
+        await connection.execute(sql["create"])
+        await connection.execute(sql["index"])
+        started = time.perf_counter()
+        for i in range(0, len(seeds), batch):
+            now = time.time_ns() // 1000
+            async with connection.transaction():
+                await connection.executemany(
+                    sql["upsert"], [raw_postgres._row(s, now) for s in seeds[i : i + batch]]
+                )
+        return time.perf_counter() - started
+    finally:
+        await connection.execute(f"DROP TABLE IF EXISTS {TABLE}_raw")
+        await connection.close()
+
+
+async def drop_pg_store(url: str) -> None:
+    async with PostgresStore(TABLE, db_url=url, pool_min_size=1, pool_max_size=1) as store:
+        await store.drop()
+
+
+def _report(
+    seeds: list[SeedSession], batch: int, rounds: int, where: str, timings: dict[str, list[float]]
+) -> None:
+    runs = sum(len(s.runs) for s in seeds)
+    print(
+        f"{len(seeds)} sessions ({runs} runs) in transactions of {batch}, {rounds} rounds, "
+        f"{where}; per session:"
+    )
+    for name, seconds in timings.items():
+        per = [1e6 * s / len(seeds) for s in seconds]
+        print(f"  {name:34s} {statistics.median(per):7.1f} us  ({min(per):.1f}-{max(per):.1f})")
+
+
+def _postgres(url: str, seeds: list[SeedSession], batch: int, rounds: int) -> None:
+    recorded = asyncio.run(pg_store_statements(url, seeds, batch))
+    cells: dict[str, Callable[[], float]] = {
+        "store layout, statements alone": lambda: asyncio.run(replay_pg_store(url, recorded)),
+        "raw layout, rows built and sent": lambda: asyncio.run(_pg_raw_round(url, seeds, batch)),
+    }
+    timings: dict[str, list[float]] = {name: [] for name in cells}
+    try:
+        for index in range(rounds):
+            names = list(cells) if index % 2 == 0 else list(reversed(cells))
+            for name in names:
+                timings[name].append(cells[name]())
+    finally:
+        asyncio.run(drop_pg_store(url))
+    _report(seeds, batch, rounds, "PostgreSQL", timings)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--url", help="a PostgreSQL URL: measure there instead of SQLite")
     args = parser.parse_args()
     seeds = list(sessions(WorkloadSpec(sessions=args.sessions, prefix="bulk")))
-    runs = sum(len(s.runs) for s in seeds)
+    if args.url:
+        _postgres(args.url, seeds, args.batch, args.rounds)
+        return
     store_batches = store_statements(seeds, args.batch)
     raw_batches = _raw_statements(seeds, args.batch, time.time_ns() // 1000)
     cells: dict[str, Callable[[Path, int], float]] = {
@@ -160,13 +298,7 @@ def main() -> None:
             names = list(cells) if index % 2 == 0 else list(reversed(cells))
             for name in names:
                 timings[name].append(cells[name](Path(tmp), index))
-    print(
-        f"{len(seeds)} sessions ({runs} runs) in transactions of {args.batch}, "
-        f"{args.rounds} rounds, sqlite3 {sqlite3.sqlite_version}; per session:"
-    )
-    for name, seconds in timings.items():
-        per = [1e6 * s / len(seeds) for s in seconds]
-        print(f"  {name:34s} {statistics.median(per):7.1f} us  ({min(per):.1f}-{max(per):.1f})")
+    _report(seeds, args.batch, args.rounds, f"sqlite3 {sqlite3.sqlite_version}", timings)
 
 
 if __name__ == "__main__":

@@ -283,6 +283,32 @@ def test_the_bulk_floor_sends_the_rows_the_store_itself_writes(tmp_path: Path) -
     asyncio.run(read_back())
 
 
+def test_the_bulk_floor_replays_the_stores_own_postgres_statements(pg_url: str) -> None:
+    from async_agent_storage.postgres import PostgresStore
+    from benchmarks import bulk_floor
+
+    seeds = list(sessions(WorkloadSpec(sessions=30, prefix="floorpg")))
+
+    async def replay_and_read_back() -> None:
+        recorded = await bulk_floor.pg_store_statements(pg_url, seeds, 10)
+        # Per batch: the purge of expired ids, the lock of existing ones, the one write.
+        assert [[method for method, _, _ in sent] for sent in recorded] == [
+            ["execute", "fetch", "fetch"]
+        ] * 3
+        try:
+            assert await bulk_floor.replay_pg_store(pg_url, recorded) > 0
+            async with PostgresStore(bulk_floor.TABLE, db_url=pg_url) as store:
+                assert await store.count_sessions() == 30
+                for seed in seeds[::7]:
+                    read = await store.read(seed.session_id, user_id=seed.user_id)
+                    assert read is not None
+                    assert read.runs == seed.runs
+        finally:
+            await bulk_floor.drop_pg_store(pg_url)
+
+    asyncio.run(replay_and_read_back())
+
+
 def test_the_bulk_floor_reports_both_layouts(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
