@@ -309,6 +309,21 @@ def test_the_bulk_floor_replays_the_stores_own_postgres_statements(pg_url: str) 
     asyncio.run(replay_and_read_back())
 
 
+def test_the_turn_split_times_both_turns_inside_and_outside_asyncpg(pg_url: str) -> None:
+    from asyncpg import connection as asyncpg_connection
+
+    from benchmarks import turn_split
+
+    fetchrow = asyncpg_connection.Connection.fetchrow
+    results = asyncio.run(turn_split.measure(pg_url, sessions=40, rounds=2, seconds=0.2, warmup=5))
+    assert asyncpg_connection.Connection.fetchrow is fetchrow  # put back as it was
+    assert list(results) == ["store append", "raw asyncpg"]
+    for rows in results.values():
+        assert len(rows) == 2
+        for wall, inside in rows:
+            assert 0 < inside < wall  # every turn waits on the server, and runs some Python
+
+
 def test_the_bulk_floor_reports_both_layouts(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
