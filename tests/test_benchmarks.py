@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
+from async_agent_storage import SessionStore
 from async_agent_storage.sqlite import SqliteStore
 from benchmarks import report
 from benchmarks.cli import main
 from benchmarks.suite import Plan, run
-from benchmarks.workload import WorkloadSpec, sessions
+from benchmarks.workload import SeedSession, WorkloadSpec, sessions
 from tests.conftest import NOT_RUN
 
 PG_ENV = "AAS_TEST_POSTGRES_URL"
@@ -273,14 +274,17 @@ def test_the_bulk_floor_sends_the_rows_the_store_itself_writes(tmp_path: Path) -
     async def read_back() -> None:
         # What it loaded is what `upsert_many` would have stored: the store reads it back.
         async with SqliteStore(bulk_floor.TABLE, db_file=path) as store:
-            assert await store.count_sessions() == 30
-            for seed in seeds[::7]:
-                read = await store.read(seed.session_id, user_id=seed.user_id)
-                assert read is not None
-                assert read.runs == seed.runs
-                assert read.session_data == seed.session_data
+            await _holds_the_seeds(store, seeds)
 
     asyncio.run(read_back())
+
+
+async def _holds_the_seeds(store: SessionStore, seeds: list[SeedSession]) -> None:
+    assert await store.count_sessions() == len(seeds)
+    for seed in seeds[::7]:
+        read = await store.read(seed.session_id, user_id=seed.user_id)
+        assert read is not None
+        assert (read.runs, read.session_data) == (seed.runs, seed.session_data)
 
 
 def test_the_bulk_floor_replays_the_stores_own_postgres_statements(pg_url: str) -> None:
@@ -298,11 +302,7 @@ def test_the_bulk_floor_replays_the_stores_own_postgres_statements(pg_url: str) 
         try:
             assert await bulk_floor.replay_pg_store(pg_url, recorded) > 0
             async with PostgresStore(bulk_floor.TABLE, db_url=pg_url) as store:
-                assert await store.count_sessions() == 30
-                for seed in seeds[::7]:
-                    read = await store.read(seed.session_id, user_id=seed.user_id)
-                    assert read is not None
-                    assert read.runs == seed.runs
+                await _holds_the_seeds(store, seeds)
         finally:
             await bulk_floor.drop_pg_store(pg_url)
 
