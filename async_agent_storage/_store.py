@@ -661,8 +661,9 @@ class StoreBase(abc.ABC):
         user's session refuses the batch (see each store for how atomic the batch is).
 
         `returning=False` returns None instead: the sessions are written the same, but not
-        rebuilt from what was written (decoding every run again), which is most of a bulk
-        load's own work in the process (an import of sessions that are not used afterwards)."""
+        rebuilt from what was written (decoding every run again: a quarter of a SQLite bulk
+        load's work in the process, a sixth of a PostgreSQL one), for an import of sessions
+        that are not used afterwards."""
         if type(returning) is not bool:
             raise InvalidInputError(f"returning must be True or False, got {returning!r}")
         encoded = encode_sessions(sessions, max_bytes=self.max_session_bytes)
