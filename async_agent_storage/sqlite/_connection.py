@@ -96,6 +96,7 @@ class ConnectionThread:
         loop, started = self._loop, self._started
         assert loop is not None
         assert started is not None
+        _thread_state.serving = True
         try:
             self._db = self._connect()
         except BaseException as exc:
@@ -179,6 +180,20 @@ class ConnectionThread:
 async def run(connection: ConnectionThread, work: Work[T]) -> T:
     """Run `work(sqlite3_connection)` on the connection's own thread."""
     return await connection.submit(work)
+
+
+_thread_state = threading.local()
+
+
+def on_connection_thread() -> bool:
+    """Whether the caller runs on a connection's own thread (else on the event loop)."""
+    return getattr(_thread_state, "serving", False)
+
+
+class RunOnThread(Exception):
+    """Raised by a call run on the event loop that finds itself longer than it looked (a
+    listing whose page holds more runs than a call there may read): its batch runs again on the
+    connection's thread. Only reads raise it, before they return anything."""
 
 
 # SQLite answers SQLITE_BUSY at once, without waiting for `busy_timeout`, when waiting could
@@ -313,9 +328,10 @@ def run_reads(works: Sequence[Work[Any]], db: sqlite3.Connection) -> list[Outcom
 
 def run_reads_here(works: Sequence[Work[Any]], db: sqlite3.Connection) -> list[Outcome] | None:
     """`run_reads` on the event loop: None when a read found the database busy (rare under WAL:
-    recovery, a checkpoint resetting the log), to run the batch again on the thread."""
+    recovery, a checkpoint resetting the log) or itself too long for the loop (`RunOnThread`),
+    to run the batch again on the thread."""
     outcomes = run_reads(works, db)
-    if any(not ok and _busy(value) for ok, value in outcomes):
+    if any(not ok and (_busy(value) or isinstance(value, RunOnThread)) for ok, value in outcomes):
         return None
     return outcomes
 

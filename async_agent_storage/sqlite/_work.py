@@ -34,6 +34,7 @@ from .._rules import (
 from .._time import now_us
 from ..errors import InvalidInputError
 from ..models import Session
+from ._connection import RunOnThread, on_connection_thread
 from ._rows import StoredRow, run_count, session_from_row
 from ._sql import SID, SQL, USER
 
@@ -100,16 +101,24 @@ PageRuns = dict[str, tuple[list[bytes], list[str]]]
 
 
 def list_sessions(
-    sql: SQL, query: ListQuery, db: sqlite3.Connection
+    sql: SQL, query: ListQuery, db: sqlite3.Connection, *, runs_here: int | None = None
 ) -> tuple[list[Any], PageRuns, bool]:
     """The rows of one listing page (decoded by the caller, on the event loop, so that decoding
-    runs beside the next batch's SQL), and with `include_runs` their runs."""
+    runs beside the next batch's SQL), and with `include_runs` their runs. On the event loop, a
+    page holding more than `runs_here` runs raises `RunOnThread` before reading them."""
     statement, params = sql.listing(query, now_us())
     rows = db.execute(statement, params).fetchall()
     more = query.limit is not None and len(rows) > query.limit
     if more:
         del rows[query.limit :]
     runs: PageRuns = {}
+    if (
+        query.include_runs
+        and runs_here is not None
+        and not on_connection_thread()
+        and sum(run_count(row) for row in rows) > runs_here
+    ):
+        raise RunOnThread
     if query.include_runs and rows:
         page = orjson.dumps([row[SID] for row in rows]).decode()
         for session_id, group in groupby(

@@ -49,6 +49,9 @@ _READ_STALL: Final = 0.010
 _CHECKPOINT_EVERY: Final = 400
 # The most runs a call run on the event loop reads or writes (`inline`): more go to the thread.
 _HERE_RUNS: Final = 256
+# The largest listing page run on the event loop (`inline`); with its runs, at most
+# `_HERE_RUNS` of them (a page that holds more runs again on the thread).
+_HERE_PAGE: Final = 100
 
 
 @dataclass(slots=True)
@@ -80,13 +83,15 @@ class SqliteStore(StoreBase):
       power loss, at the cost of one fsync per commit (group commit shares it between writes).
     - `max_batch`: the most writes committed in one transaction.
     - `inline`: short calls (a read with `last_runs`, `get_run`, appends, upserts and pops of
-      up to 256 runs, leases) run on the event loop itself, in batches, while the connection's
-      thread has nothing to run (True, the default): a thread hop costs more than their SQL, and
-      the two threads would take the GIL from each other. A batch blocks the loop for its SQL
-      (about 0.1 ms a call, at most 16 calls); a batch that finds another process's lock, and
-      every longer call (whole histories, listings, counts, bulk writes, deletes, purges), runs
-      on the thread, and so do WAL checkpoints (every 400 writes). False: every call on the
-      thread, the event loop never runs SQL.
+      up to 256 runs, leases, listing pages of up to 100 sessions holding up to 256 runs) run on
+      the event loop itself, in batches, while the connection's thread has nothing to run (True,
+      the default): a thread hop costs more than their SQL, and the two threads would take the
+      GIL from each other. A batch blocks the loop for its SQL (about 0.1 ms a call, 0.1-0.2 ms
+      a listing page, at most 16 calls); a batch that finds another process's lock, and every
+      longer call (whole histories, larger listings, counts, bulk writes, deletes, purges), runs
+      on the thread, and so do WAL checkpoints (every 400 writes). A listing page that turns out
+      to hold more runs runs again on the thread. False: every call on the thread, the event
+      loop never runs SQL.
     - `page_size`: the page size in bytes of a new database file (a power of two from 512 to
       65536; None, the default: SQLite's, 4096). 8192 stores runs of 1 to 2 KB in about 12 %
       fewer bytes and costs the turn about a tenth of its throughput from 16 callers. A file
@@ -313,7 +318,8 @@ class SqliteStore(StoreBase):
 
     async def _list_page(self, query: ListQuery) -> tuple[list[Session], PageKey | None]:
         rows, runs, more = await self._live(self._io).readers.run(
-            partial(work.list_sessions, self._sql, query)
+            partial(work.list_sessions, self._sql, query, runs_here=_HERE_RUNS),
+            here=query.limit is not None and query.limit <= _HERE_PAGE,
         )
         sessions = [
             listed_session(row, runs.get(row[0]), query.include_runs, self.token) for row in rows

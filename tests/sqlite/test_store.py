@@ -426,6 +426,37 @@ async def test_short_calls_run_on_the_event_loop_in_batches(tmp_path: Path) -> N
         assert store._io.readers.primary.batches_here == before
 
 
+async def test_a_listing_page_runs_on_the_event_loop_unless_it_holds_many_runs(
+    tmp_path: Path,
+) -> None:
+    async with SqliteStore(db_file=tmp_path / "pages.db") as store:
+        assert store._io is not None
+        primary = store._io.readers.primary
+        for i in range(3):
+            await store.append_runs(f"small-{i}", [{"i": i, "n": n} for n in range(5)], user_id="u")
+        # A page of 10 sessions holding 15 runs: on the loop.
+        before = primary.batches_here
+        page = await store.list_sessions(user_id="u", limit=10, include_runs=True)
+        assert primary.batches_here == before + 1
+        assert sorted(len(s.runs) for s in page.items) == [5, 5, 5]
+        # Without runs, a page of up to 100 sessions: on the loop too; a larger one on the thread.
+        await store.list_sessions(user_id="u", limit=100)
+        assert primary.batches_here == before + 2
+        await store.list_sessions(user_id="u", limit=101)
+        assert primary.batches_here == before + 2
+        # A page holding more runs than a call on the loop may read (256) starts there, finds
+        # out, and runs again on the thread: every run is returned, exactly as stored.
+        big = [{"i": 9, "n": n, "text": "x" * 50} for n in range(300)]
+        await store.append_runs("big", big, user_id="u")
+        reads = primary.batches
+        page = await store.list_sessions(user_id="u", limit=10, include_runs=True)
+        assert primary.batches_here == before + 2
+        assert primary.batches == reads + 1  # the one run that returned the page: the thread's
+        listed = {s.session_id: s for s in page.items}
+        assert listed["big"].runs == big
+        assert listed["small-1"].runs == [{"i": 1, "n": n} for n in range(5)]
+
+
 async def test_without_inline_every_call_runs_on_the_thread(tmp_path: Path) -> None:
     async with SqliteStore(db_file=tmp_path / "thread.db", inline=False) as store:
         assert store._io is not None
