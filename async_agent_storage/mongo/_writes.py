@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
 from functools import partial
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from bson import ObjectId
 from pymongo import ReplaceOne, ReturnDocument, UpdateOne
@@ -605,7 +605,7 @@ class Writer:
         await self._settle_many(settled)
         if not returning:
             return []
-        return [s for s in (done[p.session_id] for p in items) if s is not None]
+        return [cast(Session, done[p.session_id]) for p in items]  # every one built
 
     async def _check_kept_runs_of(
         self, todo: Mapping[str, Prepared], stored: Mapping[str, Mapping[str, Any]]
