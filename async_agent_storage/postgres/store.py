@@ -430,7 +430,7 @@ class PostgresStore(StoreBase):
     def _stats(self) -> dict[str, Any]:
         gated = self._live(self._pool)
         pool = gated.pool
-        size, idle = pool.get_size(), pool.get_idle_size()
+        size, idle = pool.get_size(), pool.get_idle_size() + gated.kept
         return {
             "pool_max_size": gated.max_size,
             "pool_size": size,

@@ -241,10 +241,58 @@ async def test_two_hundred_callers_on_a_pool_of_five_finish_or_time_out(
         assert done
         assert timed_out
         assert all("couldn't get a connection after 0.50 sec" in str(e) for e in timed_out)
-        assert store._pool is not None
-        assert store._pool.pool.get_idle_size() == store._pool.pool.get_size()
+        stats = store.stats()  # connections kept for the next calls count as idle
+        assert stats["pool_in_use"] == 0
+        assert stats["pool_idle"] == stats["pool_size"]
         total = sum(len(s.runs) for s in await store.get_all_sessions(include_runs=True))
         assert total == len(done)
+
+
+async def _backends(admin: asyncpg.Connection, app: str) -> int:
+    count: int = await admin.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", app
+    )
+    return count
+
+
+async def test_connections_kept_between_calls_go_back_to_the_pool_once_unused(
+    make_store: StoreMaker, pg_url: str, admin: asyncpg.Connection
+) -> None:
+    """A call's connection is kept for the next call instead of going back through asyncpg;
+    unused for a second it goes back, and the pool's inactivity lifetime closes what load no
+    longer needs. Closing the store closes the kept ones too."""
+    app = f"aas-keep-{uuid.uuid4().hex[:8]}"
+    store = make_store(
+        db_url=with_params(pg_url, application_name=app),
+        pool_min_size=1,
+        pool_max_size=4,
+        max_inactive_connection_lifetime=0.5,
+    )
+    async with store:
+        await store.upsert_many([Session(session_id=f"s{i}") for i in range(4)])
+        reads = await asyncio.gather(*(store.read(f"s{i}") for i in range(4)))
+        assert all(r is not None for r in reads)
+        stats = store.stats()
+        assert (stats["pool_size"], stats["pool_idle"], stats["pool_in_use"]) == (4, 4, 0)
+        assert store._pool is not None
+        assert store._pool.kept == 4  # none went back to asyncpg
+        assert store._pool.pool.get_idle_size() == 0
+        assert await store.read("s0") is not None  # served by a kept connection
+        assert store._pool.kept == 4
+        for _ in range(100):  # back to asyncpg after 1 s unused, closed 0.5 s later
+            if store._pool.pool.get_size() == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert store._pool.kept == 0
+        assert store._pool.pool.get_size() == 1
+        assert await _backends(admin, app) == 1
+        await asyncio.gather(*(store.read(f"s{i}") for i in range(4)))
+        assert store._pool.kept == 4
+    for _ in range(40):  # the backends see the goodbye shortly after close
+        if await _backends(admin, app) == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert await _backends(admin, app) == 0
 
 
 async def test_cancelled_calls_leave_no_connection_or_transaction_open(
@@ -282,13 +330,11 @@ async def test_cancelled_calls_leave_no_connection_or_transaction_open(
                     task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-        assert store._pool is not None
-        pool = store._pool.pool
         for _ in range(50):  # a cancelled call's release finishes in the background
-            if pool.get_idle_size() == pool.get_size():
+            if store.stats()["pool_in_use"] == 0:
                 break
             await asyncio.sleep(0.05)
-        assert pool.get_idle_size() == pool.get_size()
+        assert store.stats()["pool_in_use"] == 0
         states = await admin.fetch(
             "SELECT state FROM pg_stat_activity WHERE application_name = $1", app
         )
