@@ -89,7 +89,8 @@ class PostgresStore(StoreBase):
       applied it, else the primary); False: any read may be as stale as its replica.
     - `replica_max_wait`: seconds such a read may wait for a replica (0: never wait).
     - `replica_timeout`: seconds to get a replica connection before reading the primary.
-    - `max_inactive_connection_lifetime`: seconds an idle pooled connection is kept.
+    - `max_inactive_connection_lifetime`: seconds an idle pooled connection is kept (a call's
+      connection is kept for the next call, and goes back to the pool after a second unused).
     - `pool`: an asyncpg pool of your own, used instead (its sizes and timeouts apply) and never
       closed by the store. It needs no codec or setup: JSON crosses the wire as text.
     """
