@@ -324,6 +324,36 @@ def test_the_turn_split_times_both_turns_inside_and_outside_asyncpg(pg_url: str)
             assert 0 < inside < wall  # every turn waits on the server, and runs some Python
 
 
+def test_the_keep_cost_runs_the_turn_with_connections_kept_and_given_back(pg_url: str) -> None:
+    from async_agent_storage import PostgresStore
+    from benchmarks import keep_cost
+
+    results = asyncio.run(
+        keep_cost.measure(pg_url, sessions=40, rounds=2, seconds=0.2, concurrency=[1, 4])
+    )
+    assert list(results) == [1, 4]
+    for cells in results.values():
+        assert list(cells) == list(keep_cost.MODES)
+        for rows in cells.values():
+            assert len(rows) == 2
+            assert all(rate > 0 and cpu > 0 for rate, cpu in rows)
+
+    async def switch() -> tuple[int, int]:  # the switch the benchmark turns
+        async with PostgresStore("aas_keep_switch", pg_url) as store:
+            try:
+                assert store._pool is not None
+                store._pool.keeps = False
+                await store.ping()
+                given_back = store._pool.kept
+                store._pool.keeps = True
+                await store.ping()
+                return given_back, store._pool.kept
+            finally:
+                await store.drop()
+
+    assert asyncio.run(switch()) == (0, 1)
+
+
 def test_the_bulk_floor_reports_both_layouts(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -213,6 +213,9 @@ class GatedPool:
         self._acquire_timeout = acquire_timeout
         self._describe = describe
         self.replaced = 0  # connections found broken and closed (the pool opens new ones)
+        # Whether calls' connections are kept for the next calls: only in the store's own pools
+        # (a pool passed in is shared); `benchmarks.keep_cost` turns it off to measure the gain.
+        self.keeps = owned
         self._kept: deque[_Kept] = deque()  # the last kept at the right
         self._sweep: asyncio.TimerHandle | None = None
 
@@ -341,7 +344,7 @@ class GatedPool:
         """Keep the connection of a call that ended without error for the next call, when it is
         the store's own, open, outside a transaction and not due back to asyncpg."""
         if (
-            not self.owned
+            not self.keeps
             or uses + 1 >= _KEEP_USES
             or connection.is_closed()
             or connection.is_in_transaction()
