@@ -11,7 +11,6 @@ lists a user's most recent sessions with their runs instead of turns.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import random
 import statistics
@@ -20,6 +19,7 @@ import time
 from pathlib import Path
 
 from .systems import Dataset, System, build
+from .turn_split import rounds_parser
 from .workload import Picker, WorkloadSpec
 
 _SYSTEM = "store append"
@@ -92,11 +92,7 @@ async def measure(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("url")
-    parser.add_argument("--sessions", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=2.0)
+    parser = rounds_parser(__doc__)
     parser.add_argument("--concurrency", default="1,64")
     parser.add_argument("--scenario", choices=SCENARIOS, default="turn")
     args = parser.parse_args()

@@ -102,13 +102,19 @@ async def measure(
         return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def rounds_parser(doc: str) -> argparse.ArgumentParser:
+    """The options of a tool that alternates rounds on the benchmark's PostgreSQL data: the
+    database URL, the seeded sessions, the rounds and their length."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("url")
     parser.add_argument("--sessions", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=2.0)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = rounds_parser(__doc__).parse_args()
     results = asyncio.run(
         measure(args.url, sessions=args.sessions, rounds=args.rounds, seconds=args.seconds)
     )
