@@ -15,10 +15,11 @@ client work can bring `upsert_many` to 1.0x the raw driver in this layout.
 
 On PostgreSQL (``--url``), the store's statements are recorded from its own `upsert_many`
 writing each batch once through a real connection (the purge of expired ids, the lock of the
-existing ones and the one `INSERT ... SELECT FROM unnest(...)` of sessions and runs, with their
-arguments), then replayed through one plain asyncpg connection into a table the store created,
-one transaction a batch; the raw driver's load is its own `executemany` of one row a session
-(its JSON encoded by its type codec, inside the timing), into its own table.
+existing ones, then the transaction's time and a COPY of the sessions and one of their runs,
+with their arguments and rows), then replayed through one plain asyncpg connection into a
+table the store created, one transaction a batch; the raw driver's load is its own
+`executemany` of one row a session (its JSON encoded by its type codec, inside the timing),
+into its own table.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from .workload import SeedSession, WorkloadSpec, sessions
 
 TABLE = "bulk_floor"
 Statements = list[tuple[str, list[tuple[Any, ...]]]]
-Sent = list[tuple[str, str, tuple[Any, ...]]]  # (method, statement, arguments)
+Sent = list[tuple[str, str, tuple[Any, ...], dict[str, Any]]]  # (method, statement, args, kwargs)
 
 
 class _Recorder:
@@ -149,7 +150,7 @@ def _raw_whole_round(workdir: Path, seeds: list[SeedSession], batch: int, index:
 
 
 class _Recording:
-    """A connection that records the statements it is given, and runs them."""
+    """A connection that records the statements (and COPYs) it is given, and runs them."""
 
     def __init__(self, connection: Any) -> None:
         self._connection = connection
@@ -158,13 +159,21 @@ class _Recording:
     def transaction(self) -> Any:
         return self._connection.transaction()
 
+    async def _run(self, method: str, statement: str, *args: Any, **kwargs: Any) -> Any:
+        self.sent.append((method, statement, args, kwargs))
+        return await getattr(self._connection, method)(statement, *args, **kwargs)
+
     async def execute(self, statement: str, *args: Any) -> Any:
-        self.sent.append(("execute", statement, args))
-        return await self._connection.execute(statement, *args)
+        return await self._run("execute", statement, *args)
 
     async def fetch(self, statement: str, *args: Any) -> Any:
-        self.sent.append(("fetch", statement, args))
-        return await self._connection.fetch(statement, *args)
+        return await self._run("fetch", statement, *args)
+
+    async def fetchval(self, statement: str, *args: Any) -> Any:
+        return await self._run("fetchval", statement, *args)
+
+    async def copy_records_to_table(self, table: str, **kwargs: Any) -> Any:
+        return await self._run("copy_records_to_table", table, **kwargs)
 
 
 async def _pg_store_table(url: str) -> None:
@@ -207,8 +216,8 @@ async def replay_pg_store(url: str, batches: list[Sent]) -> float:
         started = time.perf_counter()
         for sent in batches:
             async with connection.transaction():
-                for method, statement, args in sent:
-                    await getattr(connection, method)(statement, *args)
+                for method, statement, args, kwargs in sent:
+                    await getattr(connection, method)(statement, *args, **kwargs)
         return time.perf_counter() - started
     finally:
         await connection.close()

@@ -295,9 +295,10 @@ def test_the_bulk_floor_replays_the_stores_own_postgres_statements(pg_url: str) 
 
     async def replay_and_read_back() -> None:
         recorded = await bulk_floor.pg_store_statements(pg_url, seeds, 10)
-        # Per batch: the purge of expired ids, the lock of existing ones, the one write.
-        assert [[method for method, _, _ in sent] for sent in recorded] == [
-            ["execute", "fetch", "fetch"]
+        # Per batch: the purge of expired ids, the lock of existing ones (none), the
+        # transaction's time, a COPY of the sessions and one of their runs.
+        assert [[method for method, *_ in sent] for sent in recorded] == [
+            ["execute", "fetch", "fetchval", "copy_records_to_table", "copy_records_to_table"]
         ] * 3
         try:
             assert await bulk_floor.replay_pg_store(pg_url, recorded) > 0

@@ -473,6 +473,8 @@ SERVER_FACTS = (
     "current_setting('server_encoding')"
 )
 ADVISORY_LOCK = "SELECT pg_advisory_xact_lock($1)"
+# The time of the current transaction: what now() gives its statements.
+TRANSACTION_TIME = "SELECT now()"
 # WAL positions as byte offsets (read-your-writes on replicas, see `_replicas`): the primary's
 # insert position, taken after a write committed, is past that write's commit record; a standby
 # has applied the write once its replay position reaches it (NULL: not a standby).

@@ -9,6 +9,7 @@ transaction, so that what they read and what they write are one state.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -36,7 +37,7 @@ from ._patch import patched_statement
 from ._patch import plan as patch_plan
 from ._pool import Connection
 from ._rows import session_columns
-from ._sql import MAX_INT4, PATCH_FIRST, SQL
+from ._sql import MAX_INT4, PATCH_FIRST, SQL, TRANSACTION_TIME
 
 __all__ = [
     "Appended",
@@ -229,14 +230,50 @@ async def _repeated_run_id(
     )
 
 
+# A batch of at least this many sessions, none of which exists, is written by COPY (binary)
+# instead of the INSERT ... SELECT FROM unnest statement: the server's work a session is about a
+# third less and the client encodes no arrays; under it, COPY's two more round trips cost more
+# than they save (docs/benchmarks.md, "Bulk loads by COPY").
+COPY_FROM = 3
+
+_SESSION_COPY_COLUMNS = (
+    "session_id",
+    "session_type",
+    "user_id",
+    "agent_id",
+    "team_id",
+    "workflow_id",
+    "session_data",
+    "agent_data",
+    "team_data",
+    "workflow_data",
+    "metadata",
+    "summary",
+    "created_at",
+    "updated_at",
+    "version",
+    "run_count",
+    "expires_at",
+)
+_RUN_COPY_COLUMNS = ("session_id", "seq", "run_id", "body", "created_at")
+
+
+class _CopyRefused(Exception):
+    """A copied batch met a row it would have had to merge with (a session created since the
+    lock, or runs a racing delete left behind): the batch is written again by the statement."""
+
+
 async def write_many(
     connection: Connection, sql: SQL, label: str, encoded: list[EncodedSession]
 ) -> list[Any]:
     """`_write_many`; when a run before a session's offset holds the id of a run the batch
     writes to it (the runs' unique key rolls the batch back), the error that makes."""
+    copy = len(encoded) >= COPY_FROM
     for _ in range(RETRY.attempts):
         try:
-            return await _write_many(connection, sql, label, encoded)
+            return await _write_many(connection, sql, label, encoded, copy)
+        except _CopyRefused:
+            copy = False
         except asyncpg.UniqueViolationError as exc:
             if not _duplicate_run_id(exc, sql):
                 raise
@@ -249,15 +286,18 @@ async def write_many(
 
 
 async def _write_many(
-    connection: Connection, sql: SQL, label: str, encoded: list[EncodedSession]
+    connection: Connection, sql: SQL, label: str, encoded: list[EncodedSession], copy: bool
 ) -> list[Any]:
     """One transaction: lock the sessions that exist (in session_id order, so two batches never
-    deadlock), check their owners, then write them all in one statement."""
+    deadlock), check their owners, then write them all in one statement; or, with `copy` and
+    when none exists, by COPY (`_copy_new`)."""
     sids = [enc.session_id for enc in encoded]
     expiry = encoded[0].expiry  # the store's: one for the whole batch
     async with connection.transaction():
         await connection.execute(sql.purge_ids, sids)  # expired ones are created anew
         existing = {row[0]: (row[1], row[2]) for row in await connection.fetch(sql.lock_many, sids)}
+        if copy and not existing:
+            return await _copy_new(connection, sql, encoded, expiry)
         columns: list[list[Any]] = [[] for _ in range(12)]
         run_counts: list[int] = []
         runs: tuple[list[Any], ...] = ([], [], [], [])  # session ids, seqs, run ids, bodies
@@ -284,6 +324,37 @@ async def _write_many(
             written = {row[0] for row in rows}
             missing = next(enc for enc in encoded if enc.session_id not in written)
             raise not_owner(label, missing.session_id, missing.user_id)
+    return rows
+
+
+async def _copy_new(
+    connection: Connection, sql: SQL, encoded: list[EncodedSession], expiry: Expiry
+) -> list[Any]:
+    """Create every session of `encoded` (none exists: the caller's transaction locked none) and
+    its runs by COPY, with what `upsert_many`'s statement writes for a new session: the
+    transaction's time as created_at and updated_at (and each run's created_at), version 1, the
+    expiry from the store's time-to-live. The rows it returns are the statement's. Raises
+    `_CopyRefused` when a unique key refuses a row (the transaction is then rolled back)."""
+    now = await connection.fetchval(TRANSACTION_TIME)
+    expires = None if expiry.ttl_us is None else now + timedelta(microseconds=expiry.ttl_us)
+    sessions: list[tuple[Any, ...]] = []
+    runs: list[tuple[Any, ...]] = []
+    rows: list[tuple[Any, ...]] = []
+    for enc in encoded:
+        sid, count = enc.session_id, len(enc.runs)
+        sessions.append((*session_columns(enc), now, now, 1, count, expires))
+        runs.extend((sid, i, run.run_id, to_db(run.body), now) for i, run in enumerate(enc.runs))
+        rows.append((sid, now, now, 1, count))
+    try:
+        await connection.copy_records_to_table(
+            sql.name, schema_name=sql.schema, columns=_SESSION_COPY_COLUMNS, records=sessions
+        )
+        if runs:
+            await connection.copy_records_to_table(
+                f"{sql.name}_runs", schema_name=sql.schema, columns=_RUN_COPY_COLUMNS, records=runs
+            )
+    except asyncpg.UniqueViolationError as exc:
+        raise _CopyRefused from exc
     return rows
 
 

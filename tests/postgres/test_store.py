@@ -20,9 +20,11 @@ from async_agent_storage import (
     ConfigurationError,
     PostgresStore,
     Session,
+    SessionOwnershipError,
     StorageUnavailableError,
     open_store,
 )
+from async_agent_storage.postgres import _writes as pg_writes
 from async_agent_storage.postgres._jsonb import MARK, from_db, to_db
 from async_agent_storage.postgres.store import normalize_url
 from async_agent_storage.testing import json_values, typed
@@ -300,6 +302,157 @@ async def test_overlapping_batches_do_not_deadlock(store: PostgresStore) -> None
     assert len(sessions) == 40
     assert all(s.version == 8 for s in sessions)
     assert len({s.updated_at for s in sessions}) <= 8
+
+
+def _count_copies(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The outcome of each COPY the store's batches try ("copied" or the error's name): the
+    driver's own `_copy_new`, run as it is, counted."""
+    outcomes: list[str] = []
+    copy_new = pg_writes._copy_new
+
+    async def counted(*args: Any) -> Any:
+        try:
+            rows = await copy_new(*args)
+        except Exception as exc:
+            outcomes.append(type(exc).__name__)
+            raise
+        outcomes.append("copied")
+        return rows
+
+    monkeypatch.setattr(pg_writes, "_copy_new", counted)
+    return outcomes
+
+
+def _batch(prefix: str) -> list[Session]:
+    return [
+        Session(
+            session_id=f"{prefix}{i}",
+            user_id="u",
+            agent_id="a" if i % 2 else None,
+            session_data={"i": i, "nul": "a\x00b", "zero": -0.0, "big": 1e300},
+            metadata={"tag": i} if i else None,
+            runs=[{"run_id": f"r{j}", "j": j} for j in range(i)] + [{"plain": i}],
+        )
+        for i in range(5)
+    ]
+
+
+async def test_a_batch_of_new_sessions_is_copied_as_the_statement_writes_it(
+    make_store: StoreMaker, admin: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of new sessions goes in by COPY; the rows are those the batch statement writes
+    (the transaction's time everywhere, version 1, the expiry from the store's ttl), and the
+    sessions returned are the ones stored."""
+    copies = _count_copies(monkeypatch)
+    store = make_store(ttl=3600)
+    async with store:
+        copied = await store.upsert_many(_batch("c"))
+        assert copies == ["copied"]
+        monkeypatch.setattr(pg_writes, "COPY_FROM", 10**9)
+        stated = await store.upsert_many(_batch("s"))
+        assert copies == ["copied"]
+        sql = store._statements()
+        columns = (
+            "session_type, user_id, agent_id, team_id, workflow_id, session_data::text, "
+            "agent_data::text, team_data::text, workflow_data::text, metadata::text, "
+            "summary::text, version, run_count, lease_token, expires_at - created_at, "
+            "created_at = updated_at"
+        )
+        for prefix, returned in (("c", copied), ("s", stated)):
+            assert [s.session_id for s in returned] == [f"{prefix}{i}" for i in range(5)]
+        for i in range(5):
+            rows = [
+                await admin.fetchrow(
+                    f"SELECT {columns} FROM {sql.table} WHERE session_id = $1", f"{p}{i}"
+                )
+                for p in "cs"
+            ]
+            assert rows[0] == rows[1]
+            assert rows[0]["version"] == 1
+            assert rows[0]["?column?"] is True
+            runs = [
+                await admin.fetch(
+                    f"SELECT seq, run_id, body, r.created_at = s.created_at AS same_time "
+                    f"FROM {sql.runs_table} r JOIN {sql.table} s USING (session_id) "
+                    "WHERE session_id = $1 ORDER BY seq",
+                    f"{p}{i}",
+                )
+                for p in "cs"
+            ]
+            assert [(r["seq"], r["body"]) for r in runs[0]] == [
+                (r["seq"], r["body"]) for r in runs[1]
+            ]
+            # The ids given are stored; the last run has none and gets a new one on each path.
+            assert [r["run_id"] for r in runs[0][:-1]] == [f"r{j}" for j in range(i)]
+            assert [r["run_id"] for r in runs[1][:-1]] == [f"r{j}" for j in range(i)]
+            assert all(r["same_time"] for r in runs[0] + runs[1])
+            stored = await store.read(f"c{i}", user_id="u")
+            assert stored is not None
+            assert stored == copied[i]
+            assert stored.runs == _batch("c")[i].runs
+            assert stored.session_data == _batch("c")[i].session_data
+        assert (await store.activity()).runs == 2 * sum(i + 1 for i in range(5))
+
+
+async def test_a_copied_batch_meeting_leftover_runs_is_written_by_the_statement(
+    store: PostgresStore, admin: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs a racing delete left behind for a session that no longer exists: COPY cannot
+    overwrite them, so the batch is rolled back and written again by the statement."""
+    copies = _count_copies(monkeypatch)
+    runs = store._statements().runs_table
+    await admin.execute(f"INSERT INTO {runs} VALUES ('n1', 0, 'stale', '{{}}', now())")
+    written = await store.upsert_many(
+        [Session(session_id=f"n{i}", runs=[{"run_id": "r", "i": i}]) for i in range(4)]
+    )
+    assert copies == ["_CopyRefused"]
+    assert [s.version for s in written] == [1, 1, 1, 1]
+    for i in range(4):
+        read = await store.read(f"n{i}")
+        assert read is not None
+        assert read.runs == [{"run_id": "r", "i": i}]
+    assert await admin.fetchval(f"SELECT count(*) FROM {runs}") == 4
+
+
+async def test_a_session_created_by_another_user_during_a_copy_is_refused_and_nothing_kept(
+    store: PostgresStore, pg_url: str, admin: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another client creates one of the batch's sessions, as another user, after the batch
+    found none of them: the COPY waits for it, is refused, and the batch written again by the
+    statement meets the other owner. Nothing of the batch is kept."""
+    copies = _count_copies(monkeypatch)
+    sql = store._statements()
+    other = await asyncpg.connect(pg_url)
+    try:
+        await other.execute("BEGIN")
+        await other.execute(
+            f"INSERT INTO {sql.table} (session_id, session_type, user_id, session_data, "
+            "created_at, updated_at, version, run_count) "
+            "VALUES ('m2', 'agent', 'other', '{}', now(), now(), 1, 0)"
+        )
+        batch = asyncio.create_task(
+            store.upsert_many(
+                [Session(session_id=f"m{i}", user_id="u", runs=[{"i": i}]) for i in range(4)]
+            )
+        )
+        for _ in range(100):  # until the store's COPY waits for the other transaction
+            waiting = await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE 'COPY%'"
+            )
+            if waiting:
+                break
+            await asyncio.sleep(0.02)
+        assert waiting == 1
+        await other.execute("COMMIT")
+        with pytest.raises(SessionOwnershipError):
+            await batch
+    finally:
+        await other.close()
+    assert copies == ["_CopyRefused"]
+    ids = await admin.fetch(f"SELECT session_id, user_id FROM {sql.table} ORDER BY 1")
+    assert [tuple(r) for r in ids] == [("m2", "other")]
+    assert await admin.fetchval(f"SELECT count(*) FROM {sql.runs_table}") == 0
 
 
 # --- pools, URLs, configuration ------------------------------------------------------------------
