@@ -16,10 +16,11 @@ client work can bring `upsert_many` to 1.0x the raw driver in this layout.
 On PostgreSQL (``--url``), the store's statements are recorded from its own `upsert_many`
 writing each batch once through a real connection (the purge of expired ids, the lock of the
 existing ones, then the transaction's time and a COPY of the sessions and one of their runs,
-with their arguments and rows), then replayed through one plain asyncpg connection into a
-table the store created, one transaction a batch; the raw driver's load is its own
-`executemany` of one row a session (its JSON encoded by its type codec, inside the timing),
-into its own table.
+with their arguments and rows; "without COPY": the one `INSERT ... SELECT FROM unnest(...)` of
+sessions and runs it sends for a batch it does not copy), then replayed through one plain
+asyncpg connection into a table the store created, one transaction a batch; the raw driver's
+load is its own `executemany` of one row a session (its JSON encoded by its type codec, inside
+the timing), into its own table.
 """
 
 from __future__ import annotations
@@ -184,8 +185,11 @@ async def _pg_store_table(url: str) -> None:
         pass
 
 
-async def pg_store_statements(url: str, seeds: list[SeedSession], batch: int) -> list[Sent]:
-    """The store's statements for each batch, recorded from its `upsert_many`'s own write."""
+async def pg_store_statements(
+    url: str, seeds: list[SeedSession], batch: int, *, copy: bool = True
+) -> list[Sent]:
+    """The store's statements for each batch, recorded from its `upsert_many`'s own write; with
+    `copy=False`, those it sends when it does not copy (one `INSERT ... SELECT FROM unnest`)."""
     import asyncpg
 
     await _pg_store_table(url)
@@ -200,7 +204,12 @@ async def pg_store_statements(url: str, seeds: list[SeedSession], batch: int) ->
             )
             ordered = sorted(encoded, key=lambda e: e.session_id)  # as the store orders them
             recording = _Recording(connection)
-            await pg_writes.write_many(recording, sql, "bulk floor", ordered)
+            copy_from = pg_writes.COPY_FROM
+            pg_writes.COPY_FROM = copy_from if copy else len(ordered) + 1
+            try:
+                await pg_writes.write_many(recording, sql, "bulk floor", ordered)
+            finally:
+                pg_writes.COPY_FROM = copy_from
             out.append(recording.sent)
         return out
     finally:
@@ -266,8 +275,10 @@ def _report(
 
 def _postgres(url: str, seeds: list[SeedSession], batch: int, rounds: int) -> None:
     recorded = asyncio.run(pg_store_statements(url, seeds, batch))
+    stated = asyncio.run(pg_store_statements(url, seeds, batch, copy=False))
     cells: dict[str, Callable[[], float]] = {
         "store layout, statements alone": lambda: asyncio.run(replay_pg_store(url, recorded)),
+        "store layout without COPY": lambda: asyncio.run(replay_pg_store(url, stated)),
         "raw layout, rows built and sent": lambda: asyncio.run(_pg_raw_round(url, seeds, batch)),
     }
     timings: dict[str, list[float]] = {name: [] for name in cells}

@@ -304,6 +304,14 @@ def test_the_bulk_floor_replays_the_stores_own_postgres_statements(pg_url: str) 
             assert await bulk_floor.replay_pg_store(pg_url, recorded) > 0
             async with PostgresStore(bulk_floor.TABLE, db_url=pg_url) as store:
                 await _holds_the_seeds(store, seeds)
+            # Without COPY: the purge, the lock, the one statement.
+            stated = await bulk_floor.pg_store_statements(pg_url, seeds, 10, copy=False)
+            assert [[method for method, *_ in sent] for sent in stated] == [
+                ["execute", "fetch", "fetch"]
+            ] * 3
+            assert await bulk_floor.replay_pg_store(pg_url, stated) > 0
+            async with PostgresStore(bulk_floor.TABLE, db_url=pg_url) as store:
+                await _holds_the_seeds(store, seeds)
         finally:
             await bulk_floor.drop_pg_store(pg_url)
 
