@@ -232,28 +232,15 @@ async def _repeated_run_id(
 
 # A batch of at least this many sessions, none of which exists, is written by COPY (binary)
 # instead of the INSERT ... SELECT FROM unnest statement: the server's work a session is about a
-# third less and the client encodes no arrays; under it, COPY's two more round trips cost more
-# than they save (docs/benchmarks.md, "Bulk loads by COPY").
+# third less and the client encodes no arrays. For a single session it gains nothing (COPY takes
+# two more round trips); from three it does (docs/benchmarks.md, "Bulk loads by COPY").
 COPY_FROM = 3
 
+# The columns `session_columns` gives values for, then those a new session's row adds.
 _SESSION_COPY_COLUMNS = (
-    "session_id",
-    "session_type",
-    "user_id",
-    "agent_id",
-    "team_id",
-    "workflow_id",
-    "session_data",
-    "agent_data",
-    "team_data",
-    "workflow_data",
-    "metadata",
-    "summary",
-    "created_at",
-    "updated_at",
-    "version",
-    "run_count",
-    "expires_at",
+    *("session_id", "session_type", "user_id", "agent_id", "team_id", "workflow_id"),
+    *PAYLOAD_FIELDS,
+    *("created_at", "updated_at", "version", "run_count", "expires_at"),
 )
 _RUN_COPY_COLUMNS = ("session_id", "seq", "run_id", "body", "created_at")
 
