@@ -174,7 +174,10 @@ class _Recording:
         return await self._run("fetchval", statement, *args)
 
     async def copy_records_to_table(self, table: str, **kwargs: Any) -> Any:
-        return await self._run("copy_records_to_table", table, **kwargs)
+        # The store may pass a generator: kept as a list, to be sent again by the replay.
+        return await self._run(
+            "copy_records_to_table", table, **{**kwargs, "records": list(kwargs["records"])}
+        )
 
 
 async def _pg_store_table(url: str) -> None:

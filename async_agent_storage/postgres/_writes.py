@@ -325,18 +325,23 @@ async def _copy_new(
     now = await connection.fetchval(TRANSACTION_TIME)
     expires = None if expiry.ttl_us is None else now + timedelta(microseconds=expiry.ttl_us)
     sessions: list[tuple[Any, ...]] = []
-    runs: list[tuple[Any, ...]] = []
     rows: list[tuple[Any, ...]] = []
     for enc in encoded:
         sid, count = enc.session_id, len(enc.runs)
         sessions.append((*session_columns(enc), now, now, 1, count, expires))
-        runs.extend((sid, i, run.run_id, to_db(run.body), now) for i, run in enumerate(enc.runs))
         rows.append((sid, now, now, 1, count))
+    # The runs' rows are made as asyncpg sends them (it writes every 512 KiB it has encoded), so
+    # that making the later ones overlaps the server storing the earlier ones.
+    runs = (
+        (enc.session_id, i, run.run_id, to_db(run.body), now)
+        for enc in encoded
+        for i, run in enumerate(enc.runs)
+    )
     try:
         await connection.copy_records_to_table(
             sql.name, schema_name=sql.schema, columns=_SESSION_COPY_COLUMNS, records=sessions
         )
-        if runs:
+        if any(enc.runs for enc in encoded):
             await connection.copy_records_to_table(
                 f"{sql.name}_runs", schema_name=sql.schema, columns=_RUN_COPY_COLUMNS, records=runs
             )
