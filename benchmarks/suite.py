@@ -4,8 +4,9 @@ Every cell starts from the seeded snapshot of its dataset (restored before the c
 warm-up, then a fixed measured window. Systems take turns cell by cell (all systems at 1 caller,
 then all at 16, ...), so that a change in the machine's load hits them alike. With `rounds` > 1
 the turn and listing cells run that many times, interleaved (every system once, then every
-system again...); each system's cell is then its median round, with every round's throughput
-kept (`CellResult.round_ops_per_s`) for ratios per round (`report.scaling_lines`).
+system again in the reverse order, so that no system always runs first or always follows the
+same one...); each system's cell is then its median round, with every round's throughput kept
+(`CellResult.round_ops_per_s`) for ratios per round (`report.scaling_lines`).
 """
 
 from __future__ import annotations
@@ -262,7 +263,7 @@ async def _run_backend(
             for concurrency in plan.concurrency:
                 rounds: dict[str, list[CellResult]] = {s.name: [] for s in takers}
                 for r in range(plan.rounds):
-                    for system in takers:
+                    for system in takers if r % 2 == 0 else takers[::-1]:
                         result = cell(system, scenario, concurrency, None)
                         what = f" round {r + 1}" if plan.rounds > 1 else ""
                         progress.cell(f"{backend} {scenario} x{concurrency} {system.name}{what}")

@@ -175,6 +175,38 @@ def pg_url() -> Any:
         asyncio.run(_execute(url, f"DROP SCHEMA {schema} CASCADE"))
 
 
+def test_rounds_take_the_systems_in_alternate_orders(tmp_path: Path) -> None:
+    """Round two runs the systems in the reverse order of round one: none always runs first,
+    or always right after the same other one."""
+    from benchmarks.suite import Progress
+
+    class Labels(Progress):
+        def __init__(self) -> None:
+            self.labels: list[str] = []
+
+        def cell(self, label: str) -> None:
+            self.labels.append(label)
+
+    plan = Plan(
+        backends=[("sqlite", None)],
+        scenarios=["turn"],
+        concurrency=[2],
+        duration=0.1,
+        warmup=0.02,
+        rounds=3,
+        spec=WorkloadSpec(sessions=20, users=4),
+        workdir=tmp_path,
+    )
+    progress = Labels()
+    data = asyncio.run(run(plan, progress)).to_dict()
+    assert [c for c in data["cells"] if c["errors"]] == []
+    order = [label.split(" x2 ")[1].rsplit(" round ", 1) for label in progress.labels]
+    by_round = {r: [name for name, n in order if n == r] for r in ("1", "2", "3")}
+    assert len(by_round["1"]) >= 2
+    assert by_round["2"] == by_round["1"][::-1]
+    assert by_round["3"] == by_round["1"]
+
+
 def test_the_postgres_cells_run_against_the_local_server(pg_url: str, tmp_path: Path) -> None:
     plan = Plan(
         backends=[("postgres", pg_url)],
