@@ -106,14 +106,15 @@ class RunList(list[dict[str, Any]]):
     """The runs of a session read from a store that keeps JSON text exactly, with that text and
     the run ids (`stored`, `ids`: one entry per run as read) and where it was read (`source`). It
     lets `upsert` find the runs that did not change, text and id, without encoding them, and
-    skip rewriting them. Otherwise an ordinary list."""
+    skip rewriting them. Otherwise an ordinary list. The text is kept as the driver read it
+    (bytes, or str, which only an upsert of the list encodes)."""
 
     __slots__ = ("ids", "source", "stored")
 
     def __init__(
         self,
         runs: list[dict[str, Any]],
-        stored: tuple[bytes, ...],
+        stored: tuple[bytes, ...] | tuple[str, ...],
         ids: tuple[str, ...],
         source: RunSource | None,
     ) -> None:
@@ -227,6 +228,10 @@ def new_run_id() -> str:
     return os.urandom(16).hex()
 
 
+def _utf8(text: bytes | str) -> bytes:
+    return text if type(text) is bytes else cast(str, text).encode()
+
+
 def check_size(size: int, *, session_id: str, max_bytes: int) -> None:
     if size > max_bytes:
         raise SerializationError(
@@ -272,9 +277,8 @@ def encode_runs(
             and type(run) is dict
             and type(run_id := run.get("run_id", fallback)) is str
             and run_id == read_ids[index]
-            and codec.same_json(run, stored[index])
+            and codec.same_json(run, data := _utf8(stored[index]))
         ):
-            data = stored[index]
             encoded.append(EncodedRun(check_id(run_id, f"runs[{index}].run_id"), data, True, True))
         else:
             where = f"runs[{index}]"

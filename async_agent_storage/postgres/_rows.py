@@ -96,7 +96,7 @@ def session_from_row(
     decoded: list[Any] = from_db("[" + ",".join(runs) + "]")
     if store is not None:
         source = RunSource(store, row[q.SID], row[q.ROW_VERSION], row[q.VERSION], runs_offset)
-        decoded = RunList(decoded, tuple(b.encode() for b in runs), tuple(ids), source)
+        decoded = RunList(decoded, tuple(runs), tuple(ids), source)
     return _session(row, from_db(row[q.DATA]), decoded, ids, runs_offset)
 
 
