@@ -549,10 +549,19 @@ class SQL:
     schema_version: str
     drop: tuple[str, ...]
 
+    @staticmethod
+    def runs_name_of(name: str) -> str:
+        """The runs table's name (unquoted) for the sessions table `name`."""
+        return name + "_runs"
+
+    @property
+    def runs_name(self) -> str:
+        return self.runs_name_of(self.name)
+
     @classmethod
     def for_table(cls, schema: str, name: str) -> SQL:
         t = f"{quote(schema)}.{quote(name)}"
-        runs = f"{quote(schema)}.{quote(name + '_runs')}"
+        runs = f"{quote(schema)}.{quote(cls.runs_name_of(name))}"
         history = f"{quote(schema)}.{quote(name + '_migrations')}"
         leases = f"{quote(schema)}.{quote(name + '_leases')}"
         merge_patch = f"{quote(schema)}.{quote(name + '_merge_patch')}"

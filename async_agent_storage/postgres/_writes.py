@@ -343,7 +343,7 @@ async def _copy_new(
         )
         if any(enc.runs for enc in encoded):
             await connection.copy_records_to_table(
-                f"{sql.name}_runs", schema_name=sql.schema, columns=_RUN_COPY_COLUMNS, records=runs
+                sql.runs_name, schema_name=sql.schema, columns=_RUN_COPY_COLUMNS, records=runs
             )
     except asyncpg.UniqueViolationError as exc:
         raise _CopyRefused from exc
