@@ -459,3 +459,38 @@ def test_the_comparison_says_why_a_build_measured_nothing(
         assert out.count(f"  {system}: not measured: not available: cannot ") == 2
     rows = [line for line in out.splitlines() if line.startswith("  ") and "median" not in line]
     assert [row.split()[0] for row in rows if "no cell measured" in row] == ["this", "HEAD"]
+
+
+def test_the_store_against_store_comparison_reports_each_callers_ratio(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks import ab_turn
+
+    argv = ["HEAD", "--rounds", "2", "--duration", "0.2", "--concurrency", "1,3"]
+    ab_turn.main([*argv, "--sessions", "30", "--workdir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "(patch against patch), 2 rounds of 0.2 s:" in out
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line[:3] in ("| 1", "| 3")]
+    assert [row[0].strip() for row in rows] == ["1", "3"]
+    for _, mine, theirs, ratio, _cpu in rows:
+        assert float(mine.split()[0].replace(",", "")) > 0
+        assert float(theirs.split()[0].replace(",", "")) > 0
+        assert float(ratio.split("x")[0]) > 0
+
+
+def test_an_earlier_build_runs_beside_this_one_under_its_own_name(tmp_path: Path) -> None:
+    import sys
+
+    import async_agent_storage
+    from benchmarks import ab_turn
+
+    commit, package = ab_turn.load_build("b11707c", tmp_path)
+    assert package.__name__ == f"aas_{commit[:12]}"
+    assert package.SessionStore is not async_agent_storage.SessionStore
+    # Its modules import each other, not this checkout's package.
+    loaded = [m for name, m in sys.modules.items() if name.startswith(package.__name__ + ".")]
+    assert loaded
+    assert all(str(tmp_path) in (m.__file__ or "") for m in loaded)
+    # b11707c's append_runs predates state_patch: its turn replaces the state instead.
+    assert not ab_turn.Build("b11707c", package, "t").patches
+    assert ab_turn.Build("this checkout", async_agent_storage, "t").patches
