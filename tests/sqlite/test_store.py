@@ -22,7 +22,12 @@ from async_agent_storage import (
     StorageUnavailableError,
     open_store,
 )
-from async_agent_storage.sqlite._connection import HERE_BATCH, _enter_wal, run
+from async_agent_storage.sqlite._connection import (
+    HERE_BATCH,
+    HERE_BATCH_LOADED,
+    _enter_wal,
+    run,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -412,9 +417,12 @@ async def test_short_calls_run_on_the_event_loop_in_batches(tmp_path: Path) -> N
             *(store.append_runs(f"s{i}", [{"i": i}]) for i in range(200))
         )
         assert [s.version for s in appended] == [1] * 200
-        # Every call queued in one loop iteration, in batches of at most HERE_BATCH, all of them
-        # run on the loop (nothing held the connection's thread).
-        assert writer.batches_here == writer.batches == -(-200 // HERE_BATCH)
+        # Every call queued in one loop iteration, all of them run on the loop (nothing held the
+        # connection's thread): with more than HERE_BATCH queued (the loop is saturated), in
+        # batches of HERE_BATCH_LOADED, the last HERE_BATCH together.
+        assert (200 - HERE_BATCH) % HERE_BATCH_LOADED == 0
+        batches = (200 - HERE_BATCH) // HERE_BATCH_LOADED + 1
+        assert writer.batches_here == writer.batches == batches
         reads = await asyncio.gather(*(store.read(f"s{i}", last_runs=10) for i in range(200)))
         assert all(r is not None and r.runs == [{"i": i}] for i, r in enumerate(reads))
         assert store._io.readers.primary.batches_here >= 1
@@ -424,6 +432,9 @@ async def test_short_calls_run_on_the_event_loop_in_batches(tmp_path: Path) -> N
         assert store._io.readers.primary.batches_here == before
         assert len((await store.list_sessions(limit=500)).items) == 200
         assert store._io.readers.primary.batches_here == before
+        # As many as one batch takes: one batch.
+        await asyncio.gather(*(store.append_runs(f"t{i}", [{"i": i}]) for i in range(HERE_BATCH)))
+        assert writer.batches_here == writer.batches == batches + 1
 
 
 async def test_a_listing_page_runs_on_the_event_loop_unless_it_holds_many_runs(
