@@ -40,19 +40,16 @@ from typing import Any
 
 import async_agent_storage
 
-from .workload import Picker, WorkloadSpec, next_state, sessions
+from .compare import commit_of
+from .systems.store import append_turn
+from .workload import Picker, WorkloadSpec, sessions
 
 PACKAGE = "async_agent_storage"
 
 
 def load_build(ref: str, workdir: Path) -> tuple[str, ModuleType]:
     """The package of commit `ref`, imported as ``aas_<commit>``: (commit, module)."""
-    commit = subprocess.run(
-        ["git", "rev-parse", "--verify", f"{ref}^{{commit}}"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    commit = commit_of(ref)
     name = f"aas_{commit[:12]}"
     root = (workdir / f"build-{commit[:12]}").resolve()
     if not (root / name).exists():
@@ -95,18 +92,8 @@ async def seed(build: Build, url: str, spec: WorkloadSpec) -> None:
         await store.drop()
     async with pkg.open_store(url, table_name=build.table, auto_upgrade_schema=True) as store:
         batch: list[Any] = []
-        for s in sessions(spec):
-            batch.append(
-                pkg.Session(
-                    session_id=s.session_id,
-                    user_id=s.user_id,
-                    agent_id=s.agent_id,
-                    session_data=s.session_data,
-                    agent_data=s.agent_data,
-                    metadata=s.metadata,
-                    runs=s.runs,
-                )
-            )
+        for seed_session in sessions(spec):
+            batch.append(pkg.Session(**seed_session.session_fields()))
             if len(batch) == 100:
                 await store.upsert_many(batch)
                 batch = []
@@ -115,17 +102,7 @@ async def seed(build: Build, url: str, spec: WorkloadSpec) -> None:
 
 
 async def turn(build: Build, store: Any, picker: Picker, spec: WorkloadSpec) -> None:
-    ref = picker.session()
-    session = await store.read(ref.session_id, user_id=ref.user_id, last_runs=spec.last_runs)
-    if session is None:
-        raise LookupError(f"session {ref.session_id} not found")
-    run = picker.new_run(ref)
-    state = next_state(session.session_data, picker.rng)
-    if build.patches:
-        patch = {"session_state": state["session_state"]}
-        await store.append_runs(ref.session_id, [run], user_id=ref.user_id, state_patch=patch)
-    else:
-        await store.append_runs(ref.session_id, [run], user_id=ref.user_id, session_data=state)
+    await append_turn(store, picker, spec, patch=build.patches)
 
 
 async def block(

@@ -58,15 +58,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100)
     args = parser.parse_args()
     batch = [
-        Session(
-            session_id=s.session_id,
-            user_id=s.user_id,
-            agent_id=s.agent_id,
-            session_data=s.session_data,
-            agent_data=s.agent_data,
-            metadata=s.metadata,
-            runs=s.runs,
-        )
+        Session(**s.session_fields())
         for s in sessions(WorkloadSpec(sessions=args.sessions, prefix="bulk"))
     ]
     wall, cpu = asyncio.run(_load(args.url, args.table, batch, args.batch))

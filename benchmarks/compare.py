@@ -28,14 +28,19 @@ RAW = {"sqlite": "raw aiosqlite", "postgres": "raw asyncpg", "mongo": "raw pymon
 STORE = "store append"
 
 
-def worktree(ref: str, workdir: Path) -> Path:
-    """A checkout of `ref` (made once, then reused)."""
-    commit = subprocess.run(
+def commit_of(ref: str) -> str:
+    """The full commit id `ref` names (any git revision)."""
+    return subprocess.run(
         ["git", "rev-parse", "--verify", f"{ref}^{{commit}}"],
         check=True,
         capture_output=True,
         text=True,
     ).stdout.strip()
+
+
+def worktree(ref: str, workdir: Path) -> Path:
+    """A checkout of `ref` (made once, then reused)."""
+    commit = commit_of(ref)
     path = workdir / f"build-{commit[:12]}"
     if not path.exists():
         workdir.mkdir(parents=True, exist_ok=True)

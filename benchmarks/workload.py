@@ -95,6 +95,18 @@ class SeedSession:
     def ref(self) -> SessionRef:
         return SessionRef(self.session_id, self.user_id, self.agent_id)
 
+    def session_fields(self) -> dict[str, Any]:
+        """The keyword arguments of the `Session` that stores this seed."""
+        return {
+            "session_id": self.session_id,
+            "user_id": self.user_id,
+            "agent_id": self.agent_id,
+            "session_data": self.session_data,
+            "agent_data": self.agent_data,
+            "metadata": self.metadata,
+            "runs": self.runs,
+        }
+
 
 def _text(rng: random.Random, approx_bytes: int) -> str:
     # Words average about six bytes with their space: one choices() call, not a loop.

@@ -494,3 +494,34 @@ def test_an_earlier_build_runs_beside_this_one_under_its_own_name(tmp_path: Path
     # b11707c's append_runs predates state_patch: its turn replaces the state instead.
     assert not ab_turn.Build("b11707c", package, "t").patches
     assert ab_turn.Build("this checkout", async_agent_storage, "t").patches
+
+
+def test_the_sealed_turn_is_the_append_turn_and_the_upsert_turn_its_own(tmp_path: Path) -> None:
+    # "store sealed" measures what encryption costs the append turn: it must append (with a
+    # state patch, which an encrypting store merges itself), as "store append" does.
+    from benchmarks.systems import Dataset, build
+    from benchmarks.workload import Picker
+
+    dataset = Dataset("main", WorkloadSpec(sessions=6, users=2, min_runs=2, max_runs=3))
+    systems = {s.name: s for s in build("sqlite", None, tmp_path)}
+    calls: dict[str, dict[str, int]] = {}
+
+    async def three_turns(name: str) -> None:
+        system = systems[name]
+        await system.seed(dataset)
+        await system.start(dataset)
+        try:
+            for worker in range(3):
+                await system.turn(Picker(dataset.spec, worker), dataset.spec)
+            store = system.store  # type: ignore[attr-defined]
+            calls[name] = store.stats()["calls"]
+        finally:
+            await system.stop()
+
+    for name in ("store append", "store sealed", "store upsert"):
+        asyncio.run(three_turns(name))
+    for name in ("store append", "store sealed"):
+        assert calls[name].get("append_runs") == 3
+        assert "upsert" not in calls[name]
+    assert calls["store upsert"].get("upsert") == 3
+    assert "append_runs" not in calls["store upsert"]

@@ -47,15 +47,27 @@ _DRIVER_MODULE = {
 
 
 def to_session(seed: SeedSession) -> Session:
-    return Session(
-        session_id=seed.session_id,
-        user_id=seed.user_id,
-        agent_id=seed.agent_id,
-        session_data=seed.session_data,
-        agent_data=seed.agent_data,
-        metadata=seed.metadata,
-        runs=seed.runs,
-    )
+    return Session(**seed.session_fields())
+
+
+async def append_turn(
+    store: Any, picker: Picker, spec: WorkloadSpec, *, patch: bool = True
+) -> None:
+    """The benchmark's append turn: read the session's last runs, append the turn's new run with
+    the keys of the state it changed as a merge patch applied in the database (concurrent turns
+    on one session keep each other's updates); with `patch=False`, replacing the whole state
+    (a store from before `state_patch`, in `benchmarks.ab_turn`)."""
+    ref = picker.session()
+    session = await store.read(ref.session_id, user_id=ref.user_id, last_runs=spec.last_runs)
+    if session is None:
+        raise LookupError(f"session {ref.session_id} not found")
+    run = picker.new_run(ref)
+    state = next_state(session.session_data, picker.rng)
+    if patch:
+        changed = {"session_state": state["session_state"]}
+        await store.append_runs(ref.session_id, [run], user_id=ref.user_id, state_patch=changed)
+    else:
+        await store.append_runs(ref.session_id, [run], user_id=ref.user_id, session_data=state)
 
 
 class StoreData:
@@ -214,21 +226,17 @@ class StoreSystem(System):
         if self.variant == "leased":
             await self._leased_turn(store, picker, spec)
             return
+        if self.variant != "upsert":
+            await append_turn(store, picker, spec)
+            return
         ref = picker.session()
         session = await store.read(ref.session_id, user_id=ref.user_id, last_runs=spec.last_runs)
         if session is None:
             raise LookupError(f"session {ref.session_id} not found")
         run = picker.new_run(ref)
-        state = next_state(session.session_data, picker.rng)
-        if self.variant == "append":
-            # The turn's state update as a merge patch of the keys it changed, applied in the
-            # database: concurrent turns on one session keep each other's updates.
-            patch = {"session_state": state["session_state"]}
-            await store.append_runs(ref.session_id, [run], user_id=ref.user_id, state_patch=patch)
-        else:
-            session.runs.append(run)
-            session.session_data = state
-            await store.upsert(session)
+        session.runs.append(run)
+        session.session_data = next_state(session.session_data, picker.rng)
+        await store.upsert(session)
 
     async def _leased_turn(self, store: SessionStore, picker: Picker, spec: WorkloadSpec) -> None:
         """The append turn under the session's lease (callers that pick a session mid-turn wait
@@ -294,4 +302,4 @@ class StoreSystem(System):
         await self.data.bulk_place.drop()
 
 
-__all__ = ["Route", "StoreData", "StoreSystem", "run_count", "to_session"]
+__all__ = ["Route", "StoreData", "StoreSystem", "append_turn", "run_count", "to_session"]
